@@ -1,0 +1,564 @@
+"""Batched, reproducible augmentation with the whole split kept on the training device.
+
+The loader holds a split as one ``uint8`` tensor on the device (airbench style) and builds
+every batch with batched tensor ops; no per-sample Python loop touches pixels for crop, flip,
+jitter, cutout, MixUp or CutMix.  Per batch the pipeline runs in this fixed order::
+
+    policy -> crop -> flip -> to float -> jitter -> normalize -> cutout -> mixup / cutmix
+
+* crop: the split is padded once (``reflect`` or ``zeros``) and each image is cut out of its
+  padded copy at a random offset, i.e. a pure translation by at most ``crop_padding`` pixels.
+  The crop and the batch gather are one indexing op over a strided window view.
+* flip, crop offsets, jitter factors and cutout positions are drawn per sample.
+* jitter (brightness, contrast, saturation, each factor uniform in
+  ``[max(0, 1 - jitter), 1 + jitter]``) runs in that fixed order, unlike torchvision's
+  random order.
+* cutout zeroes, after normalization (so the square sits at the channel mean), a square that
+  lies wholly inside the image.
+* MixUp / CutMix mix the batch with a permutation of itself and yield soft targets; one draw of
+  lambda (and one CutMix box) per batch.  With both enabled each batch picks one, p=0.5.
+* policies (AutoAugment with the CIFAR-10 policy, RandAugment, TrivialAugmentWide) use
+  torchvision.transforms.v2 on uint8.  Every sample draws its own ops and magnitudes; samples
+  that drew the same op and magnitude are then transformed together, so a batch costs one call
+  per distinct draw instead of one per image (same distribution as per-sample calls).  Should
+  torchvision's internal op table be unavailable, each image is transformed on its own.
+
+Randomness comes only from ``torch.Generator`` objects seeded from ``(seed, epoch)`` (plus the
+rank for augmentation draws), drawn on the CPU and moved to the device, so an epoch replays
+exactly after a resume.  Iterating the same epoch twice yields the same batches: call
+``set_epoch`` before each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+AUGMENTATIONS = ("none", "crop", "flip", "jitter", "cutout", "mixup", "cutmix",
+                 "autoaugment", "randaugment", "trivialaugment")
+POLICIES = ("autoaugment", "randaugment", "trivialaugment")
+PAD_MODES = ("reflect", "zeros")
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def parse_augment(spec: str) -> frozenset[str]:
+    """``"crop+flip+cutout"`` -> ``{"crop", "flip", "cutout"}``; ``"none"`` or ``""`` -> empty."""
+    if not isinstance(spec, str):
+        raise ValueError(f"augment: expected a '+'-joined string, got {type(spec).__name__}")
+    if not spec.strip():
+        return frozenset()
+    names = set()
+    for part in spec.split("+"):
+        name = part.strip().lower()
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"augment: unknown {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
+        names.add(name)
+    names.discard("none")
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    crop_padding: int = 4  # pixels; crop = pad then random HxW crop (pure translation)
+    pad_mode: str = "reflect"  # "reflect" | "zeros"
+    jitter: float = 0.4  # brightness/contrast/saturation strength for "jitter"
+    cutout_size: int = 8  # square side for "cutout" (zeroed after normalization = the mean)
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+
+    def __post_init__(self) -> None:
+        _check_int("crop_padding", self.crop_padding, 0)
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode: unknown {self.pad_mode!r}; allowed: {', '.join(PAD_MODES)}")
+        if not self.jitter >= 0:
+            raise ValueError(f"jitter: must be >= 0, got {self.jitter}")
+        _check_int("cutout_size", self.cutout_size, 0)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        _check_int("randaugment_ops", self.randaugment_ops, 0)
+        _check_int("randaugment_magnitude", self.randaugment_magnitude, 0, 30)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: must be an integer {bound}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def _affine(mean, std, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``x_uint8 * scale + shift == (x / 255 - mean) / std``."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
+    std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
+    if mean_t.numel() != 3 or std_t.numel() != 3:
+        raise ValueError(f"mean/std: expected 3 per-channel values each, got {mean!r} / {std!r}")
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"std: must be > 0 per channel, got {std!r}")
+    scale = (1.0 / (255.0 * std_t)).to(device=device, dtype=dtype).view(3, 1, 1)
+    shift = (-mean_t / std_t).to(device=device, dtype=dtype).view(3, 1, 1)
+    return scale, shift
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype: must be a floating dtype, got {dtype}")
+    # Half types lose integer precision above 256 and jitter accuracy: compute in float32.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def normalize(images_uint8: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> ``(x / 255 - mean) / std``; the loader uses the same arithmetic."""
+    if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8:
+        raise ValueError("images: expected a uint8 tensor [N, 3, H, W]")
+    work = _work_dtype(dtype)
+    scale, shift = _affine(mean, std, images_uint8.device, work)
+    return images_uint8.to(work).mul_(scale).add_(shift).to(dtype)
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalized floats -> floats in [0, 1] (clamped) for plotting."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x.float() * std_t + mean_t).clamp_(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- pixel ops
+
+
+def pad_images(images: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
+    """Pad H and W of a uint8 batch by ``padding`` on every side (reflect or zeros)."""
+    if padding == 0:
+        return images.contiguous()
+    if mode == "reflect":
+        return F.pad(images, (padding,) * 4, mode="reflect")
+    return F.pad(images, (padding,) * 4, mode="constant", value=0)
+
+
+def crop_windows(padded: torch.Tensor, rows: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """Crop ``padded[rows[i]]`` at offset ``(dy[i], dx[i])`` to ``size``, as one gather.
+
+    A strided view enumerates every window of every image without copying; indexing it with
+    (row, dy, dx) copies just the chosen windows.  The result keeps the source's memory
+    format, so a channels-last source yields a channels-last batch.
+    """
+    n, c, hp, wp = padded.shape
+    h, w = size
+    s0, s1, s2, s3 = padded.stride()
+    view = padded.as_strided((n, hp - h + 1, wp - w + 1, c, h, w), (s0, s2, s3, s1, s2, s3))
+    return view[rows, dy, dx]
+
+
+def flip_rows(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Mirror (along W) the images whose indices are in ``which``; in place."""
+    if which.numel():
+        x.index_copy_(0, which, x.index_select(0, which).flip(3))
+    return x
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation on floats in [0, 255]; ``factors`` is ``[3, B]``; in place."""
+    fb, fc, fs = (f.view(-1, 1, 1, 1) for f in factors.to(device=x.device, dtype=x.dtype))
+    gray_w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    x.mul_(fb).clamp_(0, 255)
+    mean = (x * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x.mul_(fc).add_(mean * (1 - fc)).clamp_(0, 255)
+    gray = (x * gray_w).sum(1, keepdim=True)
+    return x.mul_(fs).add_(gray * (1 - fs)).clamp_(0, 255)
+
+
+def fill_squares(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: int,
+                 value: float = 0.0) -> torch.Tensor:
+    """Set a ``side`` x ``side`` square per sample (all channels) to ``value``; in place."""
+    span = torch.arange(side, device=x.device)
+    rows = (top[:, None] + span)[:, :, None]
+    cols = (left[:, None] + span)[:, None, :]
+    batch = torch.arange(len(x), device=x.device)[:, None, None]
+    # Index only the squares' pixels: far cheaper than building and applying a full mask.
+    x[batch, :, rows, cols] = value
+    return x
+
+
+def cutmix_box(lam: float, h: int, w: int, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """A box covering about ``1 - lam`` of the image, centred uniformly, clipped to the image."""
+    ratio = math.sqrt(1.0 - lam)
+    bh, bw = int(h * ratio), int(w * ratio)
+    cy = int(torch.randint(0, h, (), generator=gen))
+    cx = int(torch.randint(0, w, (), generator=gen))
+    y1, x1 = max(cy - bh // 2, 0), max(cx - bw // 2, 0)
+    y2, x2 = min(cy - bh // 2 + bh, h), min(cx - bw // 2 + bw, w)
+    return y1, y2, x1, x2
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+def _build_policy(name: str, options: AugmentOptions):
+    from torchvision.transforms import v2
+
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=options.randaugment_ops,
+                              magnitude=options.randaugment_magnitude)
+    return v2.TrivialAugmentWide()
+
+
+def _magnitude_table(space: dict, bins: int, h: int, w: int) -> list[list[float] | None]:
+    out = []
+    for fn, _signed in space.values():
+        mags = fn(bins, h, w)
+        out.append(None if mags is None else [float(m) for m in mags])
+    return out
+
+
+class PolicyAugment:
+    """A torchvision v2 policy with an independent draw per sample, run in groups of equal draws.
+
+    Each ``_plan_*`` mirrors the sampling of the torchvision class it stands for and returns,
+    per step, one ``(op name or None, magnitude)`` per sample; ``None`` leaves the sample as is.
+    """
+
+    def __init__(self, name: str, options: AugmentOptions):
+        self.name = name
+        self.transform = _build_policy(name, options)
+        t = self.transform
+        needed = ("_AUGMENTATION_SPACE", "_apply_image_or_video_transform", "_fill")
+        self.grouped = all(hasattr(t, a) for a in needed) and (
+            name != "autoaugment" or hasattr(t, "_policies"))
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if not self.grouped:
+            return self._per_sample(x, gen)
+        h, w = x.shape[-2:]
+        plan = getattr(self, f"_plan_{self.name}")(x.shape[0], h, w, gen)
+        for names, mags in plan:
+            x = self._apply_step(x, names, mags)
+        return x
+
+    def _per_sample(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # v2 draws from the global RNG: seed a forked copy so the caller's stream is untouched.
+        seed = int(torch.randint(0, 1 << 62, (), generator=gen))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([self.transform(img) for img in x])
+
+    def _apply_step(self, x: torch.Tensor, names: list, mags: list) -> torch.Tensor:
+        groups = defaultdict(list)
+        for i, key in enumerate(zip(names, mags, strict=True)):
+            if key[0] not in (None, "Identity"):
+                groups[key].append(i)
+        t = self.transform
+        for (name, mag), members in groups.items():
+            idx = torch.tensor(members, device=x.device)
+            out = t._apply_image_or_video_transform(
+                x.index_select(0, idx), name, mag, interpolation=t.interpolation, fill=t._fill)
+            x.index_copy_(0, idx, out)
+        return x
+
+    def _signs(self, signed: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # torchvision negates a signed magnitude when rand() <= 0.5
+        neg = torch.rand(signed.shape, generator=gen) <= 0.5
+        return torch.where(signed & neg, -1.0, 1.0)
+
+    def _plan_randaugment(self, b, h, w, gen):
+        t = self.transform
+        space = t._AUGMENTATION_SPACE
+        names = list(space)
+        table = _magnitude_table(space, t.num_magnitude_bins, h, w)
+        mag = torch.tensor([0.0 if m is None else m[t.magnitude] for m in table])
+        signed = _signed(space, table)
+        plan = []
+        for _ in range(t.num_ops):
+            op = torch.randint(len(names), (b,), generator=gen)
+            values = mag[op] * self._signs(signed[op], gen)
+            plan.append(([names[i] for i in op.tolist()], values.tolist()))
+        return plan
+
+    def _plan_trivialaugment(self, b, h, w, gen):
+        t = self.transform
+        space = t._AUGMENTATION_SPACE
+        names = list(space)
+        bins = t.num_magnitude_bins
+        table = _magnitude_table(space, bins, h, w)
+        mag = torch.tensor([[0.0] * bins if m is None else m for m in table])
+        signed = _signed(space, table)
+        op = torch.randint(len(names), (b,), generator=gen)
+        level = torch.randint(bins, (b,), generator=gen)
+        values = mag[op, level] * self._signs(signed[op], gen)
+        return [([names[i] for i in op.tolist()], values.tolist())]
+
+    def _plan_autoaugment(self, b, h, w, gen):
+        t = self.transform
+        space = t._AUGMENTATION_SPACE
+        policies = t._policies
+        chosen = torch.randint(len(policies), (b,), generator=gen).tolist()
+        plan = []
+        for step in range(max(len(p) for p in policies)):
+            applied = (torch.rand(b, generator=gen) <= torch.tensor(
+                [_prob(policies[c], step) for c in chosen])).tolist()
+            neg = (torch.rand(b, generator=gen) <= 0.5).tolist()
+            names, mags = [], []
+            for c, on, sign in zip(chosen, applied, neg, strict=True):
+                name, mag = _auto_op(space, policies[c], step, h, w, sign) if on else (None, 0.0)
+                names.append(name)
+                mags.append(mag)
+            plan.append((names, mags))
+        return plan
+
+
+def _signed(space: dict, table: list) -> torch.Tensor:
+    """Per op: does its magnitude take a random sign?"""
+    return torch.tensor([s and m is not None
+                         for (_, s), m in zip(space.values(), table, strict=True)])
+
+
+def _prob(policy, step: int) -> float:
+    return policy[step][1] if step < len(policy) else 0.0
+
+
+def _auto_op(space: dict, policy, step: int, h: int, w: int, negate: bool) -> tuple[str, float]:
+    name, _p, level = policy[step]
+    fn, signed = space[name]
+    mags = fn(10, h, w)  # AutoAugment's 10 magnitude bins
+    if mags is None:
+        return name, 0.0
+    mag = float(mags[level])
+    return name, -mag if (signed and negate) else mag
+
+
+# ----------------------------------------------------------------------------- the loader
+
+
+def _seed(*parts: int) -> int:
+    """A 64-bit seed from integers, stable across platforms and library versions."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0])
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+def _check_images(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.as_tensor(images)
+    labels = torch.as_tensor(labels)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected uint8 [N, 3, H, W], got {images.dtype} "
+                         f"{list(images.shape)}")
+    if len(images) == 0:
+        raise ValueError("images: the split is empty")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point():
+        raise ValueError(f"labels: expected integer [N] with N={len(images)}, got {labels.dtype} "
+                         f"{list(labels.shape)}")
+    return images, labels.long()
+
+
+class BatchLoader:
+    """Yields ``(x, y)`` batches of a split held on ``device``; see the module docstring.
+
+    ``x`` is normalized ``[B, 3, H, W]`` in ``dtype`` (channels-last memory if asked);
+    ``y`` is int64 ``[B]``, or float32 soft targets ``[B, num_classes]`` with mixup/cutmix.
+    ``len(loader)`` is batches per epoch for this rank; ``num_samples`` is the split size.
+    With ``world_size > 1`` each epoch's permutation (shared by all ranks) is dealt round
+    robin, so ranks see disjoint samples and equal batch counts; with ``drop_last`` the few
+    samples that do not divide evenly are dropped, otherwise the permutation is padded by
+    repeating its start (a handful of samples then appear twice in that epoch).
+    """
+
+    def __init__(self, images, labels, *, batch_size, mean, std, augment="none",
+                 options=AugmentOptions(), num_classes=None, shuffle=True, drop_last=None,
+                 seed=0, device="cpu", channels_last=False, dtype=torch.float32,
+                 rank=0, world_size=1):
+        images, labels = _check_images(images, labels)
+        if not isinstance(augment, str):  # an already parsed collection of names
+            augment = "+".join(sorted(augment))
+        self.augmentations = parse_augment(augment)
+        if not isinstance(options, AugmentOptions):
+            raise ValueError(f"options: expected AugmentOptions, got {type(options).__name__}")
+        _check_int("batch_size", batch_size, 1)
+        _check_int("seed", seed, 0)
+        _check_int("world_size", world_size, 1)
+        _check_int("rank", rank, 0, world_size - 1)
+        self.options = options
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self._work = _work_dtype(dtype)
+        self._scale, self._shift = _affine(mean, std, self.device, self._work)
+        self.num_classes = self._check_classes(num_classes, labels)
+        self._size = tuple(images.shape[-2:])
+        self._policies = [PolicyAugment(p, options) for p in POLICIES if p in self.augmentations]
+        self._pad = self._check_padding()
+        self._labels = labels.to(self.device)
+        self._store = self._prepare_store(images)
+        self._n = len(images)
+        self.epoch = 0
+
+    # -- setup ---------------------------------------------------------------
+    def _check_classes(self, num_classes, labels: torch.Tensor) -> int | None:
+        mixing = {"mixup", "cutmix"} & self.augmentations
+        if num_classes is None:
+            if mixing:
+                raise ValueError(f"num_classes: required with {'+'.join(sorted(mixing))}")
+            return None
+        _check_int("num_classes", num_classes, 1)
+        if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+            raise ValueError(f"labels: must lie in [0, {num_classes - 1}] for "
+                             f"num_classes={num_classes}")
+        return num_classes
+
+    def _check_padding(self) -> int:
+        pad = self.options.crop_padding if "crop" in self.augmentations else 0
+        if self.options.pad_mode == "reflect" and pad >= min(self._size):
+            raise ValueError(f"crop_padding: reflect padding needs < {min(self._size)} pixels, "
+                             f"got {pad}; use pad_mode='zeros' or a smaller padding")
+        return pad
+
+    def _prepare_store(self, images: torch.Tensor) -> torch.Tensor:
+        store = images.to(self.device).contiguous()
+        if self._policies:
+            return store  # policies see unpadded images; padding then happens per batch
+        # Pad once: the crop then reads its window straight out of the stored split.
+        store = pad_images(store, self._pad, self.options.pad_mode)
+        if self.channels_last:
+            store = store.contiguous(memory_format=torch.channels_last)
+        return store
+
+    # -- public --------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """Images in the split (all ranks together)."""
+        return self._n
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Images this rank yields per epoch."""
+        return len(self) * self.batch_size if self.drop_last else self._per_rank()
+
+    def set_epoch(self, epoch: int) -> None:
+        _check_int("epoch", epoch, 0)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        per_rank = self._per_rank()
+        if self.drop_last:
+            return per_rank // self.batch_size
+        return math.ceil(per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.epoch_indices()
+        gen = _generator(self.seed, self.epoch, 1, self.rank)
+        beta_rng = np.random.default_rng(int(torch.randint(0, 1 << 62, (), generator=gen)))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self._batch(idx, gen, beta_rng)
+
+    def epoch_indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, in yield order (CPU int64)."""
+        if self.shuffle:
+            perm = torch.randperm(self._n, generator=_generator(self.seed, self.epoch, 0))
+        else:
+            perm = torch.arange(self._n)
+        total = self._per_rank() * self.world_size
+        if total > self._n:
+            perm = perm.repeat(math.ceil(total / self._n))
+        return perm[:total][self.rank::self.world_size]
+
+    def _per_rank(self) -> int:
+        if self.drop_last:
+            return self._n // self.world_size
+        return math.ceil(self._n / self.world_size)
+
+    # -- one batch -----------------------------------------------------------
+    def _batch(self, idx: torch.Tensor, gen: torch.Generator, beta_rng) -> tuple:
+        idx_dev = idx.to(self.device, non_blocking=True)
+        x = self._pixels(idx_dev, gen)
+        if "flip" in self.augmentations:
+            flips = (torch.rand(len(idx), generator=gen) < 0.5).nonzero().squeeze(1)
+            flip_rows(x, flips.to(self.device, non_blocking=True))
+        x = x.to(self._work)
+        if "jitter" in self.augmentations:
+            x = color_jitter(x, self._jitter_factors(len(idx), gen))
+        x = x.mul_(self._scale).add_(self._shift)
+        if "cutout" in self.augmentations:
+            x = self._cutout(x, gen)
+        y = self._labels.index_select(0, idx_dev)
+        if {"mixup", "cutmix"} & self.augmentations:
+            x, y = self._mix(x, y, gen, beta_rng)
+        return x.to(self.dtype), y
+
+    def _pixels(self, idx_dev: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """uint8 batch after policy and crop, in the requested memory format."""
+        n = len(idx_dev)
+        if self._policies:
+            x = self._store.index_select(0, idx_dev)
+            for policy in self._policies:
+                x = policy(x, gen)
+            if "crop" not in self.augmentations:
+                return self._to_format(x)
+            source, rows = pad_images(x, self._pad, self.options.pad_mode), None
+        elif "crop" in self.augmentations:
+            source, rows = self._store, idx_dev
+        elif self.channels_last:
+            # A zero-offset window gather keeps the store's channels-last layout.
+            zero = torch.zeros(n, dtype=torch.long, device=self.device)
+            return crop_windows(self._store, idx_dev, zero, zero, self._size)
+        else:
+            return self._store.index_select(0, idx_dev)
+        shifts = torch.randint(0, 2 * self._pad + 1, (2, n), generator=gen).to(self.device)
+        if rows is None:
+            rows = torch.arange(n, device=self.device)
+        return self._to_format(crop_windows(source, rows, shifts[0], shifts[1], self._size))
+
+    def _to_format(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+    def _jitter_factors(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        s = self.options.jitter
+        low = max(0.0, 1.0 - s)
+        return torch.rand(3, n, generator=gen) * (1.0 + s - low) + low
+
+    def _cutout(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        h, w = self._size
+        side = min(self.options.cutout_size, h, w)
+        if side == 0:
+            return x
+        top = torch.randint(0, h - side + 1, (len(x),), generator=gen).to(self.device)
+        left = torch.randint(0, w - side + 1, (len(x),), generator=gen).to(self.device)
+        return fill_squares(x, top, left, side)
+
+    def _mix(self, x, y, gen, beta_rng) -> tuple[torch.Tensor, torch.Tensor]:
+        both = {"mixup", "cutmix"} <= self.augmentations
+        use_mixup = "mixup" in self.augmentations
+        if both:
+            use_mixup = bool(torch.rand((), generator=gen) < 0.5)
+        perm = torch.randperm(len(x), generator=gen).to(self.device)
+        if use_mixup:
+            lam = float(beta_rng.beta(self.options.mixup_alpha, self.options.mixup_alpha))
+            x = x.lerp_(x.index_select(0, perm), 1.0 - lam)
+        else:
+            lam = float(beta_rng.beta(self.options.cutmix_alpha, self.options.cutmix_alpha))
+            y1, y2, x1, x2 = cutmix_box(lam, *self._size, gen)
+            x[:, :, y1:y2, x1:x2] = x[:, :, y1:y2, x1:x2].index_select(0, perm)
+            lam = 1.0 - (y2 - y1) * (x2 - x1) / (self._size[0] * self._size[1])
+        onehot = F.one_hot(y, self.num_classes).float()
+        partner = onehot.index_select(0, perm)
+        return x, onehot.mul_(lam).add_(partner, alpha=1.0 - lam)
+

@@ -1,0 +1,228 @@
+"""The `cnnlib` command: data, models, train, evaluate, predict, lr-find."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as cdata
+from .checkpoint import load_model
+from .evaluate import evaluate, predict_logits
+from .models import count_parameters, create_model, list_models
+from .train import RECIPES, RunConfig, lr_find, train
+
+
+def _coerce(name: str, text: str, like):
+    """Parse `text` as the type of a config field's default value."""
+    try:
+        if isinstance(like, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(like, int):
+            return int(text)
+        if isinstance(like, float):
+            return float(text)
+        if isinstance(like, dict):
+            return json.loads(text)
+        return text
+    except ValueError:
+        raise ValueError(f"{name}: cannot read {text!r} as {type(like).__name__}") from None
+
+
+def _literal(text: str):
+    """Model option values: JSON literals where they parse (numbers, lists, bools), else strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag}: expected KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def config_from_args(args) -> RunConfig:
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    values = dict(RECIPES[args.recipe]) if args.recipe else {}
+    for k in ("dataset", "model", "epochs", "train_subset", "seed", "device", "batch_size", "lr"):
+        v = getattr(args, k)
+        if v is not None:
+            values[k] = v
+    for k, text in _pairs(args.set, "--set").items():
+        if k not in fields:
+            raise ValueError(f"--set: unknown config field {k!r}; allowed: {', '.join(sorted(fields))}")
+        f = fields[k]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        values[k] = _coerce(k, text, default)
+    options = {k: _literal(v) for k, v in _pairs(args.opt, "--opt").items()}
+    if options:
+        values["model_options"] = {**values.get("model_options", {}), **options}
+    return RunConfig(**values)
+
+
+def cmd_data(args) -> int:
+    for name in args.dataset or cdata.DATASETS:
+        d = cdata.load_cifar(name, root=args.data_root)
+        mean, std = cdata.channel_stats(d.train_images)
+        extra = f", {len(d.superclasses)} superclasses" if d.superclasses else ""
+        print(f"{name}: train {len(d.train_labels)}, test {len(d.test_labels)}, "
+              f"{d.num_classes} classes{extra}; mean {_fmt3(mean)} std {_fmt3(std)}; "
+              f"fingerprint {cdata.fingerprint(d)}")
+    return 0
+
+
+def _fmt3(t) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in t) + ")"
+
+
+def cmd_models(args) -> int:
+    for name in list_models():
+        print(f"{name} {count_parameters(create_model(name, args.num_classes))}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    config = config_from_args(args)
+    out = Path(args.out)
+    result = train(config, out, resume=not args.restart, data_root=args.data_root,
+                   progress=not args.quiet)
+    t = result.test
+    extra = f" superclass_acc={t['superclass_acc']:.4f}" if "superclass_acc" in t else ""
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"wall_seconds={result.wall_seconds:.1f} test_loss={t['loss']:.4f} top5={t['top5']:.4f}{extra}")
+    print(f"test_acc={t['acc']:.4f}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    model = load_model(args.checkpoint, device=args.device)
+    meta = model.meta
+    d = cdata.load_cifar(meta["config"]["dataset"], root=args.data_root)
+    m = evaluate(model, d.test_images, d.test_labels, meta["mean"], meta["std"], tta=args.tta,
+                 coarse=d.test_coarse, fine_to_coarse=d.fine_to_coarse, device=args.device)
+    extra = f" superclass_acc={m['superclass_acc']:.4f}" if "superclass_acc" in m else ""
+    print(f"{meta['config']['dataset']} test: loss={m['loss']:.4f} top5={m['top5']:.4f}{extra}")
+    print(f"test_acc={m['acc']:.4f}")
+    return 0
+
+
+def load_image(path: str, size: int = 32) -> torch.Tensor:
+    """Any PNG/JPEG as uint8 [3, size, size]: RGB, resized with antialiasing."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image: {path} does not exist") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"image: {path} is not a readable image (PNG or JPEG expected)") from None
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args.checkpoint, device=args.device)
+    meta = model.meta
+    images = torch.stack([load_image(p) for p in args.images])
+    probs = predict_logits(model, images, meta["mean"], meta["std"], tta=args.tta,
+                           device=args.device).softmax(1)
+    top = probs.topk(min(args.top, probs.shape[1]), dim=1)
+    for path, p, i in zip(args.images, top.values.tolist(), top.indices.tolist(), strict=True):
+        ranked = ", ".join(f"{meta['classes'][c]} {q:.3f}" for q, c in zip(p, i, strict=True))
+        print(f"{path}: {ranked}")
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    config = config_from_args(args)
+    r = lr_find(config, steps=args.steps, data_root=args.data_root)
+    for lr, loss in zip(r["lrs"][:: max(1, len(r["lrs"]) // 20)], r["losses"][:: max(1, len(r["lrs"]) // 20)],
+                        strict=True):
+        print(f"lr={lr:.3g} loss={loss:.4f}")
+    print(f"suggested_lr={r['suggested_lr']:.4g}")
+    return 0
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="start from a named recipe")
+    p.add_argument("--dataset", choices=cdata.DATASETS)
+    p.add_argument("--model", help=f"one of: {', '.join(list_models())}")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--train-subset", type=int, help="train on N images (stratified); 0 = all")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="any other RunConfig field, e.g. --set augment=crop+flip+cutout")
+    p.add_argument("--opt", action="append", metavar="OPTION=VALUE",
+                   help="model option, e.g. --opt depth=8 --opt dropout=0.25")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnlib", description=__doc__)
+    parser.add_argument("--data-root", help="dataset folder (default: env CNNLIB_DATA_ROOT or ./data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="obtain and verify the datasets")
+    p.add_argument("--dataset", action="append", choices=cdata.DATASETS)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("models", help="list models with parameter counts")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train one run; last line test_acc=<float>")
+    _add_config_flags(p)
+    p.add_argument("--out", required=True, help="folder for last.pt (resume) and model.pt")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test metrics of a checkpoint; last line test_acc=<float>")
+    p.add_argument("checkpoint")
+    p.add_argument("--tta", type=int, default=0, choices=(0, 1, 2))
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top classes for PNG/JPEG images of any size")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--tta", type=int, default=0, choices=(0, 1, 2))
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("lr-find", help="LR range test; last line suggested_lr=<float>")
+    _add_config_flags(p)
+    p.add_argument("--steps", type=int, default=100)
+    p.set_defaults(func=cmd_lr_find)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"cnnlib {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

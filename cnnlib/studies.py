@@ -1,0 +1,161 @@
+"""The study's experiments: which configs each notebook runs, per profile.
+
+A profile sizes the same experiments for a machine:
+- smoke: tiny subsets and two epochs, seconds per notebook (tests, CI, nbval); the
+         sweeps on CIFAR-100 keep only their first and last variant;
+- cpu:   real full test sets, training subsets and short schedules sized so that
+         `./run_all.sh` finishes in about three hours on 2 CPU cores;
+- full:  paper-grade recipes for a GPU.
+Every function returns a list of (label, RunConfig); notebooks pass it to
+`runs.run_all` and plot what comes back.
+"""
+
+from __future__ import annotations
+
+from .train import RunConfig, recipe
+
+DATASETS = ("cifar10", "cifar100")
+
+# Sizes per profile. "study" is the small CNN's recipe for the sweeps (ablation,
+# depth); "baseline" and "best" are notebook 01's two models.
+# "reduce_sweeps": on every dataset after the first, a sweep keeps only its first and
+# last variant (smoke: both datasets still go through every code path, in seconds).
+# "lr_find_steps": length of notebook 03's learning-rate range test.
+SETTINGS = {
+    "smoke": {
+        "seeds": (0,),
+        "study": dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64,
+                      model_options={"width": 8}),
+        "baseline": dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64,
+                         model_options={"width": 8}),
+        "best": dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64,
+                     tta=0, model_options={"widths": [16, 32, 32]}),
+        "best_seeds": (0,),
+        "reduce_sweeps": True,
+        "lr_find_steps": 20,
+    },
+    "cpu": {
+        "seeds": (0, 1),
+        "study": dict(train_subset=10000, val_size=5000, epochs=4, batch_size=128,
+                      model_options={"width": 16}),
+        "baseline": dict(val_size=5000, epochs=6, batch_size=128, model_options={"width": 16}),
+        "best": dict(val_size=2000, epochs=3.5),
+        "best_seeds": (0,),
+        "lr_find_steps": 100,
+    },
+    "full": {
+        "seeds": (0, 1, 2),
+        "study": dict(val_size=5000, epochs=30, batch_size=256),
+        "baseline": dict(val_size=5000, epochs=30, batch_size=256),
+        "best": dict(val_size=0, epochs=10),
+        "best_seeds": (0, 1, 2),
+        "lr_find_steps": 100,
+    },
+}
+
+
+def settings(profile: str) -> dict:
+    if profile not in SETTINGS:
+        raise ValueError(f"profile: {profile!r} is not allowed; allowed: {', '.join(SETTINGS)}")
+    return SETTINGS[profile]
+
+
+def _variants(profile: str, dataset: str, variants: list, datasets=DATASETS) -> list:
+    """A sweep's variants on `dataset`: all, or the first and last under reduce_sweeps."""
+    if settings(profile).get("reduce_sweeps") and dataset != datasets[0] and len(variants) > 2:
+        return [variants[0], variants[-1]]
+    return list(variants)
+
+
+def _study(profile: str, dataset: str, seed: int, **changes) -> RunConfig:
+    """The small CNN of the sweeps, with changes; model options merge with the profile's."""
+    s = dict(settings(profile)["study"])
+    options = {**s.pop("model_options", {}), **changes.pop("model_options", {})}
+    return recipe("baseline", dataset=dataset, seed=seed, model_options=options, **{**s, **changes})
+
+
+def baseline_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
+    """Notebook 01: the simple CNN and the best model on each dataset."""
+    s = settings(profile)
+    out = []
+    for ds in datasets:
+        out += [("baseline", recipe("baseline", dataset=ds, seed=seed, **s["baseline"]))
+                for seed in s["seeds"]]
+        out += [("best", recipe("fastnet", dataset=ds, seed=seed, **s["best"]))
+                for seed in s["best_seeds"]]
+    return out
+
+
+AUGMENTATIONS = ["none", "crop", "flip", "crop+flip", "crop+flip+jitter", "crop+flip+cutout",
+                 "crop+flip+mixup", "crop+flip+cutmix", "crop+flip+randaugment"]
+
+
+def augmentation_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
+    """Notebook 02: one augmentation added at a time, several seeds, both datasets."""
+    return [(aug, _study(profile, ds, seed, augment=aug))
+            for ds in datasets for aug in _variants(profile, ds, AUGMENTATIONS, datasets)
+            for seed in settings(profile)["seeds"]]
+
+
+DEPTHS = (2, 4, 6, 8, 10)
+
+
+def depth_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 1: depth on both datasets (the train-validation gap)."""
+    return [(f"depth {d}", _study(profile, ds, seed, model_options={"depth": d}))
+            for ds in datasets for d in _variants(profile, ds, list(DEPTHS), datasets)
+            for seed in settings(profile)["seeds"]]
+
+
+def architecture_runs(profile: str, dataset: str = "cifar10") -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 2: kernel size, width, dropout, plain vs residual."""
+    seeds = settings(profile)["seeds"]
+    width = settings(profile)["study"].get("model_options", {}).get("width", 32)
+    variants = (
+        [(f"kernel {k}", {"kernel_size": k}) for k in (3, 5, 7)]
+        + [(f"width {w}", {"width": w}) for w in (width // 2, width, width * 2)]
+        + [(f"dropout {p}", {"dropout": p}) for p in (0.0, 0.25, 0.5)]
+        + [(f"{'residual' if r else 'plain'} depth 10", {"depth": 10, "residual": r}) for r in (False, True)]
+    )
+    return [(label, _study(profile, dataset, seed, model_options=opts))
+            for label, opts in variants for seed in seeds]
+
+
+def hyperparameter_runs(profile: str, dataset: str = "cifar10") -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 3: learning-rate schedule and weight decay."""
+    seeds = settings(profile)["seeds"]
+    out = [(f"schedule {s}", _study(profile, dataset, seed, schedule=s))
+           for s in ("step", "cosine", "onecycle") for seed in seeds]
+    out += [(f"weight decay {wd:g}", _study(profile, dataset, seed, weight_decay=wd))
+            for wd in (0.0, 5e-4, 5e-3) for seed in seeds]
+    return out
+
+
+def lr_find_config(profile: str, dataset: str = "cifar10") -> RunConfig:
+    """The config whose learning rate notebook 03's range test scans (the sweeps' recipe)."""
+    return _study(profile, dataset, 0)
+
+
+def lr_find_steps(profile: str) -> int:
+    return settings(profile).get("lr_find_steps", 100)
+
+
+NOTEBOOKS = {
+    "01_baseline": lambda p: baseline_runs(p),
+    "02_augmentation_ablation": lambda p: augmentation_runs(p),
+    "03_depth_study": lambda p: depth_runs(p) + architecture_runs(p) + hyperparameter_runs(p),
+    "04_interpretability": lambda p: baseline_runs(p),
+}
+
+
+def plan(profile: str) -> dict[str, tuple[int, int]]:
+    """Per notebook: (runs listed, runs not already listed by an earlier notebook)."""
+    seen: set[str] = set()
+    out = {}
+    for name, fn in NOTEBOOKS.items():
+        configs = fn(profile)
+        keys = [c.key() for _, c in configs]
+        new = {k for k in keys if k not in seen}
+        seen |= new
+        out[name] = (len(keys), len(new))
+    return out

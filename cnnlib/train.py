@@ -1,0 +1,569 @@
+"""The trainer: one config dataclass, one `train(config)` call, atomic per-epoch checkpoints.
+
+The loop is deliberately plain (nanoGPT-style): data and augmentation live in
+the batch loader, the model comes from the registry, metrics from evaluate.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import data as cdata
+from .augment import AugmentOptions, BatchLoader, normalize, parse_augment
+from .checkpoint import load_safe, model_checkpoint, save_atomic
+from .evaluate import TTA_LEVELS, metrics_from_logits, predict_logits, scalar_metrics
+from .models import create_model, list_models
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EARLY_STOP_METRICS = ("val_acc", "val_loss")
+STEP_MILESTONES = (0.5, 0.75)  # fractions of training where "step" divides the lr by 10
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run. Two equal configs give the same run."""
+
+    dataset: str = "cifar10"
+    model: str = "baseline"
+    model_options: dict = field(default_factory=dict)
+    epochs: float = 10  # fractional epochs allowed: the last epoch stops early
+    batch_size: int = 256
+    optimizer: str = "nesterov"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float = 0.15  # fraction of all steps spent warming up (onecycle, cosine)
+    warmup_start: float = 0.1  # lr factor at step 0
+    final_lr: float = 0.0  # lr factor at the last step (onecycle, cosine)
+    label_smoothing: float = 0.0
+    augment: str = "crop+flip"
+    crop_padding: int = 4
+    pad_mode: str = "reflect"
+    jitter: float = 0.4
+    cutout_size: int = 8
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    val_size: int = 5000
+    early_stop_patience: int = 0  # epochs without improvement before stopping; 0 = off
+    early_stop_metric: str = "val_acc"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on the CPU
+    channels_last: bool = True
+    compile: bool = False
+    train_subset: int = 0  # 0 = the whole training split
+    test_subset: int = 0  # 0 = the whole test set (only smoke runs shrink it)
+    tta: int = 0  # test-time augmentation level for the final test metrics
+    norm_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters (airbench uses 64)
+    lookahead: bool = False  # airbench's lookahead EMA of the weights
+
+    def __post_init__(self):
+        self.model_options = dict(self.model_options or {})
+        self.validate()
+
+    # -- validation -------------------------------------------------------
+    def validate(self) -> None:
+        def bad(name, allowed):
+            value = getattr(self, name)
+            raise ValueError(f"{name}: {value!r} is not allowed; allowed: {allowed}")
+
+        if self.dataset not in cdata.DATASETS:
+            bad("dataset", ", ".join(cdata.DATASETS))
+        if self.model not in list_models():
+            bad("model", ", ".join(list_models()))
+        for name, allowed in [("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("precision", PRECISIONS), ("early_stop_metric", EARLY_STOP_METRICS)]:
+            if getattr(self, name) not in allowed:
+                bad(name, ", ".join(allowed))
+        if self.tta not in TTA_LEVELS:
+            bad("tta", "0, 1, 2")
+        if not (isinstance(self.epochs, int | float) and self.epochs > 0):
+            bad("epochs", "a number > 0")
+        for name in ("batch_size",):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                bad(name, "an integer >= 1")
+        for name in ("val_size", "train_subset", "test_subset", "early_stop_patience", "seed",
+                     "crop_padding", "cutout_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                bad(name, "an integer >= 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            bad("lr", "a finite number > 0")
+        for name in ("weight_decay", "label_smoothing", "jitter", "mixup_alpha", "cutmix_alpha"):
+            if not getattr(self, name) >= 0:
+                bad(name, "a number >= 0")
+        for name in ("momentum", "warmup", "warmup_start", "final_lr"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(name, "a number in [0, 1]")
+        if self.label_smoothing >= 1:
+            bad("label_smoothing", "a number in [0, 1)")
+        if self.norm_lr_scale <= 0:
+            bad("norm_lr_scale", "a number > 0")
+        if self.pad_mode not in ("reflect", "zeros"):
+            bad("pad_mode", "reflect, zeros")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            bad("device", "auto, cpu, cuda, cuda:N")
+        if self.early_stop_patience and not self.val_size:
+            raise ValueError("early_stop_patience: needs a validation split; set val_size > 0")
+        parse_augment(self.augment)  # raises on unknown names
+
+    # -- identity ---------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Stable short hash of every field: the run cache's key."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def augment_options(self) -> AugmentOptions:
+        return AugmentOptions(crop_padding=self.crop_padding, pad_mode=self.pad_mode, jitter=self.jitter,
+                              cutout_size=self.cutout_size, mixup_alpha=self.mixup_alpha,
+                              cutmix_alpha=self.cutmix_alpha)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device: {self.device!r} asked for but CUDA is not available; use cpu or auto")
+        return torch.device(self.device)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# Named starting points; a recipe is a dict of RunConfig fields.
+RECIPES: dict[str, dict] = {
+    # The study's simple CNN with a standard, robust recipe.
+    "baseline": dict(model="baseline", batch_size=256, optimizer="nesterov", lr=0.05, momentum=0.9,
+                     weight_decay=5e-4, schedule="onecycle", warmup=0.15, augment="crop+flip",
+                     label_smoothing=0.1),
+    # airbench94's hyperparameters, rewritten for a mean-reduced loss:
+    # lr 11.5 per 1024 examples over (1 + 1/(1-momentum)) -> 1.5 at batch 1024; decoupled
+    # weight decay 0.0153 per 1024 examples -> 0.00133 coupled; triangle schedule 0.2 -> 1 -> 0.07.
+    "fastnet": dict(model="fastnet", batch_size=1024, optimizer="nesterov", lr=1.5, momentum=0.85,
+                    weight_decay=0.00133, schedule="onecycle", warmup=0.23, warmup_start=0.2,
+                    final_lr=0.07, label_smoothing=0.2, augment="crop+flip", crop_padding=2,
+                    pad_mode="reflect", norm_lr_scale=64.0, lookahead=True, tta=2, val_size=0),
+}
+
+
+def recipe(name: str, **overrides) -> RunConfig:
+    """A RunConfig from a named recipe plus overrides."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe: unknown {name!r}; allowed: {', '.join(RECIPES)}")
+    return RunConfig(**{**RECIPES[name], **overrides})
+
+
+# ---------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(config: RunConfig, step: int, total: int) -> float:
+    """Multiplier of config.lr at a given optimizer step."""
+    t = step / max(1, total)
+    if config.schedule == "constant":
+        return 1.0
+    if config.schedule == "step":
+        return 0.1 ** sum(t >= m for m in STEP_MILESTONES)
+    w = config.warmup
+    if t < w:
+        return config.warmup_start + (1 - config.warmup_start) * t / w
+    u = (t - w) / max(1e-12, 1 - w)
+    if config.schedule == "cosine":
+        return config.final_lr + (1 - config.final_lr) * 0.5 * (1 + math.cos(math.pi * u))
+    return 1 + (config.final_lr - 1) * u  # onecycle: linear up, linear down
+
+
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Two groups: BatchNorm parameters (lr scaled, decay scaled inversely) and the rest."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                for p in m.parameters(recurse=False)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = [p for p in params if id(p) in norm_ids]
+    rest = [p for p in params if id(p) not in norm_ids]
+    s = config.norm_lr_scale
+    groups = [dict(params=rest, lr=config.lr, weight_decay=config.weight_decay),
+              dict(params=norm, lr=config.lr * s, weight_decay=config.weight_decay / s)]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer in ("sgd", "nesterov"):
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.optimizer == "nesterov")
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, betas=(config.momentum, 0.999))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+
+
+class Lookahead:
+    """airbench's lookahead: every 5 steps the weights move to an EMA of themselves."""
+
+    every = 5
+
+    def __init__(self, model: nn.Module):
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.ema:
+                self.ema[k].lerp_(v, 1 - decay)
+                v.copy_(self.ema[k])
+
+    @staticmethod
+    def decay(step: int, total: int) -> float:
+        return 0.95**5 * (step / total) ** 3
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy for hard labels or soft (MixUp/CutMix) targets."""
+    return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+
+def _hard(target: torch.Tensor) -> torch.Tensor:
+    return target.argmax(1) if target.ndim == 2 else target
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TrainResult:
+    config: dict
+    history: list[dict]
+    test: dict  # scalar test metrics: loss, acc, top5 (+ superclass_acc)
+    val: dict
+    best_epoch: int | None
+    stopped_early: bool
+    wall_seconds: float
+    device: str
+    checkpoint: str | None
+    model: nn.Module | None = field(default=None, repr=False)
+    test_metrics: dict | None = field(default=None, repr=False)  # full metrics incl. confusion
+
+    def summary(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "test_metrics")}
+
+
+class Trainer:
+    """Holds the state of one run, so that it can be checkpointed and resumed."""
+
+    def __init__(self, config: RunConfig, out_dir=None, *, data_root=None, progress=True):
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.device = config.resolved_device()
+        self.amp_dtype = config.autocast_dtype(self.device)
+        seed_everything(config.seed)
+
+        self.data = cdata.load_cifar(config.dataset, root=data_root)
+        self.train_split, self.val_split = cdata.train_split(
+            self.data, val_size=config.val_size, subset=config.train_subset, seed=config.seed)
+        test = cdata.test_split(self.data)
+        if config.test_subset:
+            test = cdata.Split(test.images[: config.test_subset], test.labels[: config.test_subset],
+                               None if test.coarse is None else test.coarse[: config.test_subset])
+        self.test_split = test
+        self.mean, self.std = cdata.channel_stats(self.train_split.images)
+        nc = self.data.num_classes
+        if len(self.train_split) < config.batch_size:
+            raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(self.train_split)} "
+                             "training images; lower it or enlarge train_subset")
+        self.loader = BatchLoader(
+            self.train_split.images, self.train_split.labels, batch_size=config.batch_size,
+            mean=self.mean, std=self.std, augment=config.augment, options=config.augment_options(),
+            num_classes=nc, shuffle=True, seed=config.seed, device=self.device,
+            channels_last=config.channels_last)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = max(1, round(config.epochs * self.steps_per_epoch))
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        self.model = create_model(config.model, nc, **config.model_options).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if hasattr(self.model, "init_from_data"):
+            sample = self.train_split.images[:5000]
+            self.model.init_from_data(normalize(sample, self.mean, self.std).to(self.device))
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = make_optimizer(config, self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.lookahead = Lookahead(self.model) if config.lookahead else None
+
+        self.step = 0
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+        self.best = None  # (metric value, epoch, state_dict)
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+
+    # -- checkpoint state ---------------------------------------------------
+    @property
+    def last_path(self) -> Path | None:
+        return self.out_dir / "last.pt" if self.out_dir else None
+
+    def state(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lookahead": self.lookahead.ema if self.lookahead else None,
+            "history": self.history, "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "best": None if self.best is None else
+            {"value": self.best[0], "epoch": self.best[1], "model": self.best[2]},
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def load_state(self, s: dict) -> None:
+        if s["config"] != self.config.to_dict():
+            raise ValueError(f"resume: {self.last_path} belongs to a different config; "
+                             "use another out dir or delete it")
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scaler.load_state_dict(s["scaler"])
+        if self.lookahead:
+            self.lookahead.ema = {k: v.to(self.device) for k, v in s["lookahead"].items()}
+        self.epoch, self.step, self.elapsed = s["epoch"], s["step"], s["elapsed"]
+        self.history, self.bad_epochs = s["history"], s["bad_epochs"]
+        self.stopped_early = s["stopped_early"]
+        b = s["best"]
+        self.best = None if b is None else (b["value"], b["epoch"], b["model"])
+        torch.set_rng_state(s["rng"])
+        if s["cuda_rng"]:
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+
+    def try_resume(self) -> bool:
+        if self.last_path is None or not self.last_path.exists():
+            return False
+        self.load_state(load_safe(self.last_path, map_location=self.device))
+        return True
+
+    # -- the loop -------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        cfg, model = self.config, self.model
+        model.train()
+        self.loader.set_epoch(self.epoch)
+        steps = min(self.steps_per_epoch, self.total_steps - self.step)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.num_epochs}", leave=False,
+                   disable=not self.progress, mininterval=2.0, unit="batch")
+        for i, (x, y) in enumerate(self.loader):
+            if i >= steps:
+                break
+            set_lr(self.optimizer, lr_factor(cfg, self.step, self.total_steps))
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.forward(x)
+                loss = soft_cross_entropy(logits.float(), y, cfg.label_smoothing)
+            # On a GPU, checking every step would force a sync; NaN/inf also poisons the sum.
+            if (self.device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss_sum + loss):
+                raise NonFiniteLossError(
+                    f"loss: became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; lower lr "
+                    f"(now {cfg.lr}) or use precision fp32; the last finished epoch is kept in {self.last_path}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            if self.lookahead and self.step % Lookahead.every == 0:
+                self.lookahead.update(model, Lookahead.decay(self.step, self.total_steps))
+            loss_sum += loss.detach() * len(x)
+            correct += (logits.argmax(1) == _hard(y)).sum()
+            seen += len(x)
+            bar.update(1)
+        bar.close()
+        if self.lookahead and self.step >= self.total_steps:
+            self.lookahead.update(model, 1.0)  # end on the averaged weights
+        return {"train_loss": loss_sum.item() / max(1, seen), "train_acc": correct.item() / max(1, seen),
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def predict(self, split: cdata.Split, tta: int = 0) -> torch.Tensor:
+        return predict_logits(self.model, split.images, self.mean, self.std, tta=tta,
+                              device=self.device, channels_last=self.config.channels_last,
+                              autocast_dtype=self.amp_dtype)
+
+    def validate(self) -> dict:
+        if self.val_split is None:
+            return {}
+        m = metrics_from_logits(self.predict(self.val_split), self.val_split.labels)
+        return {"val_loss": m["loss"], "val_acc": m["acc"]}
+
+    def _improved(self, row: dict) -> bool:
+        metric = self.config.early_stop_metric
+        if metric not in row:
+            return False
+        value = row[metric] if metric == "val_acc" else -row[metric]
+        if self.best is None or value > self.best[0]:
+            self.best = (value, row["epoch"], copy.deepcopy(self.model.state_dict()))
+            return True
+        return False
+
+    def run(self) -> TrainResult:
+        self.run_epochs()
+        return self.finish()
+
+    def run_epochs(self, limit: int | None = None) -> None:
+        """Train (at most `limit` more) epochs, checkpointing after each."""
+        cfg = self.config
+        end = self.num_epochs if limit is None else min(self.num_epochs, self.epoch + limit)
+        while self.epoch < end and not self.stopped_early:
+            t0 = time.perf_counter()
+            row = {"epoch": self.epoch + 1, **self.train_epoch()}
+            row.update(self.validate())
+            row["seconds"] = time.perf_counter() - t0
+            self.elapsed += row["seconds"]
+            self.epoch += 1
+            self.history.append(row)
+            if self._improved(row):
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+                self.stopped_early = bool(cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience)
+            if self.last_path:
+                save_atomic(self.state(), self.last_path)
+            if self.progress:
+                tqdm.write(_format_row(row, self.num_epochs))
+
+    def finish(self) -> TrainResult:
+        cfg = self.config
+        best_epoch = None
+        if cfg.early_stop_patience and self.best is not None:
+            self.model.load_state_dict(self.best[2])  # early stopping keeps the best-validation weights
+            best_epoch = self.best[1]
+        t0 = time.perf_counter()
+        val = self.validate()
+        test_metrics = metrics_from_logits(
+            self.predict(self.test_split, tta=cfg.tta), self.test_split.labels,
+            coarse=self.test_split.coarse, fine_to_coarse=self.data.fine_to_coarse)
+        self.elapsed += time.perf_counter() - t0
+        test = scalar_metrics(test_metrics)
+        ckpt_path = None
+        if self.out_dir:
+            ckpt = model_checkpoint(self.model, cfg.to_dict(), classes=self.data.classes,
+                                    mean=self.mean, std=self.std,
+                                    metrics={**scalar_metrics(test_metrics, "test_"), **val})
+            ckpt_path = str(save_atomic(ckpt, self.out_dir / "model.pt"))
+        return TrainResult(config=cfg.to_dict(), history=self.history, test=test, val=val,
+                           best_epoch=best_epoch, stopped_early=self.stopped_early,
+                           wall_seconds=self.elapsed, device=str(self.device), checkpoint=ckpt_path,
+                           model=self.model, test_metrics=test_metrics)
+
+
+def _format_row(row: dict, total: int) -> str:
+    parts = [f"epoch {row['epoch']}/{total}"]
+    for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        if k in row:
+            parts.append(f"{k}={row[k]:.4g}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return " ".join(parts)
+
+
+def train(config: RunConfig, out_dir=None, *, resume: bool = True, data_root=None,
+          progress: bool = True) -> TrainResult:
+    """Train one run. With `out_dir`, each epoch is checkpointed there and a rerun resumes."""
+    trainer = Trainer(config, out_dir, data_root=data_root, progress=progress)
+    if resume and trainer.try_resume() and progress:
+        tqdm.write(f"resuming {out_dir} after epoch {trainer.epoch}/{trainer.num_epochs}")
+    return trainer.run()
+
+
+def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, steps: int = 100,
+            data_root=None, diverge: float = 4.0) -> dict:
+    """LR range test (Smith 2015): raise the lr exponentially for `steps` batches.
+
+    Returns the lrs, the smoothed losses and a suggested lr: the point of steepest
+    descent of the smoothed loss, capped at a tenth of the lr of the lowest loss.
+    """
+    if not 0 < start_lr < end_lr:
+        raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
+    trainer = Trainer(config.replace(schedule="constant", lookahead=False), None,
+                      data_root=data_root, progress=False)
+    opt, model = trainer.optimizer, trainer.model
+    model.train()
+    gamma = (end_lr / start_lr) ** (1 / max(1, steps - 1))
+    lrs, losses, best, epoch = [], [], math.inf, 0
+    while len(lrs) < steps:
+        trainer.loader.set_epoch(epoch)
+        epoch += 1
+        for x, y in trainer.loader:
+            lr = start_lr * gamma ** len(lrs)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["base_lr"] / config.lr
+            loss_t = soft_cross_entropy(trainer.forward(x).float(), y, config.label_smoothing)
+            loss = loss_t.item()
+            if not math.isfinite(loss):
+                break
+            opt.zero_grad(set_to_none=True)
+            loss_t.backward()
+            opt.step()
+            smooth = 0.9 * losses[-1] + 0.1 * loss if losses else loss
+            lrs.append(lr)
+            losses.append(smooth)
+            best = min(best, smooth)
+            if len(lrs) >= steps or smooth > diverge * best:
+                break
+        if not lrs or len(lrs) >= steps or losses[-1] > diverge * best or not math.isfinite(loss):
+            break
+    return {"lrs": lrs, "losses": losses, "suggested_lr": suggest_lr(lrs, losses)}
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> float:
+    log_lr = np.log10(np.asarray(lrs))
+    loss = np.asarray(losses)
+    if len(loss) < 3:
+        return float(lrs[0])
+    ok = np.isfinite(loss)
+    grad = np.gradient(loss[ok], log_lr[ok])
+    steepest = float(10 ** log_lr[ok][int(np.argmin(grad))])
+    at_min = float(10 ** log_lr[ok][int(np.argmin(loss[ok]))])
+    return min(steepest, at_min / 10) if at_min / 10 > lrs[0] else steepest
+
