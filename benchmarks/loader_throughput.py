@@ -186,6 +186,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is shown")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for torchvision")
     p.add_argument("--device", default="cpu", help="device for the cnnlib loaders")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for the cnnlib loaders (0: torch's default)")
     p.add_argument(
         "--per-sample-policy",
         action=argparse.BooleanOptionalAction,
@@ -199,6 +201,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> list[tuple[str, float, float]]:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     images, labels, source = load_train_images()
     device = torch.device(args.device)
     print(f"data: {source}, {len(images)} images {list(images.shape[1:])}")

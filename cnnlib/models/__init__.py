@@ -74,7 +74,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# -- helpers shared by the family modules -------------------------------------------------------
+# -- option checks and init shared by the family modules ------------------------------------
 
 
 def check_int(model: str, option: str, value, low: int, high: int | None = None) -> int:
@@ -133,5 +133,5 @@ def init_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-# The families register themselves on import; they need the helpers defined above.
+# The families register themselves on import; they use the checks defined above.
 from . import baseline, densenet, fastnet, resnet, wrn  # noqa: E402, F401

@@ -1,0 +1,309 @@
+"""Compression: pruning, int8, ONNX, their checkpoints and the CLI, on tiny models and synthetic data."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnnlib
+from cnnlib import cli, compress
+from cnnlib.augment import normalize
+from cnnlib.checkpoint import load_safe, model_checkpoint, save_atomic
+from cnnlib.data import channel_stats
+from cnnlib.models import count_parameters, create_model
+from cnnlib.train import recipe
+
+TINY = {
+    "baseline": ("baseline", {"width": 4}),
+    "residual": ("baseline", {"width": 4, "depth": 7, "residual": True}),
+    "fastnet": ("fastnet", {"widths": [8, 16, 16]}),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_cifar10):
+    mean, std = channel_stats(synthetic_cifar10.train_images)
+    return synthetic_cifar10, mean, std
+
+
+def _trained(name: str, data, tmp_path_factory) -> tuple:
+    """A briefly trained tiny model saved as a regular checkpoint: (path, model from load_model)."""
+    d, mean, std = data
+    family, options = TINY[name]
+    config = recipe(family, model_options=options, batch_size=64, val_size=0).to_dict()
+    torch.manual_seed(0)
+    model = create_model(family, 10, **options)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(normalize(d.train_images[:500], mean, std))
+    compress.fine_tune(model, d.train_images, d.train_labels, mean, std, steps=40, config=config,
+                       batch_size=64, lr_scale=1.0)
+    path = tmp_path_factory.mktemp(name) / "model.pt"
+    save_atomic(model_checkpoint(model, config, classes=d.classes, mean=mean, std=std), path)
+    return path, cnnlib.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _trained(name, data, tmp_path_factory)
+        return cache[name]
+
+    return get
+
+
+def _logits(model, data, n=200):
+    d, mean, std = data
+    return cnnlib.predict_logits(model, d.test_images[:n], mean, std)
+
+
+# -- unstructured pruning ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", [0.5, 0.8])
+def test_magnitude_prune_reaches_sparsity_and_fine_tuning_keeps_it(trained, data, amount):
+    _, model = trained("baseline")
+    d, mean, std = data
+    pruned = compress.magnitude_prune(copy.deepcopy(model), amount)
+    assert compress.sparsity(pruned) == pytest.approx(amount, abs=0.01)
+    compress.fine_tune(pruned, d.train_images, d.train_labels, mean, std, steps=3,
+                       config=model.meta["config"], batch_size=32)
+    compress.make_permanent(pruned)
+    assert compress.sparsity(pruned) == pytest.approx(amount, abs=0.01)
+    assert not any(k.endswith(("_orig", "_mask")) for k in pruned.state_dict())
+    assert compress.sparsity(model) < 0.01  # the original is untouched
+
+
+def test_magnitude_prune_rejects_bad_amount(trained):
+    _, model = trained("baseline")
+    with pytest.raises(ValueError, match="amount"):
+        compress.magnitude_prune(copy.deepcopy(model), 1.5)
+
+
+def test_sparse_checkpoint_is_smaller_and_round_trips(data, tmp_path):
+    d, mean, std = data
+    config = recipe("baseline", model_options={"width": 16}).to_dict()
+    model = create_model("baseline", 10, width=16)
+    dense = save_atomic(model_checkpoint(model, config, classes=d.classes, mean=mean, std=std),
+                        tmp_path / "dense.pt")
+    pruned = compress.make_permanent(compress.magnitude_prune(cnnlib.load_model(dense), 0.8))
+    out = compress.save_compressed(pruned, tmp_path / "sparse.pt")
+    # 0.2 x 4 bytes of values + 1/8 byte of mask per weight, plus the file's fixed overhead
+    assert compress.file_size_mb(out) < 0.4 * compress.file_size_mb(dense)
+    loaded = cnnlib.load_model(out)
+    assert loaded.meta["kind"] == "pruned"
+    assert compress.sparsity(loaded) == pytest.approx(0.8, abs=0.01)
+    torch.testing.assert_close(_logits(loaded, data), _logits(pruned, data))
+
+
+# -- structured pruning ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_prune_channels_really_shrinks(trained, data, name):
+    _, model = trained(name)
+    d, mean, std = data
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    pruned = compress.prune_channels(model, 0.5, d.train_images[:128], mean, std)
+    widths, old = compress.channel_widths(pruned), compress.channel_widths(model)
+    assert widths and all(widths[k] < old[k] for k in old)
+    assert count_parameters(pruned) < 0.8 * count_parameters(model)
+    assert _logits(pruned, data, 16).shape == (16, 10)
+    assert {k: v.shape for k, v in model.state_dict().items()} == before  # a copy was pruned
+
+
+def test_prune_channels_keeps_the_strongest_channels_in_order(trained, data):
+    """A channel that never fires ranks last; the survivors keep their order."""
+    _, model = trained("baseline")
+    d, mean, std = data
+    model = copy.deepcopy(model)
+    first = model.features[0][0]
+    with torch.no_grad():
+        first[1].bias[0] = -100.0  # BN output always negative: ReLU kills channel 0
+    pruned = compress.prune_channels(model, 0.5, d.train_images[:64], mean, std)
+    kept = pruned.features[0][0][0].weight
+    assert kept.shape[0] == 3  # round(4 * sqrt(0.5))
+    assert not any(torch.equal(w, first[0].weight[0]) for w in kept)
+    rows = [next(i for i in range(4) if torch.equal(w, first[0].weight[i])) for w in kept]
+    assert rows == sorted(rows)
+
+
+def test_pruned_fine_tuned_checkpoint_round_trips(trained, data, tmp_path):
+    path, model = trained("fastnet")
+    d, mean, std = data
+    pruned = compress.prune_channels(model, 0.8, d.train_images[:128], mean, std)
+    compress.fine_tune(pruned, d.train_images, d.train_labels, mean, std, steps=3,
+                       config=model.meta["config"], batch_size=32)
+    out = compress.save_compressed(pruned, tmp_path / "channels.pt")
+    assert compress.file_size_mb(out) < compress.file_size_mb(path)
+    loaded = cnnlib.load_model(out)
+    assert compress.channel_widths(loaded) == compress.channel_widths(pruned)
+    torch.testing.assert_close(_logits(loaded, data), _logits(pruned, data))
+
+
+def test_prune_channels_refuses_other_families(data):
+    d, mean, std = data
+    model = create_model("resnet20", 10)
+    with pytest.raises(ValueError, match="baseline and fastnet"):
+        compress.prune_channels(model, 0.5, d.train_images[:8], mean, std)
+
+
+# -- int8 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_int8_agrees_with_fp32(trained, data, name):
+    _, model = trained(name)
+    d, mean, std = data
+    q = compress.quantize_int8(model, d.train_images[:256], mean, std)
+    fp32, int8 = _logits(model, data), _logits(q, data)
+    agree = (fp32.argmax(1) == int8.argmax(1)).double().mean().item()
+    assert agree >= 0.85  # tiny, barely trained nets have many near ties
+    assert (int8 - fp32).abs().mean() < 0.1 * fp32.abs().mean() + 0.05
+
+
+@pytest.mark.parametrize("name", ["residual", "fastnet"])
+def test_int8_checkpoint_round_trips_with_weights_only(trained, data, tmp_path, name):
+    path, model = trained(name)
+    d, mean, std = data
+    q = compress.quantize_int8(model, d.train_images[:128], mean, std)
+    out = compress.save_compressed(q, tmp_path / "int8.pt")
+    ckpt = load_safe(out)  # torch.load(weights_only=True)
+    assert ckpt["kind"] == "int8" and ckpt["recipe"]["backend"] == "x86"
+    assert not any(isinstance(v, torch.Tensor) and v.is_quantized for v in ckpt["state_dict"].values())
+    assert compress.file_size_mb(out) < compress.file_size_mb(path)
+    loaded = cnnlib.load_model(out)
+    assert isinstance(loaded, compress.QuantizedModel) and loaded.meta["kind"] == "int8"
+    torch.testing.assert_close(_logits(loaded, data), _logits(q, data))
+
+
+def test_pruned_then_int8_round_trips(trained, data, tmp_path):
+    _, model = trained("baseline")
+    d, mean, std = data
+    pruned = compress.prune_channels(model, 0.5, d.train_images[:128], mean, std)
+    q = compress.quantize_int8(pruned, d.train_images[:128], mean, std)
+    loaded = cnnlib.load_model(compress.save_compressed(q, tmp_path / "both.pt"))
+    assert loaded.recipe["channels"] == compress.channel_widths(pruned)
+    torch.testing.assert_close(_logits(loaded, data), _logits(q, data))
+
+
+@pytest.mark.parametrize("name", ["baseline", "fastnet"])
+def test_qat_converts_and_round_trips(trained, data, tmp_path, name):
+    _, model = trained(name)
+    d, mean, std = data
+    q = compress.quantize_qat(model, d.train_images, d.train_labels, mean, std, steps=3,
+                              config=model.meta["config"], batch_size=32)
+    assert q.recipe["method"] == "qat"
+    loaded = cnnlib.load_model(compress.save_compressed(q, tmp_path / "qat.pt"))
+    torch.testing.assert_close(_logits(loaded, data), _logits(q, data))
+    agree = (_logits(q, data).argmax(1) == _logits(model, data).argmax(1)).double().mean()
+    assert agree >= 0.8
+
+
+def test_int8_checkpoint_of_another_backend_is_refused(trained, data, tmp_path):
+    _, model = trained("baseline")
+    d, mean, std = data
+    out = compress.save_compressed(compress.quantize_int8(model, d.train_images[:64], mean, std),
+                                   tmp_path / "int8.pt")
+    ckpt = load_safe(out)
+    ckpt["recipe"]["backend"] = "qnnpack"
+    save_atomic(ckpt, out)
+    with pytest.raises(ValueError, match="backend"):
+        cnnlib.load_model(out)
+
+
+# -- ONNX --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["baseline", "fastnet"])
+def test_onnx_matches_torch(trained, data, tmp_path, name):
+    _, model = trained(name)
+    path = compress.export_onnx(model, tmp_path / "model.onnx")
+    session = compress.load_onnx(path)
+    assert session.meta["classes"] == model.meta["classes"]
+    assert session.meta["mean"] == pytest.approx(list(model.meta["mean"]))
+    torch.testing.assert_close(_logits(session, data), _logits(model, data), atol=1e-4, rtol=1e-4)
+
+
+def test_load_onnx_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        compress.load_onnx(tmp_path / "none.onnx")
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compressed_files(trained, data, tmp_path_factory):
+    """One file of each compressed kind, made from the tiny baseline."""
+    _, model = trained("baseline")
+    d, mean, std = data
+    folder = tmp_path_factory.mktemp("compressed")
+    pruned = compress.prune_channels(model, 0.5, d.train_images[:64], mean, std)
+    return {
+        "pruned": compress.save_compressed(pruned, folder / "pruned.pt"),
+        "int8": compress.save_compressed(
+            compress.quantize_int8(model, d.train_images[:64], mean, std), folder / "int8.pt"),
+        "onnx": compress.export_onnx(model, folder / "model.onnx"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pruned", "int8", "onnx"])
+def test_cli_evaluate_and_predict_accept_compressed_models(compressed_files, synthetic_root,
+                                                           tmp_path, capsys, kind):
+    from PIL import Image
+
+    path = str(compressed_files[kind])
+    assert cli.main(["--data-root", str(synthetic_root), "evaluate", path]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("test_acc=") and 0 <= float(last.split("=")[1]) <= 1
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8)).save(image)
+    assert cli.main(["predict", path, str(image), "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{image}: ") and out.count(",") == 1
+
+
+# -- measuring and the study -------------------------------------------------------------------
+
+
+def test_benchmark_reports_latency_and_throughput(trained):
+    _, model = trained("baseline")
+    result = compress.benchmark(model, seconds=0.01)
+    assert result["latency_ms_b1"] > 0 and result["throughput_b256"] > 0
+    assert result["threads"] == 1
+
+
+def test_compress_model_writes_every_variant(trained, data, tmp_path):
+    _, model = trained("baseline")
+    d, _, _ = data
+    s = compress.settings("smoke")
+    rows = compress.compress_model(model, d, tmp_path, label="baseline", progress=False, **s)
+    df = compress.results_frame(rows)
+    assert list(df["variant"]) == ["fp32", "magnitude 50%", "magnitude 80%", "channels 50%",
+                                   "channels 80%", "int8", "channels 50% + int8", "onnx"]
+    assert {"variant", "size_mb", "latency_ms_b1", "throughput_b256", "test_acc"} <= set(df)
+    assert df["test_acc"].between(0, 1).all() and (df["size_mb"] > 0).all()
+    assert all((tmp_path / p.split("/")[-1]).exists() for p in df["path"])
+    assert df.loc[df["variant"] == "fp32", "acc_change_pp"].item() == 0
+    fig = compress.plot_tradeoffs(df, tmp_path / "tradeoffs.png")
+    assert (tmp_path / "tradeoffs.png").stat().st_size > 0 and len(fig.axes) == 2
+
+
+def test_save_compressed_needs_meta(tmp_path):
+    with pytest.raises(ValueError, match="meta"):
+        compress.save_compressed(nn.Linear(2, 2), tmp_path / "x.pt")

@@ -1,0 +1,237 @@
+"""The run cache, profiles, results tables and the notebooks' study plans (fast, synthetic data)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from cnnlib import report, runs, studies
+from cnnlib.data import write_synthetic
+from cnnlib.train import RunConfig, Trainer
+
+REQUIRED_COLUMNS = ["dataset", "model", "options", "augmentations", "seed", "epochs", "val_acc",
+                    "test_acc", "test_loss", "wall_seconds", "device", "profile", "commit"]
+
+
+def _config(**changes) -> RunConfig:
+    base = dict(dataset="cifar10", model="baseline", model_options={"width": 4, "depth": 2},
+                epochs=2, batch_size=32, train_subset=96, val_size=64, test_subset=100,
+                augment="crop+flip", device="cpu", lr=0.05)
+    return RunConfig(**{**base, **changes})
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "runs"
+
+
+def _run(config, cache, data_root, **kwargs):
+    return runs.run(config, "tiny", profile="smoke", root=cache, data_root=data_root,
+                    progress=False, **kwargs)
+
+
+# -- the cache ------------------------------------------------------------------------------------
+
+
+def test_cache_hit_returns_the_same_result_without_training(synthetic_root, cache, monkeypatch):
+    first = _run(_config(), cache, synthetic_root)
+    assert (first.path / "result.json").exists() and first.checkpoint.exists()
+    assert (first.path / runs.TEST_METRICS).exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(runs, "train", no_training)
+    again = _run(_config(), cache, synthetic_root)
+    assert again.path == first.path
+    assert again.result == json.loads(json.dumps(first.result, default=float))
+    assert again.row("s") == first.row("s")
+
+
+def test_key_includes_config_and_data_fingerprint(synthetic_root, tmp_path):
+    other = tmp_path / "other_data"
+    write_synthetic("cifar10", other, n_train=1000, n_test=200, seed=1)
+    config = _config()
+    here = runs.run_dir(config, tmp_path, synthetic_root)
+    assert runs.run_dir(config, tmp_path, synthetic_root) == here
+    assert runs.run_dir(config, tmp_path, other) != here  # other data, other run
+    assert runs.run_dir(config.replace(seed=1), tmp_path, synthetic_root) != here
+    assert here.name.startswith("cifar10-baseline-")
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(synthetic_root, tmp_path):
+    config = _config(augment="crop+flip+cutout")
+    whole = _run(config, tmp_path / "a", synthetic_root)
+    # "Killed" after the first epoch: only last.pt of epoch 1 exists.
+    path = runs.run_dir(config, tmp_path / "b", synthetic_root)
+    Trainer(config, path, data_root=synthetic_root, progress=False).run_epochs(limit=1)
+    assert (path / "last.pt").exists() and not (path / "result.json").exists()
+    resumed = _run(config, tmp_path / "b", synthetic_root)
+    a, b = whole.row(), resumed.row()
+    a.pop("wall_seconds"), b.pop("wall_seconds")
+    assert a == b
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_force_trains_again_and_test_metrics_are_rebuilt(synthetic_root, cache):
+    first = _run(_config(epochs=1), cache, synthetic_root)
+    (first.path / runs.TEST_METRICS).unlink()
+    m = first.test_metrics(data_root=synthetic_root)  # recomputed from model.pt
+    assert (first.path / runs.TEST_METRICS).exists()
+    assert int(m["confusion"].sum()) == 100 and len(m["classes"]) == 10
+    assert abs(float(m["confusion"].diag().sum()) / 100 - first.test_acc) < 1e-9
+    again = _run(_config(epochs=1), cache, synthetic_root, force=True)
+    assert again.result["finished"] > first.result["finished"]
+
+
+def test_export_model_loads_with_load_model(synthetic_root, cache, tmp_path):
+    import cnnlib
+
+    run = _run(_config(epochs=1), cache, synthetic_root)
+    path = runs.export_model(run, tmp_path / "models" / "cnn_cifar10.pth")
+    model = cnnlib.load_model(path)
+    assert model.meta["config"]["model"] == "baseline" and len(model.meta["classes"]) == 10
+
+
+# -- results tables -------------------------------------------------------------------------------
+
+
+def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
+    run_a = _run(_config(epochs=1), cache, synthetic_root)
+    run_b = _run(_config(epochs=1, seed=1), cache, synthetic_root)
+    out = tmp_path / "out"
+    df = runs.save_results([run_a, run_b], "01_baseline", out)
+    assert list(df.columns) == runs.RESULT_COLUMNS
+    assert set(REQUIRED_COLUMNS) <= set(df.columns)
+    runs.save_results([run_b], "02_other", out)  # the same run in a second study
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{runs.BEGIN}\nold\n{runs.END}\ntail\n")
+    merged = runs.collect_results(out, readme)
+    assert len(merged) == 2  # one row per run
+    assert list(pd.read_csv(out / "results.csv").columns) == runs.RESULT_COLUMNS
+    assert "| study |" in (out / "results.md").read_text()
+    text = readme.read_text()
+    assert "old" not in text and "| dataset |" in text and text.endswith(f"{runs.END}\ntail\n")
+    assert "±" in text  # two seeds: mean ± std
+
+
+def test_update_readme_replaces_between_markers_only(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"head\n{runs.BEGIN}\nold table\n{runs.END}\ntail\n")
+    assert runs.update_readme(path, "| a |\n|---|\n| 1 |")
+    assert runs.update_readme(path, "| a |\n|---|\n| 1 |")  # idempotent
+    assert path.read_text() == f"head\n{runs.BEGIN}\n| a |\n|---|\n| 1 |\n{runs.END}\ntail\n"
+    path.write_text("no markers here\n")
+    assert not runs.update_readme(path, "x")
+    assert path.read_text() == "no markers here\n"
+
+
+def test_key_results_without_rows():
+    assert "No results" in runs.key_results(pd.DataFrame(columns=runs.RESULT_COLUMNS))
+
+
+# -- profiles and locations -----------------------------------------------------------------------
+
+
+def test_resolve_profile(monkeypatch):
+    monkeypatch.delenv(runs.PROFILE_ENV, raising=False)
+    monkeypatch.setattr(runs.torch.cuda, "is_available", lambda: False)
+    assert runs.resolve_profile("auto") == "cpu"
+    assert runs.resolve_profile(None) == "cpu"
+    monkeypatch.setattr(runs.torch.cuda, "is_available", lambda: True)
+    assert runs.resolve_profile() == "full"
+    assert runs.resolve_profile("smoke") == "smoke"
+    monkeypatch.setenv(runs.PROFILE_ENV, "smoke")
+    assert runs.resolve_profile("auto") == "smoke"
+    assert runs.resolve_profile("cpu") == "cpu"  # explicit beats the environment
+    with pytest.raises(ValueError, match="profile: 'gpu' is not allowed; allowed: auto, smoke"):
+        runs.resolve_profile("gpu")
+    monkeypatch.setenv(runs.PROFILE_ENV, "tiny")
+    with pytest.raises(ValueError, match="CNNLIB_PROFILE: 'tiny' is not allowed"):
+        runs.resolve_profile("auto")
+
+
+def test_profile_command(monkeypatch, capsys):
+    monkeypatch.delenv(runs.PROFILE_ENV, raising=False)
+    assert runs.main(["profile", "--profile", "smoke"]) == 0
+    assert capsys.readouterr().out.strip() == "smoke"
+    assert runs.main(["profile", "--profile", "bogus"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+
+def test_locations_follow_the_environment(monkeypatch, tmp_path):
+    for name in (runs.OUTPUTS_ENV, runs.RUNS_ENV, runs.MODELS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert runs.outputs_root() == runs.Path("outputs")
+    assert runs.runs_root() == runs.Path("outputs/runs")
+    assert runs.models_root() == runs.Path("models")
+    monkeypatch.setenv(runs.OUTPUTS_ENV, str(tmp_path / "o"))
+    assert runs.runs_root() == tmp_path / "o" / "runs"
+    monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path / "r"))
+    assert runs.runs_root() == tmp_path / "r"
+
+
+def test_project_root_from_a_subfolder(monkeypatch):
+    root = runs.project_root(chdir=False)
+    assert (root / "pyproject.toml").is_file()
+    monkeypatch.chdir(root / "notebooks")
+    assert runs.project_root() == root
+    assert os.getcwd() == str(root)
+
+
+# -- studies --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", runs.PROFILES)
+def test_every_profile_builds_valid_configs(profile):
+    plan = studies.plan(profile)
+    assert set(plan) == set(studies.NOTEBOOKS)
+    assert plan["04_interpretability"][1] == 0  # notebook 04 reuses notebook 01's runs
+    assert studies.lr_find_steps(profile) > 0
+
+
+def test_identical_networks_share_one_config():
+    labels = dict(studies.architecture_runs("smoke"))
+    assert labels["kernel 3"] == labels["dropout 0.0"]
+    assert labels["kernel 3"].key() == labels["kernel 3"].replace().key()
+    assert "kernel_size" not in labels["kernel 3"].model_options
+
+
+def test_smoke_keeps_both_datasets_but_reduces_sweeps():
+    runs_ = studies.augmentation_runs("smoke")
+    c10 = [label for label, c in runs_ if c.dataset == "cifar10"]
+    c100 = [label for label, c in runs_ if c.dataset == "cifar100"]
+    assert c10 == studies.AUGMENTATIONS
+    assert c100 == [studies.AUGMENTATIONS[0], studies.AUGMENTATIONS[-1]]
+    full = studies.augmentation_runs("full")
+    assert len(full) == 2 * len(studies.AUGMENTATIONS) * len(studies.SETTINGS["full"]["seeds"])
+    with pytest.raises(ValueError, match="profile"):
+        studies.settings("huge")
+
+
+# -- report helpers -------------------------------------------------------------------------------
+
+
+def _frame():
+    rows = []
+    for ds in ("cifar10", "cifar100"):
+        for seed in (0, 1):
+            for label, acc in (("none", 0.5), ("crop", 0.6)):
+                rows.append({"dataset": ds, "label": label, "seed": seed,
+                             "test_acc": acc + 0.01 * seed, "train_acc": acc + 0.1,
+                             "val_acc": acc, "test_loss": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_delta_and_summary_tables():
+    delta = report.delta_table(_frame(), reference="none", order=["none", "crop"])
+    assert list(delta.index) == ["none", "crop"]
+    assert delta.loc["crop", "cifar10 Δ pp"] == "+10.0 ± 0.0"
+    assert delta.loc["none", "cifar100 Δ pp"] == "+0.0 ± 0.0"
+    summary = report.summary_table(_frame())
+    assert summary.loc[("cifar10", "crop"), "seeds"] == 2
+    assert summary.loc[("cifar10", "crop"), "test acc %"] == "60.5 ± 0.7"
+    assert report.with_gap(_frame())["gap"].round(6).eq(10.0).all()
