@@ -5,7 +5,8 @@
 Uses the real CIFAR-10 training images when they can be read (``cnnlib.data.load_cifar``,
 which honours ``CNNLIB_DATA_ROOT``; else the official pickles under the data root), otherwise
 random uint8 images of the same shape (and says so).  Each pipeline is timed over ``--batches``
-batches after a short warm-up, ``--repeats`` times; the median is reported.  The last line is
+batches after a warm-up, ``--repeats`` times; the fastest repeat is reported, as the one least
+disturbed by other processes (the load average is printed too).  The last line is
 ``speedup_vs_torchvision=<x>`` for crop+flip+normalize (cnnlib vs torchvision).
 """
 
@@ -15,7 +16,6 @@ import argparse
 import gc
 import os
 import pickle
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -84,7 +84,7 @@ def time_batches(
     device: torch.device,
     warmup: int = 2,
 ) -> tuple[float, int]:
-    """Median seconds for ``batches`` batches, and the batch size seen."""
+    """Fastest seconds for ``batches`` batches over the repeats, and the batch size seen."""
     size = 0
     for _ in range(warmup):
         size = len(next_batch()[1])
@@ -96,7 +96,7 @@ def time_batches(
             next_batch()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), size
+    return min(times), size
 
 
 def cycling(make_iter: Callable[[int], Iterator]) -> Callable[[], tuple]:
@@ -183,7 +183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=40, help="timed batches per repeat")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is shown")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the fastest is shown")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for torchvision")
     p.add_argument("--device", default="cpu", help="device for the cnnlib loaders")
     p.add_argument("--threads", type=int, default=0,
@@ -212,8 +212,8 @@ def run(args) -> list[tuple[str, float, float]]:
     )
     rows = []
 
-    def record(name: str, next_batch, batches: int, dev) -> None:
-        seconds, size = time_batches(next_batch, batches, args.repeats, dev)
+    def record(name: str, next_batch, batches: int, dev, warmup: int = 2) -> None:
+        seconds, size = time_batches(next_batch, batches, args.repeats, dev, warmup)
         rows.append((name, batches * size / seconds, batches / seconds))
         print(f"  timed {name}: {rows[-1][1]:,.0f} img/s", flush=True)
 
@@ -223,6 +223,7 @@ def run(args) -> list[tuple[str, float, float]]:
         tv,
         args.batches,
         torch.device("cpu"),
+        warmup=2 + 4 * args.workers,  # drain the batches the workers prefetched meanwhile
     )
     del tv  # stops the workers so they do not compete with the loaders timed next
     gc.collect()
@@ -252,9 +253,22 @@ def print_table(rows: list[tuple[str, float, float]]) -> float:
     return crop_flip / base
 
 
+def load_note() -> str:
+    """The 1-minute load average against the core count: other busy processes distort timings
+    (multi-threaded torch ops suffer most when a core is taken)."""
+    if not hasattr(os, "getloadavg"):
+        return "load: unknown"
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    busy = "  <- machine busy, timings unreliable" if load > 0.5 * cores else ""
+    return f"load average {load:.2f} on {cores} cores{busy}"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    speedup = print_table(run(args))
+    print(f"before: {load_note()}")
+    rows = run(args)
+    print(f"after: {load_note()}")
+    speedup = print_table(rows)
     print(f"speedup_vs_torchvision={speedup:.1f}")
 
 

@@ -343,45 +343,47 @@ def _quiet_ao():
         yield
 
 
-def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """A plain conv equal to ``norm(conv(x))`` (eval-mode BatchNorm folded into the weights)."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+def _std_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` copy (FX treats only torch's own classes as leaf layers)."""
     padding = conv.padding
     if padding == "same":  # the quantized conv wants numbers
         padding = tuple(k // 2 for k in conv.kernel_size)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=padding, bias=True)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-    return fused
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=padding, bias=conv.bias is not None)
+    out.load_state_dict(conv.state_dict())
+    out.weight.requires_grad_(conv.weight.requires_grad)  # fastnet's whitening stays frozen
+    return out
+
+
+def _std_norm(norm: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    out = nn.BatchNorm2d(norm.num_features, eps=norm.eps, momentum=norm.momentum)
+    out.load_state_dict(norm.state_dict())
+    out.weight.requires_grad_(norm.weight.requires_grad)
+    return out
 
 
 @torch.no_grad()
 def _plain_fastnet(model: FastNet) -> nn.Sequential:
-    """fastnet as standard modules, BatchNorm folded: what FX can trace and quantize.
+    """fastnet as a sequence of torch's own layers, each BatchNorm right after its conv.
 
-    Its norms follow a max-pool; a positive per-channel scale commutes with max, so
-    folding them into the conv before the pool gives the same function.
+    FX then folds every BatchNorm into its conv (or trains them fused, for QAT). fastnet
+    normalizes after the max-pool; a positive per-channel scale commutes with max, so
+    moving the norm before the pool gives the same function.
     """
-    whiten = model.whiten
-    layers: list[nn.Module] = [nn.Conv2d(whiten.in_channels, whiten.out_channels,
-                                         whiten.kernel_size, bias=True), nn.GELU()]
-    layers[0].load_state_dict(whiten.state_dict())
+    layers: list[nn.Module] = [_std_conv(model.whiten), nn.GELU()]
     for g in list(model.features)[2:]:
         if not bool((g.norm1.weight > 0).all()):
             raise ValueError("quantize: fastnet's BatchNorm after a max-pool needs a positive "
-                             "scale to be folded")
-        layers += [_fold(g.conv1, g.norm1), nn.MaxPool2d(2), nn.GELU(),
-                   _fold(g.conv2, g.norm2), nn.GELU()]
+                             "scale to move before it")
+        layers += [_std_conv(g.conv1), _std_norm(g.norm1), copy.deepcopy(g.pool), nn.GELU(),
+                   _std_conv(g.conv2), _std_norm(g.norm2), nn.GELU()]
     head = nn.Linear(model.head.in_features, model.head.out_features, bias=False)
     head.weight.copy_(model.head.weight * model.scaling_factor)
     return nn.Sequential(*layers, copy.deepcopy(model.pool), nn.Flatten(), head).eval()
 
 
 def _quantizable(model: nn.Module) -> nn.Module:
-    """An fp32 copy that FX graph mode can trace (FX itself fuses conv-BN-ReLU)."""
+    """An fp32 copy that FX graph mode can trace (FX itself fuses conv-BN(-ReLU))."""
     model = make_permanent(copy.deepcopy(model)).cpu().eval()
     if isinstance(model, FastNet):
         return _plain_fastnet(model)
@@ -439,8 +441,13 @@ def quantize_int8(model: nn.Module, images: torch.Tensor, mean, std, *,
 
 def quantize_qat(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, *,
                  steps: int, config: dict | None = None, batch_size: int = 256,
-                 lr_scale: float = 0.02, seed: int = 0, progress: bool = False) -> QuantizedModel:
-    """Quantization-aware training: fake-quantize, fine-tune ``steps`` batches, convert to int8."""
+                 lr_scale: float = 0.002, seed: int = 0, progress: bool = False) -> QuantizedModel:
+    """Quantization-aware training: fake-quantize, fine-tune ``steps`` batches, convert to int8.
+
+    BatchNorm keeps the run's statistics (frozen): a short run only adapts the weights
+    to the int8 grid, and fastnet's norms, moved before their max-pool, stay exact.
+    """
+    from torch.ao.nn.intrinsic.qat import freeze_bn_stats
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
@@ -448,6 +455,7 @@ def quantize_qat(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, m
     with _quiet_ao():
         prepared = prepare_qat_fx(_quantizable(model).train(),
                                   get_default_qat_qconfig_mapping(BACKEND), _example(mean, std))
+        prepared.apply(freeze_bn_stats)
         fine_tune(prepared, images, labels, mean, std, steps=steps, config=config,
                   batch_size=batch_size, lr_scale=lr_scale, seed=seed, progress=progress)
     return _convert(prepared, model, "qat", len(images))
@@ -857,6 +865,8 @@ def results_frame(rows: list[dict]):
 
 def plot_tradeoffs(df, path=None):
     """Accuracy against size on disk and against batch-1 latency, one marker series per model."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     from .plots import new_figure, save_figure
 
     fig, axes = new_figure(1, 2, figsize=(11, 4.2))
@@ -868,6 +878,9 @@ def plot_tradeoffs(df, path=None):
                 ax.annotate(r["variant"], (r[x], 100 * r["test_acc"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)

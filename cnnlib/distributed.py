@@ -38,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,6 +52,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 TIMEOUT_ENV = "CNNLIB_DDP_TIMEOUT"
 NPROC_ENV = "CNNLIB_NPROC"
 DEFAULT_TIMEOUT = 1800.0  # seconds
+FOLLOW_UP_GRACE = 10.0  # seconds a rank failing after another one waits for torchrun to stop it
 RESULT_FILE = ".ddp-result.pt"  # what a launched run hands back to train_or_launch
 CONFIG_FILE = ".ddp-config.json"
 
@@ -314,16 +316,35 @@ def rank_tag() -> str:
     return f" [rank {info.rank} of {info.world_size}]" if info.enabled else ""
 
 
+def _first_failure() -> bool:
+    """True unless another rank of this job failed before (a counter in torchrun's store).
+
+    A rank that fails because a peer died (say, gloo's "Connection closed by peer") fails
+    after that peer, so the counter tells the cause from its consequences. Without a
+    reachable store every failure counts as a first one.
+    """
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              is_master=False, timeout=timedelta(seconds=5))
+        run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return store.add(f"cnnlib/failures/{run}/{attempt}", 1) == 1
+    except Exception:
+        return True
+
+
 @contextlib.contextmanager
 def guard(command: str):
     """The CLI's wrapper around a command that may run under torchrun.
 
     In one process it does nothing. Under torchrun, a rank that raises prints
-    ``cnnlib <command> [rank r of W]: error: ...`` (a traceback for unexpected errors), records
-    it in torchrun's error file (shown in torchrun's failure summary) and exits at once with
-    status 2 (1 for unexpected errors): its peers may be blocked in a collective that it will
-    never join, and exiting is what lets torchrun stop them. On success the process group is
-    closed.
+    ``cnnlib <command> [rank r of W]: error: ...`` (a traceback for unexpected errors) and
+    exits at once with status 2 (1 for unexpected errors), without closing the process group:
+    its peers may be blocked in a collective that it will never join, and its exit is what
+    lets torchrun stop them. The first rank to fail records its error in torchrun's error
+    file, so torchrun's summary names it as the root cause; a rank that fails after it (its
+    peers, losing their connection) says so and waits up to FOLLOW_UP_GRACE seconds for
+    torchrun to stop it. On success the process group is closed.
     """
     info = env_info()
     if not info.enabled:
@@ -333,15 +354,20 @@ def guard(command: str):
         yield
     except (Exception, KeyboardInterrupt) as e:
         expected = isinstance(e, (ValueError, FileNotFoundError, RuntimeError))
-        if not expected:
+        first = _first_failure()
+        if not expected and first:
             traceback.print_exc()
-        print(f"cnnlib {command}{rank_tag()}: error: {e}", file=sys.stderr, flush=True)
-        with contextlib.suppress(Exception):
-            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+        after = "" if first else " (another rank failed first: see its error)"
+        print(f"cnnlib {command}{rank_tag()}: error{after}: {e}", file=sys.stderr, flush=True)
+        if first:
+            with contextlib.suppress(Exception):
+                from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
-            ErrorHandler().record_exception(e)
+                ErrorHandler().record_exception(e)
         sys.stdout.flush()
         sys.stderr.flush()
+        if not first:
+            time.sleep(FOLLOW_UP_GRACE)
         os._exit(2 if expected else 1)
     shutdown()
 
