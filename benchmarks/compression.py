@@ -3,9 +3,9 @@
 The notebook times one variant after the other; on a shared machine a burst of other
 work can land on one variant only. This script loads every file of a folder once
 (checkpoints through ``cnnlib.load_model``, ``.onnx`` through onnxruntime), then times
-them in rounds, each round visiting every file, and reports per file the median over
-rounds: latency at batch 1, throughput at batch 256, and both relative to the fp32 file
-of the same model.
+them in rounds, each round visiting every file (``compress.time_models``), and reports per
+file the median over rounds: latency at batch 1, throughput at batch 256, and both relative
+to the fp32 file of the same model.
 
     .venv/bin/python benchmarks/compression.py [--folder outputs/compression]
         [--rounds 5] [--seconds 1.0] [--threads N] [--csv PATH]
@@ -16,7 +16,6 @@ Run it only when nothing else uses the CPU.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import torch
@@ -30,20 +29,6 @@ def load_all(folder: Path) -> dict[str, torch.nn.Module]:
         raise SystemExit(f"compression benchmark: no .pt or .onnx files in {folder}")
     return {p.stem: compress.load_onnx(p) if p.suffix == ".onnx" else load_model(p)
             for p in files}
-
-
-def time_rounds(models: dict, rounds: int, seconds: float) -> dict[str, dict]:
-    samples = {name: {"b1": [], "b256": []} for name in models}
-    for r in range(rounds):
-        for name, model in models.items():
-            samples[name]["b1"].append(compress.time_per_call(model, 1, seconds=seconds,
-                                                              min_calls=20))
-            samples[name]["b256"].append(compress.time_per_call(model, 256, seconds=seconds,
-                                                                min_calls=3))
-        print(f"round {r + 1}/{rounds} done", flush=True)
-    return {name: {"latency_ms_b1": 1e3 * statistics.median(s["b1"]),
-                   "throughput_b256": 256 / statistics.median(s["b256"])}
-            for name, s in samples.items()}
 
 
 def with_speedups(results: dict[str, dict]) -> list[dict]:
@@ -72,7 +57,8 @@ def main() -> None:
     models = load_all(Path(args.folder))
     print(f"{len(models)} files, {torch.get_num_threads()} threads, {args.rounds} rounds",
           flush=True)
-    rows = with_speedups(time_rounds(models, args.rounds, args.seconds))
+    rows = with_speedups(compress.time_models(models, seconds=args.seconds,
+                                              rounds=args.rounds))
     print(f"{'file':<28} {'ms @b1':>8} {'img/s @b256':>12} {'x b1':>6} {'x b256':>7}")
     for r in rows:
         print(f"{r['file']:<28} {r['latency_ms_b1']:8.2f} {r['throughput_b256']:12.0f} "

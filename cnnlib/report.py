@@ -20,6 +20,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def start(notebook: str, profile: str = "auto") -> Context:
     """Make the project root the working directory, resolve the profile, name the folders."""
     root = cruns.project_root()
     profile = cruns.resolve_profile(profile)
+    # captum imports tqdm.auto, which warns in kernels without ipywidgets: noise in reports.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     out = cruns.outputs_root()
     ctx = Context(notebook, profile, root, out, out / "figures", out / "tables", cruns.models_root())
     for folder in (ctx.out, ctx.figures, ctx.tables):
@@ -377,8 +380,9 @@ def store_check_outputs(paths, executed_dir=None, timeout: int = 900) -> None:
     The outputs come from executed copies of the same notebooks in `executed_dir` (e.g. the
     `outputs/notebooks/` of `./run_all.sh --profile smoke`, cells matched by id), else from
     executing each notebook now: smoke profile, runs in a temporary folder, kernel started in
-    the notebook's folder as under nbval. Execution counts are removed too, so the committed
-    file is small and stable.
+    the notebook's folder as under nbval. Other cells lose outputs and execution counts; a
+    check cell's count is its position among the code cells (nbval needs one), so the
+    committed file is small and stable.
     """
     import tempfile
 
@@ -397,12 +401,13 @@ def store_check_outputs(paths, executed_dir=None, timeout: int = 900) -> None:
                 done = _execute_smoke(path, Path(tmp), timeout)
             by_id = {c.get("id"): c for c in done.cells}
             by_source = {c.source: c for c in done.cells}
-            for cell in nb.cells:
-                if cell.cell_type != "code":
-                    continue
+            code = [c for c in nb.cells if c.cell_type == "code"]
+            for number, cell in enumerate(code, 1):
                 cell.execution_count = None
                 cell.outputs = []
                 if _is_check(cell):
+                    # nbval skips a reference cell without an execution count.
+                    cell.execution_count = number
                     twin = by_id.get(cell.get("id")) or by_source.get(cell.source)
                     if twin is None or twin.source != cell.source:
                         raise ValueError(f"{path}: no executed twin of check cell {cell.source!r}")

@@ -383,8 +383,9 @@ def collect_results(out=None, readme: str | None = "README.md"):
 def results_markdown(df) -> str:
     cols = ["study", "label", "dataset", "model", "augmentations", "seed", "epochs", "train_images",
             "val_acc", "test_acc", "test_loss", "wall_seconds", "device", "profile"]
+    table = df[cols].assign(wall_seconds=df["wall_seconds"].map(lambda v: f"{v:.1f}"))
     return "# Results\n\nOne row per training run (`outputs/results.csv` has every column).\n\n" + \
-        _markdown_table(df[cols]) + "\n"
+        _markdown_table(table) + "\n"
 
 
 def key_results(df) -> str:

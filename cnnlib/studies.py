@@ -159,11 +159,13 @@ def lr_find_steps(profile: str) -> int:
     return settings(profile).get("lr_find_steps", 100)
 
 
+# The runs each notebook asks for (04 and 05 reuse 01's models from the run cache).
 NOTEBOOKS = {
     "01_baseline": lambda p: baseline_runs(p),
     "02_augmentation_ablation": lambda p: augmentation_runs(p),
     "03_depth_study": lambda p: depth_runs(p) + architecture_runs(p) + hyperparameter_runs(p),
     "04_interpretability": lambda p: baseline_runs(p),
+    "05_compression": lambda p: baseline_runs(p, datasets=("cifar10",)),
 }
 
 

@@ -28,8 +28,10 @@ def _code(nb) -> list:
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_the_four_notebooks_exist_and_match_the_studies():
+def test_the_notebooks_exist_and_match_the_studies():
     names = [p.stem for p in NOTEBOOKS]
+    assert names[:4] == ["01_baseline", "02_augmentation_ablation", "03_depth_study",
+                         "04_interpretability"]
     assert names == list(studies.NOTEBOOKS)
 
 
@@ -55,11 +57,12 @@ def test_only_check_cells_carry_outputs(path):
             text = "".join(o.get("text", "") for o in cell.outputs)
             assert text.strip(), f"check cell without stored output: {cell.source[:60]!r}"
             assert all(o.get("name") == "stdout" for o in cell.outputs), "only printed text"
-            assert not re.search(r"\d+(\.\d+)? ?s\b|seconds|/tmp/", text), "timings or paths"
+            assert not re.search(r"\b\d+(\.\d+)?s\b|/tmp/", text), "timings or paths"
+            assert cell.execution_count, "nbval ignores a check cell without execution count"
         else:
             assert cell.outputs == [], f"stored output in {cell.source[:60]!r}"
-        assert cell.execution_count is None
-    assert checks >= 2
+            assert cell.execution_count is None
+    assert checks >= 1
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -84,7 +87,7 @@ def test_results_checks_name_every_column():
 
 
 def test_required_figures_are_written_by_the_notebooks():
-    text = "".join(p.read_text() for p in NOTEBOOKS)
+    text = "\n".join(c.source for p in NOTEBOOKS for c in _code(_read(p)))
     for name in REQUIRED_FIGURES:
         assert name in text
     assert '"feature_maps"' in text
