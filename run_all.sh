@@ -7,6 +7,8 @@
 #   ./run_all.sh --only 03            one notebook (01, 01_baseline or notebooks/01_baseline.ipynb)
 #   ./run_all.sh --force              execute notebooks again even when already done
 #   ./run_all.sh --setup-only         only create/refresh .venv and obtain the data
+#   ./run_all.sh --nproc 4            train each run on 4 local processes with torchrun (DDP;
+#                                     one per GPU, gloo on CPU); default $CNNLIB_NPROC or 1
 #
 # Writes (under $CNNLIB_OUTPUTS, default outputs/): notebooks/<name>.ipynb (executed),
 # reports/<name>.html, results.csv, results.md, the figures; models/cnn_cifar10{,0}.pth;
@@ -24,6 +26,7 @@ PROFILE=${CNNLIB_PROFILE:-auto}
 ONLY=""
 FORCE=0
 SETUP_ONLY=0
+NPROC=${CNNLIB_NPROC:-1}
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || { echo "run_all: --profile needs a value" >&2; exit 2; }
@@ -34,10 +37,18 @@ while [ $# -gt 0 ]; do
     --only=*) ONLY=${1#*=}; shift ;;
     --force) FORCE=1; shift ;;
     --setup-only) SETUP_ONLY=1; shift ;;
+    --nproc) [ $# -ge 2 ] || { echo "run_all: --nproc needs a number" >&2; exit 2; }
+             NPROC=$2; shift 2 ;;
+    --nproc=*) NPROC=${1#*=}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_all: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
+
+case "$NPROC" in
+  ''|*[!0-9]*|0) echo "run_all: --nproc '$NPROC' is not allowed; give a whole number >= 1" >&2; exit 2 ;;
+esac
+export CNNLIB_NPROC=$NPROC  # read by cnnlib.runs: >1 trains each run through torchrun
 
 case "$PROFILE" in
   auto|smoke|cpu|full) ;;

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command: sets up .venv (and the data when it can be had), lints, then one
-# pytest session: the unit tests (tests/) and, when CIFAR is available, every notebook under
+# pytest run: the unit tests (tests/) and, when CIFAR is available, every notebook under
 # nbval (notebooks/, smoke profile; cells marked NBVAL_CHECK_OUTPUT must reproduce their stored
 # output, every other cell must run without error).
 #   ./run_tests.sh -q                          everything
 #   ./run_tests.sh tests/test_runs.py          only what is named (a notebook path works too)
-# Runs, outputs and models of the session go to a scratch folder, never to outputs/ or models/.
+# Runs, outputs and models of the tests go to a scratch folder, never to outputs/ or models/.
 set -euo pipefail
 cd "$(dirname "$0")"
 CNNLIB_DATA_OPTIONAL=${CNNLIB_DATA_OPTIONAL:-1} ./run_all.sh --setup-only

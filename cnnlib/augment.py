@@ -22,6 +22,9 @@ jitter, cutout, MixUp or CutMix.  Per batch the pipeline runs in this fixed orde
   that drew the same op and magnitude are then transformed together, so a batch costs one call
   per distinct draw instead of one per image (same distribution as per-sample calls).  Should
   torchvision's internal op table be unavailable, each image is transformed on its own.
+  Measured on 2 idle CPU cores, batch 512: RandAugment(2, 9) ~34k img/s grouped vs ~4k
+  per-sample; AutoAugment ~37k vs ~7k; TrivialAugmentWide ~16k vs ~8k (its random magnitude
+  leaves fewer equal draws to group).
 
 Randomness comes only from ``torch.Generator`` objects seeded from ``(seed, epoch)`` (plus the
 rank for augmentation draws), drawn on the CPU and moved to the device, so an epoch replays

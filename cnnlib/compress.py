@@ -69,10 +69,13 @@ __all__ = [
     "magnitude_prune",
     "make_permanent",
     "plot_tradeoffs",
+    "prunable_weights",
     "prune_channels",
     "quantize_int8",
     "quantize_qat",
+    "results_frame",
     "save_compressed",
+    "settings",
     "sparsity",
     "time_models",
     "time_per_call",
@@ -758,6 +761,10 @@ SETTINGS = {
                  qat_steps=300),
 }
 AMOUNTS = (0.5, 0.8)
+# Removing channels changes the function far more than zeroing small weights: a larger
+# fine-tuning rate recovers more of it in the same steps (CIFAR-10 baseline, channels 50%,
+# 300 steps: 71.5% at 0.1, 73.3% at 0.3, 74.0% at 1.0, from 77.6%).
+CHANNELS_LR_SCALE = 0.3
 
 
 def settings(profile: str) -> dict:
@@ -793,7 +800,8 @@ def _variants(model, train, mean, std, *, steps, batch_size, calibration, qat_st
     channels = {}
     for amount in AMOUNTS:
         pruned = prune_channels(model, amount, calib, mean, std)
-        channels[amount] = fine_tune(pruned, train.images, train.labels, mean, std, **tune)
+        channels[amount] = fine_tune(pruned, train.images, train.labels, mean, std, **tune,
+                                     lr_scale=CHANNELS_LR_SCALE)
         yield f"channels {amount:.0%}", "structured", channels[amount]
     yield "int8", "ptq", quantize_int8(model, calib, mean, std)
     if qat_steps:

@@ -155,7 +155,13 @@ def setup(config) -> DistInfo:
 
 
 def shutdown() -> None:
+    """Close the process group once every rank is done with it.
+
+    The barrier keeps a rank from tearing its connections down while a peer is still
+    reading from them (rank 0 leaves the last broadcast first).
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

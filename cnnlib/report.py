@@ -3,7 +3,7 @@
 Every notebook starts with ``ctx = report.start(name, PROFILE)`` (project root as
 working directory, profile resolved, output folders known), trains or fetches
 its runs through ``runs.run_all``, and turns them into tables (pandas frames)
-and figures (``plots``/``interpret``) with the helpers below. Text meant for an
+and figures (``plots``/``interpret``) with the functions below. Text meant for an
 nbval output check (``data_summary``, ``parameter_summary``, ``layer_summary``)
 is deterministic: no timings, no paths.
 
@@ -34,8 +34,7 @@ __all__ = [
     "CHECK_MARK", "Context", "best_run", "confused_pairs", "data_summary", "delta_table",
     "histories", "layer_summary", "long_metrics", "md", "one_per_class", "option_column",
     "pair_examples", "parameter_summary", "pick", "plan_summary", "pp", "save_table", "show",
-    "show_file",
-    "start", "store_check_outputs", "summary_table", "with_gap",
+    "show_file", "start", "store_check_outputs", "summary_table", "with_gap",
 ]
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -90,8 +89,9 @@ def show(fig, alt: str | None = None) -> None:
 
 
 def _title(fig) -> str:
-    if fig._suptitle is not None and fig._suptitle.get_text():
-        return fig._suptitle.get_text()
+    suptitle = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
+    if suptitle:
+        return suptitle
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     return titles[0] if titles else "figure"
 
@@ -117,7 +117,7 @@ def save_table(df, ctx: Context, name: str, index: bool = True) -> Path:
     df.to_csv(ctx.tables / f"{name}.csv", index=index)
     path = ctx.tables / f"{name}.md"
     frame = df.reset_index() if index else df
-    path.write_text(cruns._markdown_table(frame) + "\n")
+    path.write_text(cruns.markdown_table(frame) + "\n")
     return path
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from . import data as cdata
-from .train import RunConfig, TrainResult, train
+from .distributed import train_or_launch as train  # one process unless $CNNLIB_NPROC > 1
+from .train import RunConfig, TrainResult
 
 PROFILES = ("smoke", "cpu", "full")
 PROFILE_ENV = "CNNLIB_PROFILE"
@@ -283,7 +284,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
         summary = result.summary()
         summary.update(profile=profile, commit=git_commit(), finished=time.time(), label=label,
                        train_images=_train_images(config, data_root),
-                       session_seconds=time.time() - t0)
+                       call_seconds=time.time() - t0)
         if result.test_metrics is not None:
             from .checkpoint import save_atomic
 
@@ -385,7 +386,7 @@ def results_markdown(df) -> str:
             "val_acc", "test_acc", "test_loss", "wall_seconds", "device", "profile"]
     table = df[cols].assign(wall_seconds=df["wall_seconds"].map(lambda v: f"{v:.1f}"))
     return "# Results\n\nOne row per training run (`outputs/results.csv` has every column).\n\n" + \
-        _markdown_table(table) + "\n"
+        markdown_table(table) + "\n"
 
 
 def key_results(df) -> str:
@@ -407,7 +408,7 @@ def key_results(df) -> str:
         })
     import pandas as pd
 
-    return _markdown_table(pd.DataFrame(rows))
+    return markdown_table(pd.DataFrame(rows))
 
 
 def _pm(s, digits=1) -> str:
@@ -418,7 +419,8 @@ def _num(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def _markdown_table(df) -> str:
+def markdown_table(df) -> str:
+    """A DataFrame as a GitHub markdown table (floats: 4 decimals below 10, else 1; NaN empty)."""
     def cell(v):
         if isinstance(v, float):
             if v != v:  # NaN: no value (e.g. no validation split)

@@ -23,6 +23,7 @@ DATASETS = ("cifar10", "cifar100")
 # last variant (smoke: both datasets still go through every code path, in seconds).
 # "lr_find_steps": length of notebook 03's learning-rate range test.
 # "augmentation_seeds": seeds of notebook 02 (default: "seeds"), whose effects are small.
+# "best_per_dataset": changes to "best" for one dataset.
 # cpu: about 100 distinct runs; measured on 2 cores, the sweeps' small CNN trains ~1,900
 # images/s and fastnet ~200 images/s, so the whole run_all takes about two hours.
 SETTINGS = {
@@ -44,6 +45,9 @@ SETTINGS = {
                       model_options={"width": 16}),
         "baseline": dict(val_size=5000, epochs=6, batch_size=128, model_options={"width": 16}),
         "best": dict(val_size=2000, epochs=3.5),
+        # CIFAR-100 needs a longer schedule for the same accuracy class (measured: 6 epochs
+        # reach about 66% in 25 min; 3.5 epochs already give 90% on CIFAR-10 in 16 min).
+        "best_per_dataset": {"cifar100": dict(epochs=6)},
         "best_seeds": (0,),
         "augmentation_seeds": (0, 1, 2),
         "lr_find_steps": 100,
@@ -99,7 +103,8 @@ def baseline_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]
     for ds in datasets:
         out += [("baseline", _recipe("baseline", dataset=ds, seed=seed, **s["baseline"]))
                 for seed in s["seeds"]]
-        out += [("best", _recipe("fastnet", dataset=ds, seed=seed, **s["best"]))
+        best = {**s["best"], **s.get("best_per_dataset", {}).get(ds, {})}
+        out += [("best", _recipe("fastnet", dataset=ds, seed=seed, **best))
                 for seed in s["best_seeds"]]
     return out
 

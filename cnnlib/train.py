@@ -391,20 +391,18 @@ class Trainer:
             torch.cuda.set_rng_state_all(s["cuda_rng"])
 
     def try_resume(self) -> bool:
-        if self.dist.enabled:  # rank 0 reads last.pt and hands it to every rank
-            s = cdist.from_main(self.dist, self._read_last)
-            if s is not None:
-                self.load_state(s)
-            return s is not None
-        if self.last_path is None or not self.last_path.exists():
-            return False
-        self.load_state(load_safe(self.last_path, map_location=self.device))
-        return True
+        # Under DDP rank 0 reads last.pt and hands it to every rank.
+        s = cdist.from_main(self.dist, self._read_last) if self.dist.enabled else self._read_last()
+        if s is not None:
+            self.load_state(s)
+        return s is not None
 
     def _read_last(self) -> dict | None:
+        # On the CPU: the RNG states must be CPU tensors, load_state_dict moves the weights
+        # and optimizer state to the model's device, and under DDP it is sent to every rank.
         if self.last_path is None or not self.last_path.exists():
             return None
-        return load_safe(self.last_path)  # on the CPU: it is sent to the other ranks
+        return load_safe(self.last_path)
 
     # -- the loop -------------------------------------------------------------
     def train_epoch(self) -> dict:

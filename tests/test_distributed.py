@@ -133,8 +133,8 @@ def failed_then_resumed(tmp_path_factory, synthetic_root):
     (work / "worker.py").write_text(WORKER)
     (work / "log").mkdir()
     failed, seconds = torchrun(["worker.py", "--data-root", str(synthetic_root), "train", *FLAGS,
-                                "--out", "out"], work, timeout=240, TEST_LOG=str(work / "log"),
-                               FAIL_AT="2", CNNLIB_DDP_TIMEOUT="600")
+                                "--out", "out"], work, timeout=400, TEST_LOG=str(work / "log"),
+                               FAIL_AT="2", CNNLIB_DDP_TIMEOUT="900")
     print(f"\n$ torchrun ... (rank 1 fails in epoch 2; {seconds:.0f} s, exit "
           f"{failed.returncode})\n" + _tail(failed))
     assert (work / "out" / "last.pt").exists(), _tail(failed, 60)
@@ -196,15 +196,18 @@ def test_two_processes_match_one_process(ddp_run, synthetic_root):
 def test_failing_rank_fails_the_job_with_a_clear_error(failed_then_resumed):
     failed, seconds = failed_then_resumed["failed"], failed_then_resumed["seconds"]
     output = failed.stdout + failed.stderr
-    assert failed.returncode != 0
-    # Far below the 600 s collective timeout: torchrun stopped the waiting rank.
-    assert seconds < 120, seconds
-    assert "cnnlib train [rank 1 of 2]: error: injected failure in epoch 2" in output
-    # Rank 0 lost its peer in a collective: it says so, and is not taken for the cause.
-    assert "[rank 0 of 2]: error (another rank failed first" in output
+    assert failed.returncode != 0, output
+    # Far below the 900 s collective timeout: torchrun stopped the waiting rank (typically
+    # seconds after the failure; the bound leaves room for a loaded machine).
+    assert seconds < 300, seconds
+    assert "cnnlib train [rank 1 of 2]: error: injected failure in epoch 2" in output, output
+    # Rank 0, blocked in a collective, either is stopped by torchrun first or notices the lost
+    # peer first; then it says so, and is not taken for the cause.
+    rank0 = re.findall(r"cnnlib train \[rank 0 of 2\]: error.*", output)
+    assert all("(another rank failed first" in line for line in rank0), output
     root = output.split("Root Cause (first observed failure):", 1)[1]
-    assert re.search(r"rank\s*: 1 \(local_rank: 1\)", root), root
-    assert "RuntimeError: injected failure in epoch 2" in root
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)", root), output
+    assert "RuntimeError: injected failure in epoch 2" in root, output
     log = failed_then_resumed["work"] / "log"
     assert not (log / "saves.rank1").exists()  # only rank 0 writes
     assert (log / "saves.rank0").read_text().split() == [str(Path("out") / "last.pt")]

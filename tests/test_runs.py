@@ -212,7 +212,7 @@ def test_smoke_keeps_both_datasets_but_reduces_sweeps():
         studies.settings("huge")
 
 
-# -- report helpers -------------------------------------------------------------------------------
+# -- report functions -----------------------------------------------------------------------------
 
 
 def _frame():
