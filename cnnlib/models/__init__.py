@@ -133,5 +133,34 @@ def init_weights(model: nn.Module) -> nn.Module:
     return model
 
 
+class PooledClassifier(nn.Module):
+    """``features`` -> global average pool -> linear head, He-initialized: the tail that
+    the ResNet, WRN and DenseNet families share (their classes only build ``features``)."""
+
+    def __init__(self, features: list[nn.Module], channels: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def residual_stages(block, c_in: int, widths, counts, *extra) -> tuple[list[nn.Module], int]:
+    """ResNet-style stages: ``counts[i]`` blocks ``block(c_in, c_out, stride, *extra)`` of
+    width ``widths[i]``; each stage after the first halves the resolution in its first block.
+    Returns the stages (one ``nn.Sequential`` each) and the last width."""
+    stages: list[nn.Module] = []
+    for i, (n, c_out) in enumerate(zip(counts, widths, strict=True)):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(c_in, c_out, 2 if i > 0 and j == 0 else 1, *extra))
+            c_in = c_out
+        stages.append(nn.Sequential(*blocks))
+    return stages, c_in
+
+
 # The families register themselves on import; they use the checks defined above.
 from . import baseline, densenet, fastnet, resnet, wrn  # noqa: E402, F401

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import check_float, check_int, init_weights, register_model
+from . import PooledClassifier, check_float, check_int, register_model
 
 
 class Bottleneck(nn.Module):
@@ -43,7 +43,7 @@ class Transition(nn.Sequential):
         )
 
 
-class DenseNetBC(nn.Module):
+class DenseNetBC(PooledClassifier):
     def __init__(
         self,
         num_classes: int = 10,
@@ -52,7 +52,6 @@ class DenseNetBC(nn.Module):
         compression: float = 0.5,
         dropout: float = 0.0,
     ):
-        super().__init__()
         n = (depth - 4) // 6
         c = 2 * growth
         layers: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1, bias=False)]
@@ -67,13 +66,7 @@ class DenseNetBC(nn.Module):
                 layers.append(Transition(c, c_out))
                 c = c_out
         layers += [nn.BatchNorm2d(c), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(c, num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)).flatten(1))
+        super().__init__(layers, c, num_classes)
 
 
 @register_model

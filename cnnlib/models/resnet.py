@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import init_weights, register_model
+from . import PooledClassifier, register_model, residual_stages
 
 
 class BasicBlock(nn.Module):
@@ -43,9 +43,8 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledClassifier):
     def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], num_classes: int = 10):
-        super().__init__()
         layers: list[nn.Module] = [
             nn.Sequential(
                 nn.Conv2d(3, widths[0], 3, padding=1, bias=False),
@@ -53,21 +52,9 @@ class CifarResNet(nn.Module):
                 nn.ReLU(),
             )
         ]
-        c_in = widths[0]
-        for i, (n, c_out) in enumerate(zip(blocks, widths, strict=True)):
-            stage = []
-            for j in range(n):
-                stride = 2 if i > 0 and j == 0 else 1
-                stage.append(BasicBlock(c_in, c_out, stride))
-                c_in = c_out
-            layers.append(nn.Sequential(*stage))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(c_in, num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)).flatten(1))
+        stages, c_in = residual_stages(BasicBlock, widths[0], widths, blocks)
+        layers += stages
+        super().__init__(layers, c_in, num_classes)
 
 
 @register_model

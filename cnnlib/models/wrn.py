@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import check_float, init_weights, register_model
+from . import PooledClassifier, check_float, register_model, residual_stages
 
 
 class PreActBlock(nn.Module):
@@ -41,30 +41,17 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledClassifier):
     def __init__(self, depth: int, widen: int, num_classes: int = 10, dropout: float = 0.0):
-        super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"wide resnet: depth must be 6n + 4; got {depth}")
         n = (depth - 4) // 6
         widths = (16 * widen, 32 * widen, 64 * widen)
         layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1, bias=False)]
-        c_in = 16
-        for i, c_out in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(PreActBlock(c_in, c_out, stride, dropout))
-                c_in = c_out
-            layers.append(nn.Sequential(*blocks))
+        stages, c_in = residual_stages(PreActBlock, 16, widths, (n, n, n), dropout)
+        layers += stages
         layers += [nn.BatchNorm2d(c_in), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(c_in, num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)).flatten(1))
+        super().__init__(layers, c_in, num_classes)
 
 
 @register_model
