@@ -42,7 +42,7 @@ OUTPUTS_ENV = "CNNLIB_OUTPUTS"
 MODELS_ENV = "CNNLIB_MODELS"
 RESULT_COLUMNS = ["study", "label", "dataset", "model", "options", "augmentations", "seed", "epochs",
                   "train_images", "train_acc", "val_acc", "test_acc", "test_loss", "test_top5",
-                  "wall_seconds", "device", "profile", "commit", "run_key"]
+                  "wall_seconds", "device", "hardware", "profile", "commit", "run_key"]
 
 
 def resolve_profile(profile: str | None = "auto") -> str:
@@ -130,6 +130,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def hardware(device: str = "cpu") -> str:
+    """What a run trained on, for the results table: the GPU's name, or the CPU's model and
+    the cores torch uses; with the torch version. ``device`` as results report it."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        n = device.split(" x")[1] if " x" in device else "1"
+        what = f"{n}x {torch.cuda.get_device_name(0)}"
+    else:
+        model = "CPU"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        what = f"{model}, {torch.get_num_threads()} threads"
+    return f"{what}, torch {torch.__version__.split('+')[0]}"
+
+
 def _write_json_atomic(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -197,7 +214,7 @@ class Run:
             "val_acc": r["val"].get("val_acc"), "test_acc": r["test"]["acc"],
             "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"),
             "wall_seconds": round(r["wall_seconds"], 1), "device": r["device"],
-            "profile": r.get("profile", ""), "commit": r.get("commit", ""), "run_key": self.path.name,
+            "hardware": r.get("hardware", ""), "profile": r.get("profile", ""), "commit": r.get("commit", ""), "run_key": self.path.name,
         }
 
 
@@ -284,7 +301,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
         summary = result.summary()
         summary.update(profile=profile, commit=git_commit(), finished=time.time(), label=label,
                        train_images=_train_images(config, data_root),
-                       call_seconds=time.time() - t0)
+                       call_seconds=time.time() - t0, hardware=hardware(summary["device"]))
         if result.test_metrics is not None:
             from .checkpoint import save_atomic
 
@@ -356,11 +373,12 @@ def save_results(runs: list[Run], study: str, out=None):
     return df
 
 
-def collect_results(out=None, readme: str | None = "README.md"):
+def collect_results(out=None, readme: str | None = "README.md", root=None):
     """Merge every study's rows into <outputs>/results.csv and results.md; refresh the README.
 
     Studies are read in file-name order (01_..., 02_...). Returns the merged frame. The README's Key Results table (between the
-    key-results markers) is replaced when `readme` names a file with the markers.
+    key-results markers) is replaced when `readme` names a file with the markers. `root` is
+    the run cache, where rows without a hardware entry look theirs up.
     """
     import pandas as pd
 
@@ -372,12 +390,24 @@ def collect_results(out=None, readme: str | None = "README.md"):
     # One row per run: a run shared by two studies (or two labels of a sweep) keeps its
     # first row, in notebook order; outputs/results/<study>.csv keep every label.
     df = df.drop_duplicates("run_key", keep="first", ignore_index=True)
+    df = _with_hardware(df, root)
     _write_text_atomic(df.to_csv(index=False), out / "results.csv")
     _write_text_atomic(results_markdown(df), out / "results.md")
     if readme:
         path = Path(readme)
         if not path.exists() or not update_readme(path, key_results(df)):
             print(f"results: {readme} has no {BEGIN} ... {END} markers; README left as it is")
+    return df
+
+
+def _with_hardware(df, root=None):
+    """Fill a row's missing hardware from its run's result.json (rows of older study tables)."""
+    df = df.assign(hardware=df["hardware"].astype(object) if "hardware" in df.columns else "")
+    missing = df["hardware"].isna() | (df["hardware"].astype(str) == "")
+    for i in df.index[missing]:
+        done = runs_root(root) / str(df.at[i, "run_key"]) / "result.json"
+        if done.exists():
+            df.at[i, "hardware"] = json.loads(done.read_text()).get("hardware", "")
     return df
 
 
@@ -394,16 +424,21 @@ def key_results(df) -> str:
     sub = df[df["study"] == "01_baseline"] if len(df) else df
     if not len(sub):
         return "_No results yet: run `./run_all.sh`._"
-    g = sub.groupby(["dataset", "label", "model", "profile", "device"], sort=True)
+    if "hardware" not in sub.columns:
+        sub = sub.assign(hardware="")
+    sub = sub.assign(hardware=sub["hardware"].fillna("").astype(str))
+    sub = sub.assign(hardware=sub["hardware"].where(sub["hardware"] != "", sub["device"]))
+    g = sub.groupby(["dataset", "label", "model", "profile", "hardware"], sort=True)
     rows = []
-    for (dataset, label, model, profile, device), part in g:
+    for (dataset, label, model, profile, hw), part in g:
         n = len(part)
         rows.append({
             "dataset": dataset, "model": f"{label} ({model})",
             "test acc %": _pm(part["test_acc"] * 100), "test loss": _pm(part["test_loss"], 3),
             "seeds": n, "epochs": _num(part["epochs"].iloc[0]),
             "train images": int(part["train_images"].iloc[0]),
-            "wall min / run": f"{part['wall_seconds'].mean() / 60:.1f}", "device": device,
+            "augmentation": part["augmentations"].iloc[0],
+            "wall min / run": f"{part['wall_seconds'].mean() / 60:.1f}", "hardware": hw,
             "profile": profile,
         })
     import pandas as pd
