@@ -455,12 +455,13 @@ def _num(x) -> str:
 
 
 def markdown_table(df) -> str:
-    """A DataFrame as a GitHub markdown table (floats: 4 decimals below 10, else 1; NaN empty)."""
+    """A DataFrame as a GitHub markdown table (floats: at most 4 decimals below 10, else 1;
+    NaN empty)."""
     def cell(v):
         if isinstance(v, float):
             if v != v:  # NaN: no value (e.g. no validation split)
                 return ""
-            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+            return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:.1f}"
         return str(v)
 
     head = "| " + " | ".join(df.columns) + " |"
