@@ -35,10 +35,16 @@ def minutes_to(df: pd.DataFrame, target: float) -> float | None:
     return float(pts[0][0]) if len(pts) and pts[0][1] >= target else None
 
 
+def epochs_arg(text: str) -> float | int:
+    """An epoch budget; whole numbers stay ints, so "6" is the same cached run as epochs=6."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fast-epochs", type=float, nargs="+", default=[2, 4, 6])
-    p.add_argument("--baseline-epochs", type=float, nargs="+", default=[4])
+    p.add_argument("--fast-epochs", type=epochs_arg, nargs="+", default=[2, 4, 6])
+    p.add_argument("--baseline-epochs", type=epochs_arg, nargs="+", default=[4])
     p.add_argument("--out", default=os.environ.get("CNNLIB_OUTPUTS", "outputs"))
     args = p.parse_args()
 
