@@ -214,7 +214,8 @@ class Run:
             "val_acc": r["val"].get("val_acc"), "test_acc": r["test"]["acc"],
             "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"),
             "wall_seconds": round(r["wall_seconds"], 1), "device": r["device"],
-            "hardware": r.get("hardware", ""), "profile": r.get("profile", ""), "commit": r.get("commit", ""), "run_key": self.path.name,
+            "hardware": r.get("hardware", ""), "profile": r.get("profile", ""),
+            "commit": r.get("commit", ""), "run_key": self.path.name,
         }
 
 
@@ -373,12 +374,11 @@ def save_results(runs: list[Run], study: str, out=None):
     return df
 
 
-def collect_results(out=None, readme: str | None = "README.md", root=None):
+def collect_results(out=None, readme: str | None = "README.md"):
     """Merge every study's rows into <outputs>/results.csv and results.md; refresh the README.
 
     Studies are read in file-name order (01_..., 02_...). Returns the merged frame. The README's Key Results table (between the
-    key-results markers) is replaced when `readme` names a file with the markers. `root` is
-    the run cache, where rows without a hardware entry look theirs up.
+    key-results markers) is replaced when `readme` names a file with the markers.
     """
     import pandas as pd
 
@@ -390,24 +390,12 @@ def collect_results(out=None, readme: str | None = "README.md", root=None):
     # One row per run: a run shared by two studies (or two labels of a sweep) keeps its
     # first row, in notebook order; outputs/results/<study>.csv keep every label.
     df = df.drop_duplicates("run_key", keep="first", ignore_index=True)
-    df = _with_hardware(df, root)
     _write_text_atomic(df.to_csv(index=False), out / "results.csv")
     _write_text_atomic(results_markdown(df), out / "results.md")
     if readme:
         path = Path(readme)
         if not path.exists() or not update_readme(path, key_results(df)):
             print(f"results: {readme} has no {BEGIN} ... {END} markers; README left as it is")
-    return df
-
-
-def _with_hardware(df, root=None):
-    """Fill a row's missing hardware from its run's result.json (rows of older study tables)."""
-    df = df.assign(hardware=df["hardware"].astype(object) if "hardware" in df.columns else "")
-    missing = df["hardware"].isna() | (df["hardware"].astype(str) == "")
-    for i in df.index[missing]:
-        done = runs_root(root) / str(df.at[i, "run_key"]) / "result.json"
-        if done.exists():
-            df.at[i, "hardware"] = json.loads(done.read_text()).get("hardware", "")
     return df
 
 
@@ -424,10 +412,9 @@ def key_results(df) -> str:
     sub = df[df["study"] == "01_baseline"] if len(df) else df
     if not len(sub):
         return "_No results yet: run `./run_all.sh`._"
-    if "hardware" not in sub.columns:
-        sub = sub.assign(hardware="")
-    sub = sub.assign(hardware=sub["hardware"].fillna("").astype(str))
-    sub = sub.assign(hardware=sub["hardware"].where(sub["hardware"] != "", sub["device"]))
+    # Rows written before results named the hardware show the device instead.
+    hw = sub.get("hardware", sub["device"])
+    sub = sub.assign(hardware=hw.where(hw.notna() & (hw != ""), sub["device"]))
     g = sub.groupby(["dataset", "label", "model", "profile", "hardware"], sort=True)
     rows = []
     for (dataset, label, model, profile, hw), part in g:

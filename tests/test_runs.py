@@ -118,17 +118,8 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     assert "old" not in text and "| dataset |" in text and text.endswith(f"{runs.END}\ntail\n")
     assert "±" in text  # two seeds: mean ± std
     assert merged["hardware"].str.contains("torch ").all() and "threads, torch" in text
+    assert run_a.result["hardware"].endswith(f"torch {torch.__version__.split('+')[0]}")
 
-
-def test_collect_fills_hardware_of_rows_from_older_tables(synthetic_root, cache, tmp_path):
-    run = _run(_config(epochs=1), cache, synthetic_root)
-    out = tmp_path / "out"
-    runs.save_results([run], "01_baseline", out)
-    table = out / "results" / "01_baseline.csv"
-    pd.read_csv(table).drop(columns="hardware").to_csv(table, index=False)  # written before it existed
-    merged = runs.collect_results(out, None, root=cache)
-    assert merged["hardware"].tolist() == [run.result["hardware"]]
-    assert run.result["hardware"].endswith(f"torch {torch.__version__.split('+')[0]}")
 
 
 def test_update_readme_replaces_between_markers_only(tmp_path):
