@@ -21,9 +21,7 @@ for arg in "$@"; do  # paths given: test only those
   case "$arg" in -*) ;; *) if [ -e "${arg%%::*}" ]; then PATHS=(); fi ;; esac
 done
 NBVAL=(--nbval-lax --nbval-current-env --nbval-cell-timeout=900)
-if ! .venv/bin/python -c 'from cnnlib.data import obtain
-for name in ("cifar10", "cifar100"):
-    obtain(name, download=False)' 2>/dev/null; then
+if ! .venv/bin/cnnlib data --no-download > /dev/null 2>&1; then
   if [ "${CNNLIB_DATA_OPTIONAL:-1}" != 1 ]; then
     echo "[tests] CIFAR-10/100 not available: the notebook tests need them" >&2
     exit 1

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import torch
 
-from cnnlib import compress, load_model
+from cnnlib import compress
 
 
 def load_all(folder: Path) -> dict[str, torch.nn.Module]:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".onnx"))
     if not files:
         raise SystemExit(f"compression benchmark: no .pt or .onnx files in {folder}")
-    return {p.stem: compress.load_onnx(p) if p.suffix == ".onnx" else load_model(p)
-            for p in files}
+    return {p.stem: compress.load_model(p) for p in files}  # checkpoints of every kind, and .onnx
 
 
 def with_speedups(results: dict[str, dict]) -> list[dict]:

@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from cnnlib.augment import BatchLoader  # noqa: E402
+from cnnlib.config import RunConfig  # noqa: E402
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -163,6 +164,7 @@ def cnnlib_next(
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
         augment=augment,
+        options=RunConfig().augment_options(),
         num_classes=10,
         shuffle=True,
         seed=0,

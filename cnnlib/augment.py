@@ -17,14 +17,8 @@ jitter, cutout, MixUp or CutMix.  Per batch the pipeline runs in this fixed orde
   lies wholly inside the image.
 * MixUp / CutMix mix the batch with a permutation of itself and yield soft targets; one draw of
   lambda (and one CutMix box) per batch.  With both enabled each batch picks one, p=0.5.
-* policies (AutoAugment with the CIFAR-10 policy, RandAugment, TrivialAugmentWide) use
-  torchvision.transforms.v2 on uint8.  Every sample draws its own ops and magnitudes; samples
-  that drew the same op and magnitude are then transformed together, so a batch costs one call
-  per distinct draw instead of one per image (same distribution as per-sample calls).  Should
-  torchvision's internal op table be unavailable, each image is transformed on its own.
-  Measured on 2 idle CPU cores, batch 512: RandAugment(2, 9) ~34k img/s grouped vs ~4k
-  per-sample; AutoAugment ~37k vs ~7k; TrivialAugmentWide ~16k vs ~8k (its random magnitude
-  leaves fewer equal draws to group).
+* policies (AutoAugment, RandAugment, TrivialAugmentWide: ``policies.py``) draw per sample
+  on uint8, before the crop.
 
 Randomness comes only from ``torch.Generator`` objects seeded from ``(seed, epoch)`` (plus the
 rank for augmentation draws), drawn on the CPU and moved to the device, so an epoch replays
@@ -35,7 +29,6 @@ exactly after a resume.  Iterating the same epoch twice yields the same batches:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,9 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .policies import POLICIES, PolicyAugment
+
 AUGMENTATIONS = ("none", "crop", "flip", "jitter", "cutout", "mixup", "cutmix",
                  "autoaugment", "randaugment", "trivialaugment")
-POLICIES = ("autoaugment", "randaugment", "trivialaugment")
 PAD_MODES = ("reflect", "zeros")
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
@@ -68,27 +62,17 @@ def parse_augment(spec: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class AugmentOptions:
-    crop_padding: int = 4  # pixels; crop = pad then random HxW crop (pure translation)
-    pad_mode: str = "reflect"  # "reflect" | "zeros"
-    jitter: float = 0.4  # brightness/contrast/saturation strength for "jitter"
-    cutout_size: int = 8  # square side for "cutout" (zeroed after normalization = the mean)
-    mixup_alpha: float = 0.2
-    cutmix_alpha: float = 1.0
-    randaugment_ops: int = 2
-    randaugment_magnitude: int = 9
+    """The augmentation strengths the loader reads: a view of the same-named ``RunConfig``
+    fields (``RunConfig.augment_options()``), which hold their defaults, meaning and checks."""
 
-    def __post_init__(self) -> None:
-        _check_int("crop_padding", self.crop_padding, 0)
-        if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode: unknown {self.pad_mode!r}; allowed: {', '.join(PAD_MODES)}")
-        if not self.jitter >= 0:
-            raise ValueError(f"jitter: must be >= 0, got {self.jitter}")
-        _check_int("cutout_size", self.cutout_size, 0)
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        _check_int("randaugment_ops", self.randaugment_ops, 0)
-        _check_int("randaugment_magnitude", self.randaugment_magnitude, 0, 30)
+    crop_padding: int
+    pad_mode: str
+    jitter: float
+    cutout_size: int
+    mixup_alpha: float
+    cutmix_alpha: float
+    randaugment_ops: int
+    randaugment_magnitude: int
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:
@@ -128,13 +112,6 @@ def normalize(images_uint8: torch.Tensor, mean, std, dtype=torch.float32) -> tor
     work = _work_dtype(dtype)
     scale, shift = _affine(mean, std, images_uint8.device, work)
     return images_uint8.to(work).mul_(scale).add_(shift).to(dtype)
-
-
-def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Normalized floats -> floats in [0, 1] (clamped) for plotting."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    return (x.float() * std_t + mean_t).clamp_(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- pixel ops
@@ -205,143 +182,6 @@ def cutmix_box(lam: float, h: int, w: int, gen: torch.Generator) -> tuple[int, i
     return y1, y2, x1, x2
 
 
-# ----------------------------------------------------------------------------- policies
-
-
-def _build_policy(name: str, options: AugmentOptions):
-    from torchvision.transforms import v2
-
-    if name == "autoaugment":
-        return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-    if name == "randaugment":
-        return v2.RandAugment(num_ops=options.randaugment_ops,
-                              magnitude=options.randaugment_magnitude)
-    return v2.TrivialAugmentWide()
-
-
-def _magnitude_table(space: dict, bins: int, h: int, w: int) -> list[list[float] | None]:
-    out = []
-    for fn, _signed in space.values():
-        mags = fn(bins, h, w)
-        out.append(None if mags is None else [float(m) for m in mags])
-    return out
-
-
-class PolicyAugment:
-    """A torchvision v2 policy with an independent draw per sample, run in groups of equal draws.
-
-    Each ``_plan_*`` mirrors the sampling of the torchvision class it stands for and returns,
-    per step, one ``(op name or None, magnitude)`` per sample; ``None`` leaves the sample as is.
-    """
-
-    def __init__(self, name: str, options: AugmentOptions):
-        self.name = name
-        self.transform = _build_policy(name, options)
-        t = self.transform
-        needed = ("_AUGMENTATION_SPACE", "_apply_image_or_video_transform", "_fill")
-        self.grouped = all(hasattr(t, a) for a in needed) and (
-            name != "autoaugment" or hasattr(t, "_policies"))
-
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if not self.grouped:
-            return self._per_sample(x, gen)
-        h, w = x.shape[-2:]
-        plan = getattr(self, f"_plan_{self.name}")(x.shape[0], h, w, gen)
-        for names, mags in plan:
-            x = self._apply_step(x, names, mags)
-        return x
-
-    def _per_sample(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # v2 draws from the global RNG: seed a forked copy so the caller's stream is untouched.
-        seed = int(torch.randint(0, 1 << 62, (), generator=gen))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return torch.stack([self.transform(img) for img in x])
-
-    def _apply_step(self, x: torch.Tensor, names: list, mags: list) -> torch.Tensor:
-        groups = defaultdict(list)
-        for i, key in enumerate(zip(names, mags, strict=True)):
-            if key[0] not in (None, "Identity"):
-                groups[key].append(i)
-        t = self.transform
-        for (name, mag), members in groups.items():
-            idx = torch.tensor(members, device=x.device)
-            out = t._apply_image_or_video_transform(
-                x.index_select(0, idx), name, mag, interpolation=t.interpolation, fill=t._fill)
-            x.index_copy_(0, idx, out)
-        return x
-
-    def _signs(self, signed: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        # torchvision negates a signed magnitude when rand() <= 0.5
-        neg = torch.rand(signed.shape, generator=gen) <= 0.5
-        return torch.where(signed & neg, -1.0, 1.0)
-
-    def _plan_randaugment(self, b, h, w, gen):
-        t = self.transform
-        space = t._AUGMENTATION_SPACE
-        names = list(space)
-        table = _magnitude_table(space, t.num_magnitude_bins, h, w)
-        mag = torch.tensor([0.0 if m is None else m[t.magnitude] for m in table])
-        signed = _signed(space, table)
-        plan = []
-        for _ in range(t.num_ops):
-            op = torch.randint(len(names), (b,), generator=gen)
-            values = mag[op] * self._signs(signed[op], gen)
-            plan.append(([names[i] for i in op.tolist()], values.tolist()))
-        return plan
-
-    def _plan_trivialaugment(self, b, h, w, gen):
-        t = self.transform
-        space = t._AUGMENTATION_SPACE
-        names = list(space)
-        bins = t.num_magnitude_bins
-        table = _magnitude_table(space, bins, h, w)
-        mag = torch.tensor([[0.0] * bins if m is None else m for m in table])
-        signed = _signed(space, table)
-        op = torch.randint(len(names), (b,), generator=gen)
-        level = torch.randint(bins, (b,), generator=gen)
-        values = mag[op, level] * self._signs(signed[op], gen)
-        return [([names[i] for i in op.tolist()], values.tolist())]
-
-    def _plan_autoaugment(self, b, h, w, gen):
-        t = self.transform
-        space = t._AUGMENTATION_SPACE
-        policies = t._policies
-        chosen = torch.randint(len(policies), (b,), generator=gen).tolist()
-        plan = []
-        for step in range(max(len(p) for p in policies)):
-            applied = (torch.rand(b, generator=gen) <= torch.tensor(
-                [_prob(policies[c], step) for c in chosen])).tolist()
-            neg = (torch.rand(b, generator=gen) <= 0.5).tolist()
-            names, mags = [], []
-            for c, on, sign in zip(chosen, applied, neg, strict=True):
-                name, mag = _auto_op(space, policies[c], step, h, w, sign) if on else (None, 0.0)
-                names.append(name)
-                mags.append(mag)
-            plan.append((names, mags))
-        return plan
-
-
-def _signed(space: dict, table: list) -> torch.Tensor:
-    """Per op: does its magnitude take a random sign?"""
-    return torch.tensor([s and m is not None
-                         for (_, s), m in zip(space.values(), table, strict=True)])
-
-
-def _prob(policy, step: int) -> float:
-    return policy[step][1] if step < len(policy) else 0.0
-
-
-def _auto_op(space: dict, policy, step: int, h: int, w: int, negate: bool) -> tuple[str, float]:
-    name, _p, level = policy[step]
-    fn, signed = space[name]
-    mags = fn(10, h, w)  # AutoAugment's 10 magnitude bins
-    if mags is None:
-        return name, 0.0
-    mag = float(mags[level])
-    return name, -mag if (signed and negate) else mag
-
-
 # ----------------------------------------------------------------------------- the loader
 
 
@@ -378,10 +218,11 @@ class BatchLoader:
     robin, so ranks see disjoint samples and equal batch counts; with ``drop_last`` the few
     samples that do not divide evenly are dropped, otherwise the permutation is padded by
     repeating its start (a handful of samples then appear twice in that epoch).
+    ``options`` are the strengths (``RunConfig.augment_options()``).
     """
 
     def __init__(self, images, labels, *, batch_size, mean, std, augment="none",
-                 options=AugmentOptions(), num_classes=None, shuffle=True, drop_last=None,
+                 options: AugmentOptions, num_classes=None, shuffle=True, drop_last=None,
                  seed=0, device="cpu", channels_last=False, dtype=torch.float32,
                  rank=0, world_size=1):
         images, labels = _check_images(images, labels)
@@ -389,7 +230,8 @@ class BatchLoader:
             augment = "+".join(sorted(augment))
         self.augmentations = parse_augment(augment)
         if not isinstance(options, AugmentOptions):
-            raise ValueError(f"options: expected AugmentOptions, got {type(options).__name__}")
+            raise ValueError(f"options: expected AugmentOptions (RunConfig.augment_options()), "
+                             f"got {type(options).__name__}")
         _check_int("batch_size", batch_size, 1)
         _check_int("seed", seed, 0)
         _check_int("world_size", world_size, 1)

@@ -1,63 +1,84 @@
 """Checkpoints: written atomically, read only with `torch.load(weights_only=True)`.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
-can be loaded without unpickling code. A file that carries code is refused.
+can be loaded without unpickling code. A file that carries code is refused, and so is
+one that fails its zip CRCs (damaged) or holds NaN/inf tensors.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .fileio import DamagedFileError, atomic_write, verify_zip
 from .models import create_model
 
 FORMAT = "cnnlib-checkpoint-v1"
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through `fileio.atomic_write`: a crash never leaves half a file."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_safe(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint dict; refuse anything that would need code to unpickle."""
+    """Load a checkpoint dict; refuse one that would need code to unpickle, a damaged one
+    (DamagedFileError) and one holding non-finite tensors (DamagedFileError)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"checkpoint: {path} is not a file")
+    verify_zip(path, "checkpoint")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"checkpoint: refusing {path}: it is not a plain-data checkpoint (it would run code "
-            f"or is corrupt; nothing was executed): {first}"
-        ) from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"checkpoint: {path} is truncated or not a torch file: {e}") from None
+        # torch's text advises weights_only=False, i.e. running the file's code: not passed on.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it calls {found.group(1)})" if found else ""
+        raise ValueError(f"checkpoint: refusing {path}: it is not a plain-data checkpoint{what}; "
+                         "nothing was executed") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise DamagedFileError(f"checkpoint: {path} is damaged or not a torch file: "
+                               f"{_first_line(e)}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(obj).__name__}, expected a dict")
+    bad = _non_finite(obj)
+    if bad:
+        raise DamagedFileError(f"checkpoint: {path} holds NaN or inf in {bad}; refusing it")
     return obj
 
 
-def model_checkpoint(model: nn.Module, config: dict, *, classes, mean, std, metrics=None) -> dict:
-    """The dict saved as a finished model: enough to rebuild and use it with no other file."""
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _non_finite(obj, where: str = "") -> str | None:
+    """The key path of the first floating tensor holding NaN or inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        ok = obj.is_quantized or not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+        return None if ok else where or "the tensor"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    for k, v in items:
+        bad = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if bad:
+            return bad
+    return None
+
+
+def model_checkpoint(model: nn.Module, config: dict, *, classes, mean, std, metrics=None,
+                     evaluation=None) -> dict:
+    """The dict saved as a finished model: enough to rebuild and use it with no other file.
+
+    `evaluation` holds the settings its test metrics were measured with (TTA level,
+    precision, memory format), so that `cnnlib evaluate` reproduces them by default.
+    """
     return {
         "format": FORMAT,
         "kind": "fp32",
@@ -70,39 +91,73 @@ def model_checkpoint(model: nn.Module, config: dict, *, classes, mean, std, metr
         "mean": list(mean),
         "std": list(std),
         "metrics": dict(metrics or {}),
+        "evaluation": evaluation_settings({"config": config, "evaluation": evaluation}),
     }
 
 
-def load_model(path: str | os.PathLike, device="cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, device="cpu", *, loaders=None) -> nn.Module:
     """A ready model (eval mode) from a checkpoint; its metadata is in `model.meta`.
 
     `model.meta` holds classes, mean, std, config and metrics: what `evaluate`
-    and `predict` need besides the weights.
+    and `predict` need besides the weights. This reads fp32 checkpoints; `loaders`
+    maps other kinds to their rebuild function (`cnnlib.load_model`, from
+    `cnnlib.compress`, passes the compressed kinds).
     """
     ckpt = load_safe(path)
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint: {path} is not a cnnlib model checkpoint (format {ckpt.get('format')!r})")
     kind = ckpt.get("kind", "fp32")
-    if kind not in _LOADERS and kind in _LAZY_KINDS:
-        from . import compress  # noqa: F401  (registers the compressed kinds on import)
-    loader = _LOADERS.get(kind)
+    loaders = {"fp32": _load_fp32, **(loaders or {})}
+    loader = loaders.get(kind)
     if loader is None:
-        raise ValueError(f"checkpoint: {path} has kind {kind!r}; supported: {', '.join(_LOADERS)}")
-    model = loader(ckpt).to(device).eval()
+        raise ValueError(f"checkpoint: {path} has kind {kind!r}; supported: {', '.join(loaders)}")
+    _check_meta(ckpt, path)
+    try:
+        model = loader(ckpt)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        reason = f"missing {e}" if isinstance(e, KeyError) else _first_line(e)
+        raise ValueError(f"checkpoint: {path} does not rebuild its {kind} model: {reason}") from None
+    model = model.to(device).eval()  # a device error is not the file's fault: its own message
     model.meta = {k: ckpt[k] for k in ("classes", "mean", "std", "config", "metrics", "kind")}
+    model.meta["evaluation"] = evaluation_settings(ckpt)
     return model
+
+
+def evaluation_settings(ckpt: dict) -> dict:
+    """TTA level, precision and memory format a checkpoint's metrics were measured with.
+    Checkpoints written before these were recorded used the config's `tta` and
+    `channels_last`, and fp32 (what `auto` meant on a CPU then)."""
+    recorded = dict(ckpt.get("evaluation") or {})
+    config = ckpt.get("config") or {}
+    return {"tta": int(recorded.get("tta", config.get("tta", 0))),
+            "precision": str(recorded.get("precision", "fp32")),
+            "channels_last": bool(recorded.get("channels_last", config.get("channels_last", False)))}
+
+
+def _check_meta(ckpt: dict, path) -> None:
+    """The metadata every kind needs (what `evaluate` and `predict` read), checked up front."""
+    def bad(what):
+        raise ValueError(f"checkpoint: {path}: {what}")
+
+    for key, kind in (("classes", list), ("mean", list), ("std", list), ("config", dict),
+                      ("metrics", dict), ("num_classes", int), ("kind", str)):
+        if key not in ckpt:
+            bad(f"missing {key!r}")
+        if not isinstance(ckpt[key], kind):
+            bad(f"{key!r} is a {type(ckpt[key]).__name__}, expected a {kind.__name__}")
+    classes = ckpt["classes"]
+    if not classes or not all(isinstance(c, str) for c in classes):
+        bad("'classes' must be a non-empty list of names")
+    if len(classes) != ckpt["num_classes"]:
+        bad(f"{len(classes)} class names for a model with {ckpt['num_classes']} outputs")
+    for key in ("mean", "std"):
+        if len(ckpt[key]) != 3 or not all(isinstance(v, int | float) for v in ckpt[key]):
+            bad(f"{key!r} must be 3 numbers (one per channel)")
+    if not isinstance(ckpt["config"].get("dataset"), str):
+        bad("its config names no dataset")
 
 
 def _load_fp32(ckpt: dict) -> nn.Module:
     model = create_model(ckpt["model"], ckpt["num_classes"], **ckpt["model_options"])
     model.load_state_dict(ckpt["state_dict"])
     return model
-
-
-# Other kinds (pruned, quantized) register their rebuild function here.
-_LOADERS = {"fp32": _load_fp32}
-_LAZY_KINDS = ("pruned", "int8")  # registered by cnnlib.compress, imported on first use
-
-
-def register_kind(kind: str, loader) -> None:
-    _LOADERS[kind] = loader

@@ -3,40 +3,47 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import data as cdata
-from . import distributed as cdist
-from .checkpoint import load_model
+from .checkpoint import evaluation_settings
+from .compress import load_model
+from .device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
+from .distributed import is_main
 from .evaluate import evaluate, predict_logits
+from .fileio import FolderInUseError
+from .launch import LaunchError, guard
 from .models import count_parameters, create_model, list_models
+from .obtain import DATASETS
 from .train import RECIPES, RunConfig, lr_find, train
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_READS_AS = {bool: "true or false", int: "an integer", float: "a number", dict: "a JSON object",
+             str: "text"}
 
-def _coerce(name: str, text: str, like):
-    """Parse `text` as the type of a config field's default value."""
+
+def _coerce(name: str, text: str, kind: type):
+    """Parse `text` as a config field's annotated type: bool, int, float, dict (JSON) or str."""
+    word = text.strip().lower()
     try:
-        if isinstance(like, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(like, int):
-            return int(text)
-        if isinstance(like, float):
-            return float(text)
-        if isinstance(like, dict):
-            return json.loads(text)
-        return text
-    except ValueError:
-        raise ValueError(f"{name}: cannot read {text!r} as {type(like).__name__}") from None
+        if kind is bool:
+            if word in _TRUE + _FALSE:
+                return word in _TRUE
+        elif kind is dict:
+            value = json.loads(text)
+            if isinstance(value, dict):
+                return value
+        else:
+            return kind(text)  # int, float, str
+    except ValueError:  # json.JSONDecodeError is one too
+        pass
+    raise ValueError(f"{name}: cannot read {text!r} as {_READS_AS[kind]}")
 
 
 def _literal(text: str):
@@ -58,7 +65,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def config_from_args(args) -> RunConfig:
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    kinds = typing.get_type_hints(RunConfig)  # field name -> annotated type
     values = dict(RECIPES[args.recipe]) if args.recipe else {}
     for k in ("dataset", "model", "epochs", "train_subset", "seed", "device", "batch_size", "lr",
               "sync_bn"):
@@ -66,11 +73,9 @@ def config_from_args(args) -> RunConfig:
         if v is not None:
             values[k] = v
     for k, text in _pairs(args.set, "--set").items():
-        if k not in fields:
-            raise ValueError(f"--set: unknown config field {k!r}; allowed: {', '.join(sorted(fields))}")
-        f = fields[k]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        values[k] = _coerce(k, text, default)
+        if k not in kinds:
+            raise ValueError(f"--set: unknown config field {k!r}; allowed: {', '.join(sorted(kinds))}")
+        values[k] = _coerce(k, text, kinds[k])
     options = {k: _literal(v) for k, v in _pairs(args.opt, "--opt").items()}
     if options:
         values["model_options"] = {**values.get("model_options", {}), **options}
@@ -78,8 +83,8 @@ def config_from_args(args) -> RunConfig:
 
 
 def cmd_data(args) -> int:
-    for name in args.dataset or cdata.DATASETS:
-        d = cdata.load_cifar(name, root=args.data_root)
+    for name in args.dataset or DATASETS:
+        d = cdata.load_cifar(name, root=args.data_root, download=not args.no_download)
         mean, std = cdata.channel_stats(d.train_images)
         extra = f", {len(d.superclasses)} superclasses" if d.superclasses else ""
         print(f"{name}: train {len(d.train_labels)}, test {len(d.test_labels)}, "
@@ -100,11 +105,13 @@ def cmd_models(args) -> int:
 
 def cmd_train(args) -> int:
     config = config_from_args(args)
+    if not args.out.strip():
+        raise ValueError("--out: empty; give the folder for the run's checkpoints")
     out = Path(args.out)
-    with cdist.guard("train"):  # under torchrun: a failing rank names itself and exits at once
+    with guard("train"):  # under torchrun: a failing rank names itself and exits at once
         result = train(config, out, resume=not args.restart, data_root=args.data_root,
                        progress=not args.quiet)
-    if not cdist.is_main():
+    if not is_main():
         return 0  # under torchrun rank 0 reports
     t = result.test
     extra = f" superclass_acc={t['superclass_acc']:.4f}" if "superclass_acc" in t else ""
@@ -114,45 +121,61 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load(path: str, device: str):
-    """A checkpoint (fp32, pruned or int8), or an ONNX file written by `compress.export_onnx`."""
-    if str(path).endswith(".onnx"):
-        from .compress import load_onnx  # onnxruntime only when it is needed
-
-        return load_onnx(path)
-    return load_model(path, device=device)
-
-
 def cmd_evaluate(args) -> int:
-    model = _load(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device)  # fp32, pruned, int8 or .onnx
     meta = model.meta
     d = cdata.load_cifar(meta["config"]["dataset"], root=args.data_root)
-    m = evaluate(model, d.test_images, d.test_labels, meta["mean"], meta["std"], tta=args.tta,
-                 coarse=d.test_coarse, fine_to_coarse=d.fine_to_coarse, device=args.device)
+    if list(meta["classes"]) != list(d.classes):  # before a long evaluation, not after it
+        raise ValueError(f"{args.checkpoint}: its {len(meta['classes'])} classes are not the "
+                         f"{d.num_classes} of {d.name}; it belongs to another dataset")
+    # By default the settings the checkpoint's own metrics were measured with.
+    settings = dict(meta.get("evaluation") or evaluation_settings(meta))
+    if meta.get("kind") in ("int8", "onnx"):  # int8 kernels / onnxruntime: no autocast
+        settings["precision"] = "fp32"
+    for name in ("tta", "precision"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    precision = resolve_precision(settings["precision"], args.device)
+    m = evaluate(model, d.test_images, d.test_labels, meta["mean"], meta["std"],
+                 tta=settings["tta"], coarse=d.test_coarse, fine_to_coarse=d.fine_to_coarse,
+                 device=args.device, channels_last=settings["channels_last"],
+                 autocast_dtype=AUTOCAST_DTYPES[precision])
     extra = f" superclass_acc={m['superclass_acc']:.4f}" if "superclass_acc" in m else ""
-    print(f"{meta['config']['dataset']} test: loss={m['loss']:.4f} top5={m['top5']:.4f}{extra}")
+    print(f"{meta['config']['dataset']} test (tta {settings['tta']}, {precision}): "
+          f"loss={m['loss']:.4f} top5={m['top5']:.4f}{extra}")
     print(f"test_acc={m['acc']:.4f}")
     return 0
 
 
 def load_image(path: str, size: int = 32) -> torch.Tensor:
     """Any PNG/JPEG as uint8 [3, size, size]: RGB, resized with antialiasing."""
-    from PIL import Image, UnidentifiedImageError
+    import warnings
 
+    from PIL import Image
+
+    if Path(path).is_dir():
+        raise ValueError(f"image: {path} is a folder; give image files")
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        with warnings.catch_warnings():  # a decompression bomb is refused, not decoded
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except FileNotFoundError:
         raise FileNotFoundError(f"image: {path} does not exist") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"image: {path} is not a readable image (PNG or JPEG expected)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"image: {path} is too large to decode ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for damaged files
+        raise ValueError(f"image: {path} is not a readable image, PNG or JPEG expected "
+                         f"({type(e).__name__}: {e})") from None
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
 def cmd_predict(args) -> int:
-    model = _load(args.checkpoint, args.device)
-    meta = model.meta
+    if args.top < 1:
+        raise ValueError(f"--top: {args.top} is not allowed; allowed: an integer >= 1")
     images = torch.stack([load_image(p) for p in args.images])
+    model = load_model(args.checkpoint, args.device)  # fp32, pruned, int8 or .onnx
+    meta = model.meta
     probs = predict_logits(model, images, meta["mean"], meta["std"], tta=args.tta,
                            device=args.device).softmax(1)
     top = probs.topk(min(args.top, probs.shape[1]), dim=1)
@@ -174,7 +197,7 @@ def cmd_lr_find(args) -> int:
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), help="start from a named recipe")
-    p.add_argument("--dataset", choices=cdata.DATASETS)
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--model", help=f"one of: {', '.join(list_models())}")
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int)
@@ -196,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="obtain and verify the datasets")
-    p.add_argument("--dataset", action="append", choices=cdata.DATASETS)
+    p.add_argument("--dataset", action="append", choices=DATASETS)
+    p.add_argument("--no-download", action="store_true",
+                   help="only check: fail instead of downloading a missing dataset")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("models", help="list models with parameter counts")
@@ -214,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="test metrics of a checkpoint; last line test_acc=<float>")
     p.add_argument("checkpoint")
-    p.add_argument("--tta", type=int, default=0, choices=(0, 1, 2))
+    p.add_argument("--tta", type=int, default=None, choices=(0, 1, 2),
+                   help="test-time augmentation level (default: the one the checkpoint's metrics used)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="autocast for evaluation (default: the one the checkpoint's metrics used)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 
@@ -237,8 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"cnnlib {args.command}: error: {e}", file=sys.stderr)
+    # Bad input, unusable files and folders, a busy run folder, a diverged run, a failed
+    # multi-process run (its workers printed their errors): one line. Anything else is a bug
+    # and keeps its traceback.
+    except (ValueError, OSError, FolderInUseError, LaunchError, FloatingPointError) as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"cnnlib {args.command}: error: {lines[0]}", file=sys.stderr)
         return 2
 
 

@@ -1,9 +1,7 @@
-"""CIFAR-10/100: obtain, read, validate, split, summarize, and write synthetic copies.
+"""CIFAR-10/100: read, validate, split and summarize.
 
 Images stay ``uint8`` tensors ``[N, 3, 32, 32]`` (NCHW, RGB) and labels ``int64 [N]``.
-The files are the official "python version" pickles; ``obtain`` finds or fetches them in
-this order: an extracted folder, an official archive placed by the user, an offline mirror
-(``CNNLIB_DATA_MIRROR``), the official download.
+The files are the official "python version" pickles, found or fetched by ``obtain.py``.
 """
 
 from __future__ import annotations
@@ -12,61 +10,23 @@ import codecs
 import functools
 import hashlib
 import io
-import logging
 import os
 import pickle
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-log = logging.getLogger(__name__)
-
-DATASETS = ("cifar10", "cifar100")
-DEFAULT_ROOT = "data"
-ROOT_ENV = "CNNLIB_DATA_ROOT"
-MIRROR_ENV = "CNNLIB_DATA_MIRROR"
-MIRROR_SCRIPT = "restore_cifar.py"
+from .obtain import CIFAR10_TRAIN, FILES, check_name, obtain
 
 ROW = 3 * 32 * 32
 OFFICIAL_PER_BATCH = 10000  # CIFAR-10 batches.meta value of the real data
+OFFICIAL_SIZES = (50000, 10000)  # train, test images of both official datasets
+# `fingerprint` of the official datasets: a copy of their size that differs is damaged.
+OFFICIAL_FINGERPRINTS = {"cifar10": "be48ca49b63d1e55", "cifar100": "c58796e2d9d9624a"}
 
-
-class _Archive(NamedTuple):
-    folder: str  # top-level folder inside the archive
-    filename: str
-    md5: str
-    url: str
-
-
-_ARCHIVES = {
-    "cifar10": _Archive(
-        "cifar-10-batches-py",
-        "cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    ),
-    "cifar100": _Archive(
-        "cifar-100-python",
-        "cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    ),
-}
-
-_CIFAR10_TRAIN = tuple(f"data_batch_{k}" for k in range(1, 6))
-_FILES = {
-    "cifar10": (*_CIFAR10_TRAIN, "test_batch", "batches.meta"),
-    "cifar100": ("train", "test", "meta"),
-}
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -134,129 +94,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-# ----------------------------------------------------------------------------- obtaining
-
-
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root``, else ``$CNNLIB_DATA_ROOT``, else ``DEFAULT_ROOT`` (cwd-relative)."""
-    if root is None:
-        root = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
-    return Path(root).expanduser()
-
-
-def _complete(folder: Path, name: str) -> bool:
-    return all((folder / f).is_file() for f in _FILES[name])
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _extract(archive: Path, base: Path, name: str) -> None:
-    """Extract into a temporary folder, then rename: a crash never leaves a half folder."""
-    target = base / _ARCHIVES[name].folder
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
-    try:
-        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(tmp, **safe)
-        if not _complete(tmp / target.name, name):
-            raise ValueError(f"{archive}: does not hold a complete {target.name}/ folder")
-        if _complete(target, name):  # another process finished first
-            return
-        shutil.rmtree(target, ignore_errors=True)
-        (tmp / target.name).rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _from_archive(base: Path, name: str) -> str | None:
-    """Step 2: an official archive placed in ``base``. Returns why it failed, or None."""
-    spec = _ARCHIVES[name]
-    archive = base / spec.filename
-    if not archive.is_file():
-        return None
-    if _md5(archive) != spec.md5:
-        return f"{archive} fails its md5 check (incomplete download?)"
-    log.info("extracting %s", archive)
-    try:
-        _extract(archive, base, name)
-    except (OSError, ValueError, tarfile.TarError) as err:
-        return f"{archive}: {err}"
-    return None
-
-
-def _from_mirror(base: Path, name: str) -> str | None:
-    """Step 3: run the offline mirror's restore script. Returns why it failed, or None."""
-    mirror = os.environ.get(MIRROR_ENV)
-    if not mirror:
-        return None
-    script = Path(mirror).expanduser() / MIRROR_SCRIPT
-    if not script.is_file():
-        return f"{MIRROR_ENV}={mirror} holds no {MIRROR_SCRIPT}"
-    log.info("restoring %s from mirror %s", name, mirror)
-    cmd = [sys.executable, str(script), name, str(base)]
-    try:  # a restore takes seconds; the timeout only guards against a hung script
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"mirror restore failed: {err}"
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-        return f"mirror restore failed: {lines[-1]}"
-    return None
-
-
-def _from_download(base: Path, name: str) -> str | None:
-    """Step 4: the official download, md5-checked. Returns why it failed, or None."""
-    from torchvision.datasets.utils import download_url  # heavy import, only when needed
-
-    spec = _ARCHIVES[name]
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        download_url(spec.url, str(base), spec.filename, spec.md5)
-        _extract(base / spec.filename, base, name)
-    except Exception as err:  # noqa: BLE001 - any network/disk failure means "not obtained"
-        return f"download failed: {type(err).__name__}: {err}"
-    return None
-
-
-def obtain(name: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Return the extracted folder of ``name``, obtaining it first when missing."""
-    _check_name(name)
-    base = data_root(root) / name
-    folder = base / _ARCHIVES[name].folder
-    if _complete(folder, name):
-        return folder
-    steps = [_from_archive, _from_mirror] + ([_from_download] if download else [])
-    problems = []
-    for step in steps:
-        problem = step(base, name)
-        if _complete(folder, name):
-            return folder
-        if problem:
-            log.warning("%s", problem)
-            problems.append(" ".join(problem.split()))  # keep the final error on one line
-    raise FileNotFoundError(_missing_message(name, base, download, problems))
-
-
-def _missing_message(name: str, base: Path, download: bool, problems: list[str]) -> str:
-    spec = _ARCHIVES[name]
-    fixes = f"place {spec.filename} ({spec.url}) in {base}, or set {MIRROR_ENV}"
-    fixes += " to a folder holding " + MIRROR_SCRIPT
-    fixes += ", or retry with network access" if download else ", or allow download=True"
-    tried = f" [{'; '.join(problems)}]" if problems else ""
-    return f"{name} not found in {base / spec.folder}: {fixes}{tried}"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -365,11 +202,11 @@ def _read_cifar10(folder: Path) -> CifarData:
     per_batch = _field(meta, "num_cases_per_batch", meta_path)
     if not isinstance(per_batch, int) or per_batch <= 0:
         raise ValueError(f"{meta_path}: 'num_cases_per_batch' must be a positive int")
-    train = [_read_batch(folder / f, {"labels": 10}) for f in _CIFAR10_TRAIN]
+    train = [_read_batch(folder / f, {"labels": 10}) for f in CIFAR10_TRAIN]
     test, (test_labels,) = _read_batch(folder / "test_batch", {"labels": 10})
     official = per_batch == OFFICIAL_PER_BATCH  # the real data: every batch is exactly full
     for k, (data, _) in enumerate(train):
-        _check_count(folder / _CIFAR10_TRAIN[k], len(data), per_batch, exact=official)
+        _check_count(folder / CIFAR10_TRAIN[k], len(data), per_batch, exact=official)
     if official:
         _check_count(folder / "test_batch", len(test), per_batch, exact=True)
     return CifarData(
@@ -423,9 +260,25 @@ def _fine_to_coarse(fine: np.ndarray, coarse: np.ndarray, folder: Path) -> np.nd
 
 def read_cifar(folder: str | os.PathLike, name: str) -> CifarData:
     """Read and validate an extracted official folder (e.g. ``.../cifar-10-batches-py``)."""
-    _check_name(name)
+    check_name(name)
     folder = Path(folder)
-    return _read_cifar10(folder) if name == "cifar10" else _read_cifar100(folder)
+    data = _read_cifar10(folder) if name == "cifar10" else _read_cifar100(folder)
+    _check_official(data, folder)
+    return data
+
+
+def _check_official(data: CifarData, folder: Path) -> None:
+    """A copy of the official size must hold the official pixels and labels.
+
+    Smaller copies (synthetic test data, subsets) have no known fingerprint to compare.
+    """
+    if (len(data.train_labels), len(data.test_labels)) != OFFICIAL_SIZES:
+        return
+    found, known = fingerprint(data), OFFICIAL_FINGERPRINTS[data.name]
+    if found != known:
+        raise ValueError(f"{data.name}: the images or labels in {folder} differ from the official "
+                         f"dataset (fingerprint {found}, expected {known}), a file is damaged: "
+                         "delete the folder and run `cnnlib data` to obtain it again")
 
 
 @functools.lru_cache(maxsize=4)
@@ -439,7 +292,7 @@ def load_cifar(
     """Obtain, read and validate ``name``; repeated calls in one process share the result."""
     folder = obtain(name, root, download).resolve()
     # The files' sizes and mtimes join the key, so rewritten files are never served stale.
-    stamp = tuple((s.st_size, s.st_mtime_ns) for s in (os.stat(folder / f) for f in _FILES[name]))
+    stamp = tuple((s.st_size, s.st_mtime_ns) for s in (os.stat(folder / f) for f in FILES[name]))
     return _read_cached(str(folder), name, stamp)
 
 
@@ -517,8 +370,13 @@ def train_split(
     return train, val
 
 
-def test_split(data: CifarData) -> Split:
-    return Split(data.test_images, data.test_labels, data.test_coarse)
+def test_split(data: CifarData, subset: int = 0) -> Split:
+    """The test set, or its first ``subset`` images when ``subset`` > 0 (smoke runs)."""
+    split = Split(data.test_images, data.test_labels, data.test_coarse)
+    if not subset:
+        return split
+    return Split(split.images[:subset], split.labels[:subset],
+                 None if split.coarse is None else split.coarse[:subset])
 
 
 test_split.__test__ = False  # test files import it by name: pytest must not collect it
@@ -569,159 +427,3 @@ def fingerprint(data: CifarData) -> str:
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(memoryview(t.numpy()).cast("B"))  # no copy of the pixels
     return digest.hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- dataset view
-
-
-class CifarDataset(torch.utils.data.Dataset):
-    """torchvision-style view of a ``Split``: items are (PIL image or CHW tensor, int label)."""
-
-    def __init__(self, split: Split, transform=None, target_transform=None, as_pil: bool = True):
-        self.split = split
-        self.transform = transform
-        self.target_transform = target_transform
-        self.as_pil = as_pil
-        self.targets = split.labels.tolist()
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int):
-        image = self.split.images[index]
-        if self.as_pil:
-            image = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-        if self.transform is not None:
-            image = self.transform(image)
-        target = self.targets[index]
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
-
-
-# ----------------------------------------------------------------------------- synthetic
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python-2 ``str``, as the official files do, so that ``encoding="bytes"``
-    gives bytes keys and ``encoding="latin1"`` gives str keys (what torchvision expects)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_bytes(self, obj: bytes) -> None:
-        n = len(obj)
-        if n < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
-        else:
-            self.write(pickle.BINSTRING + n.to_bytes(4, "little") + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_bytes
-
-
-def _dump(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
-    os.replace(tmp, path)
-
-
-def _pattern_images(labels: np.ndarray, groups: np.ndarray, rng, learnable: bool) -> np.ndarray:
-    """uint8 [N, 3072] rows. Learnable: colour per group plus an oriented grating per class."""
-    n, num = len(labels), len(groups)
-    if not learnable:
-        return rng.integers(0, 256, size=(n, ROW), dtype=np.uint8)
-    fixed = np.random.default_rng(12345)  # class looks do not depend on ``seed``
-    colours = fixed.uniform(50, 205, size=(int(groups.max()) + 1, 3))
-    angle, freq, phase = (fixed.uniform(lo, hi, num) for lo, hi in ((0, np.pi), (1, 4), (0, 6)))
-    yy, xx = np.mgrid[0:32, 0:32] / 32.0
-    along = xx * np.cos(angle)[:, None, None] + yy * np.sin(angle)[:, None, None]
-    wave = np.sin(2 * np.pi * freq[:, None, None] * along + phase[:, None, None])  # [C, 32, 32]
-    x = colours[groups[labels]][:, :, None, None] + 45 * wave[labels][:, None]
-    x = x + rng.normal(0, 20, size=x.shape)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(n, ROW)
-
-
-def _synthetic_labels(n: int, num: int, rng) -> np.ndarray:
-    return rng.permutation(np.arange(n) % num).astype(np.int64)
-
-
-def _filenames(labels: np.ndarray, classes: tuple[str, ...], start: int = 0) -> list[bytes]:
-    return [f"{start + i}_{classes[c]}.png".encode() for i, c in enumerate(labels)]
-
-
-def _encode(names: tuple[str, ...]) -> list[bytes]:
-    return [c.encode() for c in names]
-
-
-def _write_cifar10(folder: Path, n_train: int, n_test: int, rng, learnable: bool) -> None:
-    groups = np.arange(10)
-    labels = _synthetic_labels(n_train, 10, rng)
-    data = _pattern_images(labels, groups, rng, learnable)
-    bounds = np.cumsum([0] + [len(p) for p in np.array_split(labels, 5)])
-    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        batch = {
-            b"batch_label": f"training batch {k + 1} of 5".encode(),
-            b"labels": labels[lo:hi].tolist(),
-            b"data": data[lo:hi],
-            b"filenames": _filenames(labels[lo:hi], CIFAR10_CLASSES, lo),
-        }
-        _dump(batch, folder / _CIFAR10_TRAIN[k])
-    labels = _synthetic_labels(n_test, 10, rng)
-    test = {
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": labels.tolist(),
-        b"data": _pattern_images(labels, groups, rng, learnable),
-        b"filenames": _filenames(labels, CIFAR10_CLASSES),
-    }
-    _dump(test, folder / "test_batch")
-    meta = {
-        b"num_cases_per_batch": int(bounds[1]),  # the largest batch: array_split puts it first
-        b"label_names": _encode(CIFAR10_CLASSES),
-        b"num_vis": ROW,
-    }
-    _dump(meta, folder / "batches.meta")
-
-
-def _write_cifar100(folder: Path, n_train: int, n_test: int, rng, learnable: bool) -> None:
-    groups = np.array(CIFAR100_FINE_TO_COARSE)  # a superclass shares a colour: coarse is learnable
-    for split, n in (("train", n_train), ("test", n_test)):
-        fine = _synthetic_labels(n, 100, rng)
-        kind = "training" if split == "train" else "testing"
-        batch = {
-            b"filenames": _filenames(fine, CIFAR100_CLASSES),
-            b"batch_label": f"{kind} batch 1 of 1".encode(),
-            b"fine_labels": fine.tolist(),
-            b"coarse_labels": groups[fine].tolist(),
-            b"data": _pattern_images(fine, groups, rng, learnable),
-        }
-        _dump(batch, folder / split)
-    meta = {
-        b"fine_label_names": _encode(CIFAR100_CLASSES),
-        b"coarse_label_names": _encode(CIFAR100_SUPERCLASSES),
-    }
-    _dump(meta, folder / "meta")
-
-
-def write_synthetic(
-    name: str,
-    root: str | os.PathLike,
-    n_train: int = 500,
-    n_test: int = 100,
-    seed: int = 0,
-    learnable: bool = True,
-) -> Path:
-    """Write a small dataset in the exact official layout under ``root/name``; return its folder.
-
-    Labels are balanced and shuffled. ``learnable=True`` gives every class its own colour and
-    grating plus noise (a small CNN beats chance within a few steps); False gives pure noise.
-    """
-    _check_name(name)
-    if n_train < 5 or n_test < 1:
-        raise ValueError(f"n_train must be >= 5 and n_test >= 1, got {n_train}, {n_test}")
-    folder = Path(root) / name / _ARCHIVES[name].folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    writer = _write_cifar10 if name == "cifar10" else _write_cifar100
-    writer(folder, n_train, n_test, rng, learnable)
-    return folder

@@ -27,13 +27,14 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .augment import normalize
-from .evaluate import model_device as _device
-from .plots import new_figure, save_figure, to_hwc
+from .evaluate import model_device
+from .figures import describe, new_figure, save_figure, to_hwc
 
 __all__ = [
     "conv_layers",
     "feature_maps",
     "gradcam",
+    "layer_labels",
     "misclassified",
     "mistake_titles",
     "normalize",
@@ -91,7 +92,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layers=None) -> dict[str, to
         for name, module in pairs:
             handles.append(module.register_forward_hook(_keeper(maps, name)))
         model.eval()
-        model(x.to(_device(model)))
+        model(x.to(model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -125,32 +126,64 @@ def _unit_range(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return (a - low) / np.where(span > 0, span, 1)
 
 
+def layer_labels(model: nn.Module, names=None) -> dict[str, str]:
+    """Names a reader understands for conv layers: ``"conv 3 of 8"`` (``"..., 1x1 shortcut"``).
+
+    Convs count in registration order (``conv_layers``); ``names`` (default:
+    every conv) may include other modules, which keep their module name.
+    """
+    convs = conv_layers(model)
+    index = {name: i for i, (name, _) in enumerate(convs, 1)}
+    labels = {}
+    for name in names if names is not None else index:
+        if name not in index:
+            labels[name] = f"module {name}"
+            continue
+        conv = model.get_submodule(name)
+        kernel = "x".join(str(k) for k in conv.kernel_size)
+        shortcut = ", 1x1 shortcut" if kernel == "1x1" and index[name] > 1 else ""
+        labels[name] = f"conv {index[name]} of {len(convs)}{shortcut}"
+    return labels
+
+
 def _feature_map_figure(image, maps: torch.Tensor, title: str) -> Figure:
     fig, axes = new_figure(1, 2, figsize=(9, 4.5), width_ratios=(1, 2))
     axes[0, 0].imshow(to_hwc(image), interpolation="nearest")
     axes[0, 0].set_title("input", fontsize=9)
     tiles = _unit_range(maps.numpy(), (1, 2))
-    axes[0, 1].imshow(_mosaic(tiles), cmap="viridis", interpolation="nearest")
+    im = axes[0, 1].imshow(_mosaic(tiles), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     axes[0, 1].set_title(title, fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
+    bar = fig.colorbar(im, ax=axes[0, 1], shrink=0.7, ticks=[0, 1],
+                       label="activation, each map scaled to its own range")
+    bar.ax.set_yticklabels(["lowest", "highest"])
     return fig
 
 
-def _overview_figure(image, maps: dict[str, torch.Tensor], i: int, caption: str) -> Figure:
+def _overview_figure(image, maps: dict[str, torch.Tensor], i: int, caption: str,
+                     labels: dict[str, str]) -> Figure:
     """The input and, per layer, the mean absolute activation over channels."""
     n = len(maps) + 1
-    ncols = min(n, 6)
-    nrows = math.ceil(n / ncols)
-    fig, axes = new_figure(nrows, ncols, figsize=(1.8 * ncols, 1.9 * nrows))
+    nrows = math.ceil(n / 7)
+    ncols = math.ceil(n / nrows)
+    fig, axes = new_figure(nrows, ncols, figsize=(1.9 * ncols + 1, 2.1 * nrows + 0.4))
     flat = axes.flat
     flat[0].imshow(to_hwc(image), interpolation="nearest")
-    flat[0].set_title(caption, fontsize=7)
+    flat[0].set_title(caption, fontsize=8)
+    im = None
     for ax, (name, act) in zip(flat[1:], maps.items(), strict=False):
-        ax.imshow(act[i].abs().mean(0).numpy(), cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{name} {tuple(act.shape[-2:])}", fontsize=6)
+        c, h, w = act.shape[1:]
+        mean = act[i].abs().mean(0).numpy()
+        im = ax.imshow(mean / max(float(mean.max()), 1e-12), cmap="viridis", vmin=0, vmax=1,
+                       interpolation="nearest")
+        ax.set_title(f"{labels[name]}\n{c} maps, {h}x{w}", fontsize=7)
     for ax in flat:
         ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, ticks=[0, 0.5, 1],
+                     label="mean |activation| over the maps, / layer maximum")
+    fig.suptitle("Where each conv layer responds, first layer to last", fontsize=9)
     return fig
 
 
@@ -182,23 +215,33 @@ def save_feature_maps(
     ``out_dir/sample{i}_overview.png`` every layer's mean absolute activation.
     """
     out_dir = Path(out_dir)
-    maps = feature_maps(model, normalize(images.to(_device(model)), mean, std), layers)
+    maps = feature_maps(model, normalize(images.to(model_device(model)), mean, std), layers)
+    names = layer_labels(model, list(maps))
     paths = []
     for i in range(len(images)):
         caption = _caption(i, classes, labels)
         for name, act in maps.items():
             c, h, w = act.shape[1:]
-            title = f"{caption} - {name}: {min(c, max_channels)} of {c} channels, {h}x{w}"
+            shown = f"its {c} maps" if c <= max_channels else f"first {max_channels} of its {c} maps"
+            title = f"{caption}: {names[name]}, {shown} ({h}x{w})"
+            fig = _feature_map_figure(images[i], act[i, :max_channels], title)
+            describe(fig, f"Feature maps of {caption}: {names[name]} (module {name}), "
+                          f"{min(c, max_channels)} of {c} maps at {h}x{w} pixels, next to the input.")
             path = out_dir / f"sample{i}_{_safe_name(name)}.png"
-            save_figure(_feature_map_figure(images[i], act[i, :max_channels], title), path)
+            save_figure(fig, path)
             paths.append(path)
+        fig = _overview_figure(images[i], maps, i, caption, names)
+        describe(fig, f"Mean absolute activation of each of {len(maps)} conv layers for {caption}, "
+                      f"from {list(maps.values())[0].shape[-1]} pixels wide in the first layer "
+                      f"to {list(maps.values())[-1].shape[-1]} in the last.")
         overview = out_dir / f"sample{i}_overview.png"
-        save_figure(_overview_figure(images[i], maps, i, caption), overview)
+        save_figure(fig, overview)
         paths.append(overview)
     return paths
 
 
-def plot_first_layer_filters(model: nn.Module, path=None) -> Figure:
+def plot_first_layer_filters(model: nn.Module, path=None, title: str | None = None,
+                             alt: str | None = None) -> Figure:
     """The filters of the first conv that reads RGB, each min-max scaled to an RGB patch."""
     first = next(((n, m) for n, m in conv_layers(model) if m.in_channels == 3), None)
     if first is None:
@@ -207,10 +250,15 @@ def plot_first_layer_filters(model: nn.Module, path=None) -> Figure:
     w = conv.weight.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # [out, k, k, 3]
     tiles = _unit_range(w, (1, 2, 3))
     k = "x".join(str(s) for s in conv.kernel_size)
-    fig, axes = new_figure(figsize=(5, 5))
+    fig, axes = new_figure(figsize=(5, 5.3))
     axes[0, 0].imshow(_mosaic(tiles, gap=1.0), interpolation="nearest")
-    axes[0, 0].set_title(f"{name}: {len(tiles)} filters, {k}", fontsize=9)
+    head = f"{title}\n" if title else ""
+    axes[0, 0].set_title(f"{head}first conv layer: {len(tiles)} filters of {k} pixels\n"
+                         "(RGB weights, each filter scaled to its own range)", fontsize=9)
     axes[0, 0].axis("off")
+    describe(fig, alt or f"{head}The {len(tiles)} filters of the first conv layer (module {name}), "
+                         f"{k} pixels each, shown as colour patches: the colour and edge patterns "
+                         f"the network looks for first.")
     return save_figure(fig, path)
 
 
@@ -266,7 +314,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tens
     from captum.attr import LayerAttribution, LayerGradCam
 
     _, module = _resolve(model, layer if layer is not None else default_gradcam_layer(model))
-    x = x.to(_device(model))
+    x = x.to(model_device(model))
     with _attribution_mode(model):
         attr = LayerGradCam(model, module).attribute(
             x, target=_target(target, len(x), x.device), relu_attributions=True
@@ -279,28 +327,43 @@ def saliency(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """Vanilla gradient saliency ``[B, H, W]`` in [0, 1]: max over channels of |d logit / d x|."""
     from captum.attr import Saliency
 
-    x = x.to(_device(model)).detach().requires_grad_(True)
+    x = x.to(model_device(model)).detach().requires_grad_(True)
     with _attribution_mode(model):
         grads = Saliency(model).attribute(x, target=_target(target, len(x), x.device), abs=True)
     return _per_image_unit(grads.amax(1)).contiguous()
 
 
 def plot_attributions(images: torch.Tensor, maps: dict[str, torch.Tensor], titles=None,
-                      path=None) -> Figure:
-    """One row per image: the input, then each map (``{name: [B, H, W]}``) over it in jet."""
+                      path=None, title: str | None = None, alt: str | None = None) -> Figure:
+    """One row per image: the input, then each map (``{name: [B, H, W]}``) over it in jet.
+
+    The method names head the columns and one colour bar explains the scale.
+    """
     n, ncols = len(images), 1 + len(maps)
-    fig, axes = new_figure(n, ncols, figsize=(1.9 * ncols, 1.9 * n + 0.3))
+    fig, axes = new_figure(n, ncols, figsize=(1.9 * ncols + 0.8, 1.9 * n + 0.5))
+    overlay = None
     for i in range(n):
         image = to_hwc(images[i])
         axes[i, 0].imshow(image, interpolation="nearest")
-        axes[i, 0].set_title(titles[i] if titles is not None else "input", fontsize=7)
+        axes[i, 0].set_title(titles[i] if titles is not None else "input", fontsize=8)
         for ax, (name, m) in zip(axes[i, 1:], maps.items(), strict=True):
             ax.imshow(image, interpolation="nearest")
-            ax.imshow(m[i].detach().float().cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1,
-                      interpolation="bilinear")
-            ax.set_title(name, fontsize=7)
+            overlay = ax.imshow(m[i].detach().float().cpu().numpy(), cmap="jet", alpha=0.5,
+                                vmin=0, vmax=1, interpolation="bilinear")
+            if i == 0:
+                ax.set_title(name, fontsize=8, fontweight="bold")
     for ax in axes.flat:
         ax.axis("off")
+    if overlay is not None:
+        bar = fig.colorbar(overlay, ax=axes, shrink=0.6, ticks=[0, 0.5, 1],
+                           label="attribution, share of the image's maximum")
+        bar.solids.set_alpha(1)
+    if title:
+        fig.suptitle(title)
+    describe(fig, alt or f"{title + '. ' if title else ''}{n} test images "
+                         f"({', '.join(map(str, titles)) if titles is not None else 'inputs'}), each "
+                         f"followed by {', '.join(maps)} as heat maps over the image: red marks the "
+                         f"pixels that raised the class score most, blue the least.")
     return save_figure(fig, path)
 
 

@@ -1,64 +1,61 @@
-"""Figures of the study: training curves, confusion matrices, per-class accuracy, sweeps.
+"""Figures of the study: training curves, sweeps and ablations, LR range test, images, compression,
+time to accuracy; the one import for notebooks (it also offers ``class_plots`` and the
+``figures`` helpers).
 
-Every function builds a fresh ``matplotlib.figure.Figure`` (not registered with
-pyplot, so nothing is shown twice in a notebook and no global state leaks),
-returns it, and also writes it as a PNG when given ``path``. Inputs are plain
-lists, dicts, tensors, arrays or DataFrames: the trainer's history rows and the
-metrics of ``evaluate`` go in as they are.
+Every function builds a fresh ``matplotlib.figure.Figure``, returns it, and also
+writes it as a PNG when given ``path``. Inputs are plain lists, dicts, tensors,
+arrays or DataFrames: the trainer's history rows and the metrics of ``evaluate``
+go in as they are. Value axes are zoomed to the data when effects are a few
+points: then dots with error bars, never bars (which must start at 0).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import matplotlib
 import numpy as np
-import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from .class_plots import (
+    plot_confusion,
+    plot_per_class_accuracy,
+    superclass_confusion,
+    superclass_order,
+)
+from .figures import (
+    describe,
+    legend_outside,
+    listing,
+    new_figure,
+    palette,
+    percent_axis,
+    pretty,
+    save_figure,
+    to_hwc,
+)
 
 __all__ = [
+    "describe",
     "image_grid",
+    "legend_outside",
     "new_figure",
-    "plot_bars",
+    "percent_axis",
     "plot_confusion",
     "plot_history",
     "plot_lines",
     "plot_lr_find",
     "plot_per_class_accuracy",
+    "plot_points",
+    "plot_time_to_accuracy",
+    "plot_tradeoffs",
     "save_figure",
     "superclass_confusion",
     "superclass_order",
     "to_hwc",
 ]
-
-DPI = 120
-MANY_CLASSES = 20  # above this, class-level plots switch to their compact layout
-
-
-def save_figure(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    """Write ``fig`` as a PNG at ``path`` (folders created) when a path is given; return it."""
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return fig
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kwargs):
-    """A pyplot-free Figure with constrained layout and its axes as a 2-D array."""
-    fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
-    return fig, axes
-
-
-def _numpy(values) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 # -- training curves -----------------------------------------------------------------------------
@@ -70,229 +67,174 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_history(histories: dict[str, list[dict]], path=None) -> Figure:
+def plot_history(histories: dict[str, list[dict]], path=None, title: str | None = None,
+                 alt: str | None = None) -> Figure:
     """Loss and accuracy per epoch; one colour per run, train solid, validation dashed."""
     fig, axes = new_figure(1, 2, figsize=(11, 4))
-    colors = _colors(len(histories))
-    for (label, rows), color in zip(histories.items(), colors, strict=True):
+    colors = palette(len(histories))
+    styles = {"train": "-", "val": "--"}
+    for rows, color in zip(histories.values(), colors, strict=True):
         for ax, metric in zip(axes[0], ("loss", "acc"), strict=True):
-            for split, style in (("train", "-"), ("val", "--")):
+            for split, style in styles.items():
                 epochs, values = _series(rows, f"{split}_{metric}")
                 if values:
-                    ax.plot(epochs, values, style, color=color, label=f"{label} ({split})")
+                    ax.plot(epochs, values, style, color=color)
     for ax, name in zip(axes[0], ("loss", "accuracy"), strict=True):
+        ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+    percent_axis(axes[0, 1].yaxis)
     if histories:
-        axes[0, 1].legend(fontsize=8, loc="lower right")
-    return save_figure(fig, path)
-
-
-def _colors(n: int) -> list:
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-# -- confusion matrices --------------------------------------------------------------------------
-
-
-def superclass_order(fine_to_coarse) -> tuple[list[int], list[int]]:
-    """Fine classes sorted by superclass (stable), and where each new superclass starts.
-
-    ``bounds`` are the positions in ``order`` between two groups (0 and the end
-    excluded), ready for ``plot_confusion(group_bounds=...)``. Fine classes of
-    unknown superclass (-1) go last, as one group.
-    """
-    coarse = _numpy(fine_to_coarse).astype(np.int64)
-    key = np.where(coarse < 0, coarse.max(initial=0) + 1, coarse)
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    bounds = (np.flatnonzero(np.diff(ordered)) + 1).tolist()
-    return order.tolist(), bounds
-
-
-def superclass_confusion(confusion, fine_to_coarse, n_coarse: int = 20) -> torch.Tensor:
-    """Fine confusion counts [C, C] summed into superclass counts [n_coarse, n_coarse].
-
-    Counts of a fine class with unknown superclass (-1) are left out.
-    """
-    conf = torch.as_tensor(_numpy(confusion))
-    coarse = torch.as_tensor(_numpy(fine_to_coarse)).long()
-    if coarse.shape[0] != conf.shape[0]:
-        raise ValueError(
-            f"fine_to_coarse: has {coarse.shape[0]} entries, the confusion matrix {conf.shape[0]}"
-        )
-    if coarse.max() >= n_coarse:
-        raise ValueError(f"fine_to_coarse: superclass {int(coarse.max())} >= n_coarse={n_coarse}")
-    known = coarse >= 0
-    onehot = torch.zeros(conf.shape[0], n_coarse, dtype=conf.dtype)
-    onehot[known.nonzero().squeeze(1), coarse[known]] = 1
-    return onehot.T @ conf @ onehot
-
-
-def plot_confusion(
-    confusion,
-    classes: Sequence[str],
-    path=None,
-    normalize: bool = True,
-    order: Sequence[int] | None = None,
-    title: str | None = None,
-    group_bounds: Sequence[int] | None = None,
-) -> Figure:
-    """Heatmap of a confusion matrix (rows: true class, columns: predicted).
-
-    ``normalize`` divides each row by its count, so cells are shares of the true
-    class. Up to 20 classes the cells are annotated; beyond that tick labels get
-    small and ``order`` (e.g. from ``superclass_order``) plus ``group_bounds``
-    (thin lines between groups) keep 100 classes readable.
-    """
-    conf = _numpy(confusion).astype(np.float64)
-    names = list(classes)
-    if order is not None:
-        order = list(order)
-        conf = conf[np.ix_(order, order)]
-        names = [names[i] for i in order]
-    if normalize:
-        conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    n = len(names)
-    size = 6.5 if n <= MANY_CLASSES else 14
-    fig, axes = new_figure(figsize=(size + 1, size))
-    ax = axes[0, 0]
-    im = ax.imshow(conf, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="share of true class" if normalize else "count")
-    fontsize = 9 if n <= MANY_CLASSES else 4
-    ax.set_xticks(range(n), names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(n), names, fontsize=fontsize)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= MANY_CLASSES:
-        _annotate(ax, conf, normalize)
-    for b in group_bounds or ():
-        ax.axhline(b - 0.5, color="0.4", linewidth=0.5)
-        ax.axvline(b - 0.5, color="0.4", linewidth=0.5)
-    if title:
-        ax.set_title(title)
-    return save_figure(fig, path)
-
-
-def _annotate(ax, conf: np.ndarray, normalize: bool) -> None:
-    top = conf.max() if conf.size else 0
-    for (i, j), v in np.ndenumerate(conf):
-        text = f"{v:.2f}" if normalize else f"{int(v)}"
-        color = "white" if top and v > 0.6 * top else "black"
-        ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
-
-
-# -- per-class accuracy --------------------------------------------------------------------------
-
-
-def plot_per_class_accuracy(acc, classes: Sequence[str], path=None, title: str | None = None) -> Figure:
-    """Accuracy of each class; ``acc`` is one vector or ``{label: vector}`` to compare runs.
-
-    Up to 20 classes: grouped vertical bars. More: classes sorted by the first
-    series' accuracy on a vertical axis, horizontal bars for one series and
-    markers for several, so 100 class names stay legible.
-    """
-    series = acc if isinstance(acc, dict) else {"accuracy": acc}
-    series = {k: _numpy(v).astype(np.float64) for k, v in series.items()}
-    names = list(classes)
-    for label, values in series.items():
-        if len(values) != len(names):
-            raise ValueError(f"per-class accuracy {label!r}: {len(values)} values for {len(names)} classes")
-    if len(names) <= MANY_CLASSES:
-        fig = _grouped_bars(series, names)
-    else:
-        fig = _sorted_strip(series, names)
+        runs = [Line2D([], [], color=c) for c in colors]
+        splits = [Line2D([], [], color="0.3", linestyle=s) for s in styles.values()]
+        legend_outside(axes[0, 1], runs + splits, [*histories, "train", "validation"])
     if title:
         fig.suptitle(title)
+    describe(fig, alt or f"Line charts of loss (left) and accuracy (right) per epoch for "
+                         f"{listing(histories)}; solid lines train, dashed lines validation.")
     return save_figure(fig, path)
 
 
-def _grouped_bars(series: dict[str, np.ndarray], names: list[str]) -> Figure:
-    fig, axes = new_figure(figsize=(max(6, 0.6 * len(names) * max(1, len(series) ** 0.5)), 4))
-    ax = axes[0, 0]
-    width = 0.8 / len(series)
-    x = np.arange(len(names))
-    for i, (label, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
-    ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    ax.grid(axis="y", alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    return fig
+# -- results tables: category dots and sweeps ---------------------------------------------------
 
 
-def _sorted_strip(series: dict[str, np.ndarray], names: list[str]) -> Figure:
-    first = next(iter(series.values()))
-    order = np.argsort(first, kind="stable")
-    fig, axes = new_figure(figsize=(6, max(6, 0.14 * len(names))))
-    ax = axes[0, 0]
-    y = np.arange(len(names))
-    if len(series) == 1:
-        ax.barh(y, first[order], height=0.8)
-    else:
-        for label, values in series.items():
-            ax.plot(values[order], y, "o", markersize=3, label=label)
-        ax.legend(fontsize=8, loc="lower right")
-    ax.set_yticks(y, [names[i] for i in order], fontsize=5)
-    ax.set_ylim(-1, len(names))
-    ax.set_xlim(0, 1.02)
-    ax.set_xlabel("accuracy")
-    ax.grid(axis="x", alpha=0.3)
-    return fig
+def _mean_sd(df, keys: list[str], y: str):
+    """Mean and std of ``y`` over the rows (seeds) of each ``keys`` group, groups in first-seen order."""
+    stats = df.groupby(keys, sort=False)[y].agg(["mean", "std"])
+    return stats.assign(std=stats["std"].fillna(0))
 
 
-# -- results tables: bars and sweeps -------------------------------------------------------------
+def _panels(df, panel: str | None) -> list:
+    return [(None, df)] if panel is None else [(v, df[df[panel] == v]) for v in dict.fromkeys(df[panel])]
 
 
-def plot_bars(df, x: str, y: str, hue: str | None = None, path=None, ylabel: str | None = None,
-              title: str | None = None) -> Figure:
-    """Mean of ``y`` per ``x`` (and ``hue``) over the rows (seeds), std error bars, values on bars."""
-    import seaborn as sns
+def _value_text(v: float, percent: float | None) -> str:
+    return f"{100 * v / percent:.1f}%" if percent else f"{v:.3g}"
 
-    n_bars = df[x].nunique() * (df[hue].nunique() if hue else 1)
-    fig, axes = new_figure(figsize=(max(5, 0.5 * n_bars + 2), 4))
-    ax = axes[0, 0]
-    sns.barplot(data=df, x=x, y=y, hue=hue, errorbar="sd", capsize=0.15, ax=ax,
-                err_kws={"linewidth": 1})
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.3g", fontsize=7, padding=2, label_type="edge")
-    if max((len(str(v)) for v in df[x].unique()), default=0) > 8:
-        ax.tick_params(axis="x", labelrotation=30)
-    _labels(ax, ylabel or y, title)
-    ax.grid(axis="y", alpha=0.3)
+
+def _axis_label(label: str, percent: float | None) -> str:
+    """``label`` without a trailing ``%`` / ``(%)`` when the ticks already say percent."""
+    return label.removesuffix("(%)").removesuffix("%").rstrip() if percent else label
+
+
+def plot_points(df, x: str, y: str, hue: str | None = None, path=None,
+                value_label: str | None = None, title: str | None = None, panel: str | None = None,
+                percent: float | None = None, alt: str | None = None) -> Figure:
+    """Mean of ``y`` per category ``x`` over the rows (seeds): a dot, +-std bars, the value beside it.
+
+    Categories run down the page in first-seen order, values along the
+    horizontal axis, zoomed to the data so that effects of a few points show.
+    ``hue`` draws several dodged series per category; ``panel`` one panel per
+    value (own value range, e.g. CIFAR-10 beside CIFAR-100). ``percent`` is the
+    value that means 100% (1 for fractions, 100 for values already in percent).
+    """
+    cats = list(dict.fromkeys(df[x]))
+    hues = list(dict.fromkeys(df[hue])) if hue else [None]
+    panels = _panels(df, panel)
+    fig, axes = new_figure(1, len(panels), sharey=True,
+                           figsize=(3 + 3.2 * len(panels), 1 + (0.22 + 0.13 * len(hues)) * len(cats)))
+    step = 0.75 / len(hues)
+    for ax, (name, part) in zip(axes[0], panels, strict=True):
+        for k, (h, color) in enumerate(zip(hues, palette(len(hues)), strict=True)):
+            sub = part if h is None else part[part[hue] == h]
+            stats = _mean_sd(sub, [x], y).reindex(cats)
+            pos = np.arange(len(cats)) + (k - (len(hues) - 1) / 2) * step
+            ax.errorbar(stats["mean"], pos, xerr=stats["std"], fmt="o", color=color, markersize=5,
+                        capsize=2, elinewidth=1, label=None if h is None else str(h))
+            for v, sd, yy in zip(stats["mean"], stats["std"], pos, strict=True):
+                if not np.isnan(v):
+                    ax.annotate(_value_text(v, percent), (v + sd, yy), xytext=(4, 0),
+                                textcoords="offset points", va="center", fontsize=7)
+        ax.margins(x=0.12)
+        if percent:
+            percent_axis(ax.xaxis, percent)
+        ax.set_xlabel(_axis_label(value_label or y, percent))
+        ax.grid(axis="x", alpha=0.3)
+        if name is not None:
+            ax.set_title(pretty(name))
+    axes[0, 0].set_yticks(range(len(cats)), [str(c) for c in cats])
+    axes[0, 0].set_ylim(len(cats) - 0.5, -0.5)
+    if hue:
+        legend_outside(axes[0, -1], title=hue)
+    if title:
+        fig.suptitle(title)
+    describe(fig, alt or _points_alt(df, x, y, panel, percent, title, value_label))
     return save_figure(fig, path)
+
+
+def _points_alt(df, x, y, panel, percent, title, value_label) -> str:
+    parts = []
+    for name, part in _panels(df, panel):
+        means = _mean_sd(part, [x], y)["mean"]
+        where = f"{pretty(name)}: " if name is not None else ""
+        parts.append(f"{where}highest {means.idxmax()} ({_value_text(means.max(), percent)}), "
+                     f"lowest {means.idxmin()} ({_value_text(means.min(), percent)})")
+    head = f"{title}. " if title else ""
+    return (f"{head}Dot chart of mean {value_label or y} per {x} with standard-deviation bars; "
+            + "; ".join(parts) + ".")
 
 
 def plot_lines(df, x: str, y: str, hue: str | None = None, path=None, ylabel: str | None = None,
-               title: str | None = None, logx: bool = False) -> Figure:
-    """Mean of ``y`` against ``x`` per ``hue`` with a +-std band over the rows (seeds)."""
-    import seaborn as sns
+               title: str | None = None, logx: bool = False, panel: str | None = None,
+               percent: float | None = None, alt: str | None = None) -> Figure:
+    """Mean of ``y`` against ``x`` per ``hue`` with +-std error bars over the rows (seeds).
 
-    fig, axes = new_figure(figsize=(6, 4))
-    ax = axes[0, 0]
-    sns.lineplot(data=df, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax)
-    if logx:
-        ax.set_xscale("log")
-    _labels(ax, ylabel or y, title)
-    ax.grid(alpha=0.3)
+    ``panel`` gives one panel per value with its own y range; ``percent`` is the
+    value that means 100%. A y range that spans 0 gets a line at 0.
+    """
+    hues = list(dict.fromkeys(df[hue])) if hue else [None]
+    panels = _panels(df, panel)
+    fig, axes = new_figure(1, len(panels), figsize=(1.5 + 4.5 * len(panels), 4))
+    for ax, (name, part) in zip(axes[0], panels, strict=True):
+        for h, color in zip(hues, palette(len(hues)), strict=True):
+            sub = part if h is None else part[part[hue] == h]
+            if sub.empty:
+                continue
+            stats = _mean_sd(sub, [x], y).sort_index()
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], fmt="-o", color=color,
+                        markersize=5, capsize=3, elinewidth=1, label=None if h is None else str(h))
+        if logx:
+            ax.set_xscale("log")
+        if percent:
+            percent_axis(ax.yaxis, percent)
+        low, high = ax.get_ylim()
+        if low < 0 < high:
+            ax.axhline(0, color="0.4", linewidth=0.8)
+        ax.margins(y=0.12)
+        ax.set_xlabel(x)
+        ax.set_ylabel(_axis_label(ylabel or y, percent))
+        ax.grid(alpha=0.3)
+        if name is not None:
+            ax.set_title(pretty(name))
+    if hue and hue != panel:
+        legend_outside(axes[0, -1], title=hue)
+    if title and panel:
+        fig.suptitle(title)
+    elif title:
+        axes[0, 0].set_title(title)
+    describe(fig, alt or _lines_alt(df, x, y, hue, panel, percent, title, ylabel))
     return save_figure(fig, path)
 
 
-def _labels(ax, ylabel: str, title: str | None) -> None:
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
+def _lines_alt(df, x, y, hue, panel, percent, title, ylabel) -> str:
+    keys = [k for k in dict.fromkeys([panel, hue]) if k]
+    groups = df.groupby(keys, sort=False) if keys else [("all", df)]
+    parts = []
+    for name, part in groups:
+        means = _mean_sd(part, [x], y)["mean"].sort_index()
+        label = " ".join(pretty(n) for n in name) if isinstance(name, tuple) else pretty(name)
+        parts.append(f"{label}: " + ", ".join(f"{_value_text(v, percent)} at {x} {xv}"
+                                               for xv, v in means.items()))
+    head = f"{title}. " if title else ""
+    return f"{head}Line chart of mean {ylabel or y} against {x}; " + "; ".join(parts) + "."
 
 
 # -- learning-rate range test --------------------------------------------------------------------
 
 
-def plot_lr_find(result: dict, path=None) -> Figure:
+def plot_lr_find(result: dict, path=None, title: str | None = None, alt: str | None = None) -> Figure:
     """Smoothed loss against lr (log scale) from ``train.lr_find``, the suggestion marked."""
     lrs = np.asarray(result["lrs"], dtype=np.float64)
     losses = np.asarray(result["losses"], dtype=np.float64)
@@ -305,13 +247,18 @@ def plot_lr_find(result: dict, path=None) -> Figure:
         i = int(np.argmin(np.abs(np.log(lrs) - math.log(suggested))))
         ax.plot([lrs[i]], [losses[i]], "o", color="red", label=f"suggested lr {suggested:.2g}")
         ax.axvline(suggested, color="red", linestyle=":", linewidth=1)
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     finite = losses[np.isfinite(losses)]
     if finite.size:
         ax.set_ylim(*_lr_find_ylim(finite))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")
+    ax.set_title(title or "Learning-rate range test")
     ax.grid(alpha=0.3, which="both")
+    found = f"; suggested learning rate {suggested:.2g}" if suggested is not None else ""
+    span = f" from {lrs.min():.2g} to {lrs.max():.2g}" if len(lrs) else ""
+    describe(fig, alt or f"Line chart of the smoothed training loss against the learning rate "
+                         f"(log scale){span}{found}.")
     return save_figure(fig, path)
 
 
@@ -326,12 +273,8 @@ def _lr_find_ylim(losses: np.ndarray) -> tuple[float, float]:
 # -- images --------------------------------------------------------------------------------------
 
 
-def to_hwc(image) -> np.ndarray:
-    """A uint8 CHW tensor/array as an HWC array for ``imshow``."""
-    return np.ascontiguousarray(_numpy(image).transpose(1, 2, 0))
-
-
-def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, path=None) -> Figure:
+def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, path=None,
+               alt: str | None = None) -> Figure:
     """uint8 images ``[N, 3, H, W]`` in a grid, with optional per-image titles."""
     n = len(images)
     ncols = max(1, min(ncols, n))
@@ -343,4 +286,97 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, path
             ax.imshow(to_hwc(images[i]), interpolation="nearest")
             if titles is not None:
                 ax.set_title(titles[i], fontsize=6)
+    listed = f": {listing(titles, most=8)}" if titles is not None else ""
+    describe(fig, alt or f"Grid of {n} test images{listed}.")
     return save_figure(fig, path)
+
+
+def plot_tradeoffs(df, path=None, title: str | None = None, alt: str | None = None) -> Figure:
+    """Accuracy against size on disk and against batch-1 latency: colour per model, marker per variant.
+
+    ``df`` is the compression study's table (``compression_study.results_frame``).
+    Markers with a legend rather than text beside each point, which would
+    overlap where variants cluster. A column ``<x>_std`` (e.g.
+    ``latency_ms_b1_std``), when present, draws error bars along that axis.
+    """
+    markers = dict(zip(dict.fromkeys(df["variant"]), "osD^vPX*hp<>", strict=False))
+    models = list(dict.fromkeys(df["model"]))
+    colors = dict(zip(models, palette(len(models)), strict=True))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.4), sharey=True)
+    panels = (("size_mb", "size on disk (MB, log scale)", "Accuracy against size"),
+              ("latency_ms_b1", "CPU latency at batch 1 (ms, log scale)", "Accuracy against latency"))
+    for ax, (x, xlabel, panel_title) in zip(axes[0], panels, strict=True):
+        for _, r in df.iterrows():
+            std = r.get(f"{x}_std")
+            ax.errorbar(r[x], r["test_acc"], xerr=std if std is not None and std == std else None,
+                        fmt=markers[r["variant"]], color=colors[r["model"]], markersize=7,
+                        capsize=2, alpha=0.85)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_title(panel_title)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test accuracy")
+    percent_axis(axes[0, 0].yaxis)
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=7, color=colors[m]) for m in models]
+    handles += [Line2D([], [], linestyle="", marker=mk, markersize=7, color="0.4")
+                for mk in markers.values()]
+    legend_outside(axes[0, 1], handles, [*models, *markers])
+    if title:
+        fig.suptitle(title)
+    describe(fig, alt or _tradeoffs_alt(df, title))
+    return save_figure(fig, path)
+
+
+def _tradeoffs_alt(df, title: str | None) -> str:
+    parts = []
+    for model, part in df.groupby("model", sort=False):
+        small, fast = part.loc[part["size_mb"].idxmin()], part.loc[part["latency_ms_b1"].idxmin()]
+        parts.append(f"{model}: smallest {small['variant']} ({small['size_mb']:.2g} MB, "
+                     f"{100 * small['test_acc']:.1f}%), fastest {fast['variant']} "
+                     f"({fast['latency_ms_b1']:.2g} ms, {100 * fast['test_acc']:.1f}%)")
+    head = f"{title}. " if title else ""
+    return (f"{head}Scatter plots of test accuracy against size on disk and against CPU latency "
+            f"for each compressed variant; " + "; ".join(parts) + ".")
+
+
+# -- time to accuracy ----------------------------------------------------------------------------
+
+
+def plot_time_to_accuracy(points, path=None, targets=(0.90, 0.94), title: str | None = None) -> Figure:
+    """Mean test accuracy against mean wall-clock minutes per (recipe, epoch budget), with
+    +-std error bars over seeds in both directions and dashed lines at the targets.
+
+    ``points``: a DataFrame with columns recipe, epochs, n, minutes_mean, minutes_std,
+    test_acc_mean, test_acc_std (as benchmarks/time_to_accuracy.py writes them).
+    """
+    fig, axes = new_figure(figsize=(7, 4.2))
+    ax = axes[0, 0]
+    groups = list(points.groupby("recipe", sort=False))
+    for color, (name, part) in zip(palette(len(groups)), groups, strict=True):
+        part = part.sort_values("minutes_mean")
+        ax.errorbar(part["minutes_mean"], part["test_acc_mean"],
+                    xerr=part["minutes_std"].fillna(0), yerr=part["test_acc_std"].fillna(0),
+                    marker="o", capsize=3, color=color, label=name)
+        for _, r in part.iterrows():
+            ax.annotate(f"{r['epochs']:g} ep, {int(r['n'])} seeds",
+                        (r["minutes_mean"], r["test_acc_mean"]), textcoords="offset points",
+                        xytext=(6, -12), fontsize=8, color=color)
+    for t in targets:
+        ax.axhline(t, ls="--", lw=0.8, color="0.5")
+    percent_axis(ax.yaxis)
+    ax.set_xlabel("wall-clock minutes per run (training + evaluation)")
+    ax.set_ylabel("CIFAR-10 test accuracy")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    best = points.loc[points["test_acc_mean"].idxmax()]
+    describe(fig, f"Test accuracy against minutes per run; dashed lines at "
+                  f"{', '.join(f'{t:.0%}' for t in targets)}. Highest mean: {best['recipe']} "
+                  f"{best['epochs']:g} epochs, {best['test_acc_mean']:.1%} in "
+                  f"{best['minutes_mean']:.1f} min.")
+    return save_figure(fig, path)
+

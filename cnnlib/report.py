@@ -5,21 +5,14 @@ working directory, profile resolved, output folders known), trains or fetches
 its runs through ``runs.run_all``, and turns them into tables (pandas frames)
 and figures (``plots``/``interpret``) with the functions below. Text meant for an
 nbval output check (``data_summary``, ``parameter_summary``, ``layer_summary``)
-is deterministic: no timings, no paths.
-
-``python -m cnnlib.report store-check-outputs NOTEBOOK... [--from DIR]`` stores,
-in the notebook files, the smoke-profile outputs of the cells marked
-``# NBVAL_CHECK_OUTPUT`` (the reference nbval compares against), taken from
-executed copies in DIR or from executing the notebooks in a scratch folder;
-every other output is stripped. Run it after changing what a check cell prints.
+is deterministic: no timings, no paths (``tools/store_check_outputs.py`` stores
+those outputs in the notebook files).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +20,17 @@ from pathlib import Path
 import torch
 
 from . import data as cdata
+from . import findings
 from . import runs as cruns
 from .models import count_parameters, create_model
+from .obtain import DATASETS
+from .results import markdown_table, plus_minus
 
 __all__ = [
-    "CHECK_MARK", "Context", "best_run", "confused_pairs", "data_summary", "delta_table",
+    "CHECK_MARK", "Context", "answer", "best_run", "confused_pairs", "data_summary", "delta_table",
     "histories", "layer_summary", "long_metrics", "md", "one_per_class", "option_column",
-    "pair_examples", "parameter_summary", "pick", "plan_summary", "pp", "save_table", "show",
-    "show_file", "start", "store_check_outputs", "summary_table", "with_gap",
+    "pair_examples", "parameter_summary", "pick", "plan_summary", "pp", "provenance", "save_table",
+    "selection_rule", "show", "show_file", "start", "summary_table", "with_gap",
 ]
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -79,13 +75,27 @@ def start(notebook: str, profile: str = "auto") -> Context:
     return ctx
 
 
+def answer(ctx: Context, text: str, runs) -> None:
+    """A report's opening: the computed answer to its question, then its provenance line."""
+    md(f"**Answer.**\n\n{text}\n\n{provenance(ctx, runs)}")
+
+
+def provenance(ctx: Context, runs) -> str:
+    """A report's provenance line: profile, the hardware and commits its runs trained on."""
+    hardware = sorted({r.result.get("hardware") or r.result.get("device", "") for r in runs})
+    commits = sorted({r.result.get("commit", "") for r in runs} - {""})
+    return (f"_Profile `{ctx.profile}`; {len(runs)} runs, trained on {'; '.join(hardware)} at "
+            f"commit {', '.join(commits)}; report built at commit {cruns.git_commit()}._")
+
+
 def show(fig, alt: str | None = None) -> None:
     """Display a Figure in the notebook as an embedded PNG (kept in HTML reports)."""
     from IPython.display import Image, display
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    display(Image(data=buf.getvalue()), metadata={"image/png": {"alt": alt or _title(fig)}})
+    alt = alt or fig.get_label() or _title(fig)  # plots.describe sets the label
+    display(Image(data=buf.getvalue()), metadata={"image/png": {"alt": alt}})
 
 
 def _title(fig) -> str:
@@ -101,7 +111,12 @@ def show_file(path, alt: str | None = None) -> None:
     from IPython.display import Image, display
 
     path = Path(path)
-    display(Image(filename=str(path)), metadata={"image/png": {"alt": alt or path.stem}})
+    if alt is None:  # plots.save_figure writes the figure's alt text into the PNG
+        from PIL import Image as PILImage
+
+        with PILImage.open(path) as png:
+            alt = png.text.get("Description") or path.stem
+    display(Image(filename=str(path)), metadata={"image/png": {"alt": alt}})
 
 
 def md(text: str) -> None:
@@ -117,14 +132,14 @@ def save_table(df, ctx: Context, name: str, index: bool = True) -> Path:
     df.to_csv(ctx.tables / f"{name}.csv", index=index)
     path = ctx.tables / f"{name}.md"
     frame = df.reset_index() if index else df
-    path.write_text(cruns.markdown_table(frame) + "\n")
+    path.write_text(markdown_table(frame) + "\n")
     return path
 
 
 # -- deterministic summaries (nbval output checks) ----------------------------------------------
 
 
-def data_summary(datasets=cdata.DATASETS, data_root=None) -> str:
+def data_summary(datasets=DATASETS, data_root=None) -> str:
     """Sizes, classes, channel statistics and fingerprint of each dataset, as text."""
     lines = []
     for name in datasets:
@@ -209,11 +224,34 @@ def pick(runs, dataset: str, label: str, seed: int | None = None):
 
 
 def best_run(runs, dataset: str, label: str = "best"):
-    """Of the runs of `label` on `dataset`, the one with the highest test accuracy."""
-    found = [r for r in runs if r.config.dataset == dataset and r.label == label]
+    """Of the runs of `label` on `dataset`, the one with the highest validation accuracy.
+
+    Never reads test metrics (choosing on them would bias the chosen run's test score).
+    Without a validation split the lowest seed is taken; `selection_rule` says which.
+    """
+    return _choose(runs, dataset, label)[0]
+
+
+def selection_rule(runs, dataset: str, label: str = "best") -> str:
+    """How `best_run` chose among the runs of `label` on `dataset`, as a sentence."""
+    return _choose(runs, dataset, label)[1]
+
+
+def _choose(runs, dataset: str, label: str):
+    found = sorted((r for r in runs if r.config.dataset == dataset and r.label == label),
+                   key=lambda r: r.config.seed)
     if not found:
         raise ValueError(f"best_run: no run {label!r} on {dataset}")
-    return max(found, key=lambda r: (r.test_acc, -r.config.seed))
+    val = [r.result.get("val", {}).get("val_acc") for r in found]
+    if len(found) == 1:
+        return found[0], f"the only `{label}` run on {dataset} (seed {found[0].config.seed})"
+    if any(v is None for v in val):
+        return found[0], (f"the lowest seed ({found[0].config.seed}) of the {len(found)} "
+                          f"`{label}` runs on {dataset}: without a validation split there is "
+                          "nothing to choose on but the test set, which no choice reads")
+    i = max(range(len(found)), key=lambda i: val[i])  # ties: the lowest seed
+    return found[i], (f"the highest validation accuracy ({pp(val[i])}, seed "
+                      f"{found[i].config.seed}) of the {len(found)} `{label}` runs on {dataset}")
 
 
 def histories(runs, seed: int | None = None, name=None) -> dict[str, list[dict]]:
@@ -259,51 +297,36 @@ def summary_table(df, by=("dataset", "label")):
                                          ("val_acc", "val acc %", 100, 1),
                                          ("test_acc", "test acc %", 100, 1),
                                          ("test_loss", "test loss", 1, 3)):
-            row[name] = _pm(part[col] * scale, digits)
+            row[name] = plus_minus(part[col] * scale, digits)
         rows.append(row)
     return pd.DataFrame(rows).set_index(list(by))
 
 
-def _pm(values, digits: int = 1) -> str:
-    values = values.dropna()
-    if not len(values):
-        return ""
-    if len(values) == 1:
-        return f"{values.mean():.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
 def delta_table(df, reference: str, metric: str = "test_acc", order=None):
-    """Change of `metric` in percentage points against the `reference` label, per dataset.
+    """`metric` of each label against the `reference` label, per dataset (`findings.compare`).
 
-    Paired by seed: each seed's run is compared with the reference run of the same
-    seed, then mean ± std over seeds. Rows: labels; columns: datasets.
+    Columns per dataset: accuracy (mean ± std over seeds, %), the paired change (pp, mean ±
+    std), its 95% confidence interval and the verdict. Rows: labels.
     """
     import pandas as pd
 
     table: dict[str, dict[str, str]] = {}
     for dataset, part in df.groupby("dataset", sort=False):
-        ref = part[part["label"] == reference].set_index("seed")[metric]
-        if not len(ref):
+        if reference not in set(part["label"]):
             raise ValueError(f"delta_table: no {reference!r} run on {dataset}")
+        deltas = {d.label: d for d in findings.compare(part, reference, metric=metric)}
         for label, runs_ in part.groupby("label", sort=False):
-            d = (runs_.set_index("seed")[metric] - ref).dropna() * 100
-            table.setdefault(label, {})[f"{dataset} Δ pp"] = _signed(d)
-            table[label][f"{dataset} acc %"] = _pm(runs_[metric] * 100)
+            row = table.setdefault(label, {})
+            row[f"{dataset} acc %"] = plus_minus(runs_[metric] * 100)
+            d = deltas.get(label)
+            row[f"{dataset} Δ pp"] = d.change() if d else ""
+            row[f"{dataset} {findings.CONFIDENCE:.0%} CI"] = d.interval_text() if d else ""
+            row[f"{dataset} verdict"] = d.verdict if d else "reference"
     out = pd.DataFrame.from_dict(table, orient="index").fillna("")
     if order is not None:
         out = out.reindex([o for o in order if o in out.index])
     out.index.name = "augmentation" if reference == "none" else "variant"
     return out
-
-
-def _signed(values) -> str:
-    if not len(values):
-        return ""
-    mean = values.mean()
-    if len(values) == 1:
-        return f"{mean:+.1f}"
-    return f"{mean:+.1f} ± {values.std(ddof=1):.1f}"
 
 
 def long_metrics(df, x: str, metrics=("train_acc", "val_acc", "test_acc")):
@@ -365,95 +388,3 @@ def pair_examples(metrics: dict, true: str, predicted: str, k: int = 8) -> list[
 def pp(x: float) -> str:
     """A fraction as a percentage with one decimal."""
     return f"{x * 100:.1f}%"
-
-
-# -- stored reference outputs for nbval -----------------------------------------------------------
-
-
-def _is_check(cell) -> bool:
-    return cell.get("cell_type") == "code" and CHECK_MARK in "".join(cell.get("source", ""))
-
-
-def store_check_outputs(paths, executed_dir=None, timeout: int = 900) -> None:
-    """Store in each notebook the smoke-profile outputs of its check cells; strip all others.
-
-    The outputs come from executed copies of the same notebooks in `executed_dir` (e.g. the
-    `outputs/notebooks/` of `./run_all.sh --profile smoke`, cells matched by id), else from
-    executing each notebook now: smoke profile, runs in a temporary folder, kernel started in
-    the notebook's folder as under nbval. Other cells lose outputs and execution counts; a
-    check cell's count is its position among the code cells (nbval needs one), so the
-    committed file is small and stable.
-    """
-    import tempfile
-
-    import nbformat
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in paths:
-            path = Path(path)
-            nb = nbformat.read(path, as_version=4)
-            if executed_dir is not None:
-                done = nbformat.read(Path(executed_dir) / path.name, as_version=4)
-                if done.metadata.get("papermill", {}).get("parameters", {}).get(
-                        "PROFILE", "smoke") != "smoke":
-                    raise ValueError(f"{executed_dir}/{path.name}: not a smoke-profile execution")
-            else:
-                done = _execute_smoke(path, Path(tmp), timeout)
-            by_id = {c.get("id"): c for c in done.cells}
-            by_source = {c.source: c for c in done.cells}
-            code = [c for c in nb.cells if c.cell_type == "code"]
-            for number, cell in enumerate(code, 1):
-                cell.execution_count = None
-                cell.outputs = []
-                if _is_check(cell):
-                    # nbval skips a reference cell without an execution count.
-                    cell.execution_count = number
-                    twin = by_id.get(cell.get("id")) or by_source.get(cell.source)
-                    if twin is None or twin.source != cell.source:
-                        raise ValueError(f"{path}: no executed twin of check cell {cell.source!r}")
-                    cell.outputs = [o for o in twin.outputs if o.get("name") == "stdout"]
-            nbformat.write(nb, path)
-            print(f"stored check outputs: {path}", flush=True)
-
-
-def _execute_smoke(path: Path, scratch: Path, timeout: int):
-    import nbformat
-    from nbclient import NotebookClient
-
-    env = {"CNNLIB_PROFILE": "smoke", cruns.OUTPUTS_ENV: str(scratch / "outputs"),
-           cruns.RUNS_ENV: str(scratch / "runs"), cruns.MODELS_ENV: str(scratch / "models")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
-        return nb
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m cnnlib.report")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("store-check-outputs",
-                       help="execute notebooks (smoke profile, scratch folders) and store the "
-                            f"outputs of their '{CHECK_MARK}' cells; strip all others")
-    s.add_argument("notebooks", nargs="+")
-    s.add_argument("--from", dest="executed", default=None,
-                   help="folder of smoke-profile executions of these notebooks (by name) to take "
-                        "the outputs from, instead of executing them now")
-    s.add_argument("--timeout", type=int, default=900)
-    args = p.parse_args(argv)
-    store_check_outputs(args.notebooks, args.executed, timeout=args.timeout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

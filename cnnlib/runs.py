@@ -1,10 +1,11 @@
-"""The run cache, run profiles, where things are written, and the results table.
+"""The run cache, run profiles and where things are written (the results table: results.py).
 
-A run is keyed by its whole config plus a fingerprint of the data. A finished
-run (metrics, history, checkpoint, test predictions) lives in
-`outputs/runs/<dataset>-<model>-<key>/` and is reused by every notebook and
-rerun; an unfinished one resumes from its last epoch checkpoint. While a run
-trains, a lock file in its folder keeps a second process from training it too.
+A run is keyed by its whole config, a fingerprint of the data and the version of
+the code that trains it (`code_version`). A finished run (metrics, history,
+checkpoint, test predictions) lives in `outputs/runs/<dataset>-<model>-<key>/`
+and is reused by every notebook and rerun; an unfinished one resumes from its
+last epoch checkpoint. While a run trains, a lock file in its folder keeps a
+second process from training it too.
 
 Locations (all relative to the project root, which `project_root()` makes the
 working directory):
@@ -16,15 +17,13 @@ Tests and nbval point all three at a scratch folder.
 
 from __future__ import annotations
 
-import contextlib
+import ast
 import functools
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,17 @@ from pathlib import Path
 import torch
 
 from . import data as cdata
-from .distributed import train_or_launch as train  # one process unless $CNNLIB_NPROC > 1
-from .train import RunConfig, TrainResult
+from . import fileio
+from .config import RunConfig
+from .device import AUTOCAST_DTYPES, hardware, resolve_precision
+from .launch import train_or_launch  # one process unless $CNNLIB_NPROC > 1
+from .train import TrainResult
 
 PROFILES = ("smoke", "cpu", "full")
 PROFILE_ENV = "CNNLIB_PROFILE"
 RUNS_ENV = "CNNLIB_RUNS"
 OUTPUTS_ENV = "CNNLIB_OUTPUTS"
 MODELS_ENV = "CNNLIB_MODELS"
-RESULT_COLUMNS = ["study", "label", "dataset", "model", "options", "augmentations", "seed", "epochs",
-                  "train_images", "train_acc", "val_acc", "test_acc", "test_loss", "test_top5",
-                  "wall_seconds", "device", "hardware", "profile", "commit", "run_key"]
 
 
 def resolve_profile(profile: str | None = "auto") -> str:
@@ -98,7 +97,43 @@ def runs_root(root=None) -> Path:
 
 
 def run_key(config: RunConfig, data_fingerprint: str) -> str:
-    return hashlib.sha256(f"{config.key()}:{data_fingerprint}".encode()).hexdigest()[:16]
+    # `precision="auto"` trains in bf16 on some machines and fp32 on others: key what it
+    # resolves to here, so that a cache shared between machines never mixes the two.
+    precision = resolve_precision(config.precision, config.resolved_device())
+    blob = f"{config.key()}:{data_fingerprint}:{code_version()}:{precision}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The sources whose edits can change a trained number: the config (defaults), data reading
+# and splits, augmentation (policies.py included), the models, the loop, the metrics, the DDP
+# collectives and the precision `auto` picks (device.py). Files that only find data (obtain.py),
+# save, launch, cache or report runs are left out, so editing them keeps the cache.
+RESULT_SOURCES = ("config.py", "data.py", "augment.py", "policies.py", "models", "train.py",
+                  "evaluate.py", "distributed.py", "device.py")
+
+
+@functools.lru_cache(maxsize=4)
+def code_version(package: Path | None = None) -> str:
+    """Short hash of RESULT_SOURCES in `package` (default: cnnlib) without comments and
+    docstrings: a code change re-keys every run, an edited comment does not."""
+    package = package or Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in RESULT_SOURCES:
+        path = package / name
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f.relative_to(package).as_posix().encode())
+            digest.update(_code_only(f.read_text()).encode())
+    return digest.hexdigest()[:12]
+
+
+def _code_only(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
 
 
 _FINGERPRINTS: dict[int, tuple[cdata.CifarData, str]] = {}
@@ -120,39 +155,17 @@ def run_dir(config: RunConfig, root=None, data_root=None) -> Path:
     return runs_root(root) / f"{config.dataset}-{config.model}-{run_key(config, fp)}"
 
 
-@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The short commit of the project, with `-dirty` when tracked files differ from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True)
-        return out.stdout.strip()
+        def git(*args):
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def hardware(device: str = "cpu") -> str:
-    """What a run trained on, for the results table: the GPU's name, or the CPU's model and
-    the cores torch uses; with the torch version. ``device`` as results report it."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        n = device.split(" x")[1] if " x" in device else "1"
-        what = f"{n}x {torch.cuda.get_device_name(0)}"
-    else:
-        model = "CPU"
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        what = f"{model}, {torch.get_num_threads()} threads"
-    return f"{what}, torch {torch.__version__.split('+')[0]}"
-
-
-def _write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    return f"{commit}-dirty" if dirty else commit
 
 
 @dataclass
@@ -192,9 +205,13 @@ class Run:
         from .checkpoint import load_safe, save_atomic
 
         path = self.path / TEST_METRICS
+        metrics = None
         if path.exists():
-            metrics = load_safe(path)
-        else:
+            try:
+                metrics = load_safe(path)
+            except fileio.DamagedFileError:  # derived from model.pt: computed again below
+                fileio.set_aside(path)
+        if metrics is None:
             metrics = _compute_test_metrics(self, data_root)
             save_atomic(metrics, path)
         d = cdata.load_cifar(self.config.dataset, root=data_root)
@@ -209,14 +226,26 @@ class Run:
         return {
             "study": study, "label": self.label, "dataset": c.dataset, "model": c.model,
             "options": json.dumps(c.model_options, sort_keys=True), "augmentations": c.augment,
-            "seed": c.seed, "epochs": c.epochs, "train_images": r.get("train_images"),
+            "seed": c.seed, "epochs": c.epochs, "epochs_run": len(r.get("history") or []),
+            "best_epoch": r.get("best_epoch"), "optimizer": c.optimizer, "lr": c.lr,
+            "schedule": c.schedule, "weight_decay": c.weight_decay,
+            "label_smoothing": c.label_smoothing, "batch_size": c.batch_size,
+            "train_images": r.get("train_images"), "val_size": c.val_size,
             "train_acc": last.get("train_acc"),
             "val_acc": r["val"].get("val_acc"), "test_acc": r["test"]["acc"],
-            "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"),
+            "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"), "tta": c.tta,
+            "precision": r.get("precision") or _precision_before_recorded(c, r["device"]),
             "wall_seconds": round(r["wall_seconds"], 1), "device": r["device"],
             "hardware": r.get("hardware", ""), "profile": r.get("profile", ""),
             "commit": r.get("commit", ""), "run_key": self.path.name,
         }
+
+
+def _precision_before_recorded(config: RunConfig, device: str) -> str:
+    """Runs finished before results recorded it: `auto` then meant bf16 on CUDA, fp32 on CPUs."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
 TEST_METRICS = "test_metrics.pt"
@@ -225,12 +254,7 @@ _METRIC_KEYS = ("confusion", "per_class_acc", "preds", "probs")
 
 def test_split(config: RunConfig, data_root=None) -> cdata.Split:
     """The test images a run is scored on (the first `test_subset` ones when set)."""
-    split = cdata.test_split(cdata.load_cifar(config.dataset, root=data_root))
-    n = config.test_subset
-    if n:
-        split = cdata.Split(split.images[:n], split.labels[:n],
-                            None if split.coarse is None else split.coarse[:n])
-    return split
+    return cdata.test_split(cdata.load_cifar(config.dataset, root=data_root), config.test_subset)
 
 
 test_split.__test__ = False  # not a pytest test
@@ -241,8 +265,10 @@ def _compute_test_metrics(run: Run, data_root=None) -> dict:
 
     model = run.load_model()
     split = test_split(run.config, data_root)
+    settings = model.meta["evaluation"]  # those of the run's own test metrics
     logits = predict_logits(model, split.images, model.meta["mean"], model.meta["std"],
-                            tta=run.config.tta, channels_last=run.config.channels_last)
+                            tta=settings["tta"], channels_last=settings["channels_last"],
+                            autocast_dtype=AUTOCAST_DTYPES[settings["precision"]])
     return _metric_tensors(metrics_from_logits(logits, split.labels))
 
 
@@ -250,23 +276,28 @@ def _metric_tensors(metrics: dict) -> dict:
     return {k: metrics[k].detach().cpu() for k in _METRIC_KEYS if k in metrics}
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path, label: str, progress: bool):
-    """Hold an exclusive lock on `path/.lock` (released by the OS if the process dies)."""
-    import fcntl
+def _finished(path: Path, repair: bool = False) -> dict | None:
+    """The summary of a finished run in `path`, else None.
 
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                print(f"[waiting] {label}: another process is training {path.name}", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    result.json must match its content hash and model.pt its CRCs. With `repair` (under
+    the run's lock) a damaged one is set aside, so that the run resumes from last.pt,
+    which evaluates again and rewrites both.
+    """
+    done, model = path / "result.json", path / "model.pt"
+    if not done.exists():
+        return None
+    try:
+        summary = fileio.read_json(done)
+        fileio.verify_zip(model, "checkpoint")
+        return summary
+    except (fileio.DamagedFileError, FileNotFoundError) as e:
+        if repair:
+            for f in (done, model):
+                if f.exists():
+                    fileio.set_aside(f)
+            print(f"[damaged] {e}; set aside as *.damaged, the run resumes from its last "
+                  "epoch checkpoint", file=sys.stderr, flush=True)
+        return None
 
 
 def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, data_root=None,
@@ -279,15 +310,23 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
     path = run_dir(config, root, data_root)
     done = path / "result.json"
     name = label or config.model
-    if done.exists() and not force:
+    summary = None if force else _finished(path)
+    if summary is not None:
         if progress:
             print(f"[cached] {name}: {path.name}", flush=True)
-        return Run(config, label, json.loads(done.read_text()), path)
-    with _exclusive(path, name, progress):
-        if done.exists() and not force:  # finished by the process we waited for
+        return Run(config, label, summary, path)
+
+    def waiting(pid):
+        if progress:
+            print(f"[waiting] {name}: process {pid} is training {path.name}", flush=True)
+
+    # The same lock as train(config, out_dir): a CLI run into this folder stops at once.
+    with fileio.hold_folder(path, wait=True, on_wait=waiting):
+        summary = None if force else _finished(path, repair=True)
+        if summary is not None:  # finished by the process we waited for
             if progress:
                 print(f"[cached] {name}: {path.name}", flush=True)
-            return Run(config, label, json.loads(done.read_text()), path)
+            return Run(config, label, summary, path)
         for tmp in path.glob(".*.tmp"):  # left by a process killed while writing
             tmp.unlink(missing_ok=True)
         if force:
@@ -297,8 +336,8 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
             state = "resuming" if (path / "last.pt").exists() else "training"
             print(f"[{state}] {name}: {path.name}", flush=True)
         t0 = time.time()
-        result: TrainResult = train(config, path, resume=True, data_root=data_root,
-                                    progress=progress)
+        result: TrainResult = train_or_launch(config, path, resume=True,
+                                              data_root=data_root, progress=progress)
         summary = result.summary()
         summary.update(profile=profile, commit=git_commit(), finished=time.time(), label=label,
                        train_images=_train_images(config, data_root),
@@ -307,7 +346,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
             from .checkpoint import save_atomic
 
             save_atomic(_metric_tensors(result.test_metrics), path / TEST_METRICS)
-        _write_json_atomic(summary, done)  # written last: the run is finished
+        fileio.write_json(summary, done)  # written last: the run is finished
     return Run(config, label, summary, path)
 
 
@@ -331,175 +370,30 @@ def run_all(configs: list[tuple[str, RunConfig]], **kwargs) -> list[Run]:
 
 def export_model(run: Run, path) -> Path:
     """Copy a run's final checkpoint (model.pt) to `path` atomically; it loads with `load_model`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(run.checkpoint, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-# ---------------------------------------------------------------------------
-# Results table
-
-
-def results_frame(runs: list[Run], study: str = ""):
-    import pandas as pd
-
-    return pd.DataFrame([r.row(study) for r in runs], columns=RESULT_COLUMNS)
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def save_results(runs: list[Run], study: str, out=None):
-    """Write this study's rows to <outputs>/results/<study>.csv; returns the frame.
-
-    A run that appears twice in a study (the same config under two labels) keeps
-    both rows: each label is a point of its own sweep.
-    """
-    df = results_frame(runs, study)
-    path = Path(out or outputs_root()) / "results" / f"{study}.csv"
-    _write_text_atomic(df.to_csv(index=False), path)
-    return df
-
-
-def collect_results(out=None, readme: str | None = "README.md"):
-    """Merge every study's rows into <outputs>/results.csv and results.md; refresh the README.
-
-    Studies are read in file-name order (01_..., 02_...). Returns the merged frame. The README's Key Results table (between the
-    key-results markers) is replaced when `readme` names a file with the markers.
-    """
-    import pandas as pd
-
-    out = Path(out or outputs_root())
-    parts = sorted((out / "results").glob("*.csv"))
-    frames = [pd.read_csv(p) for p in parts]
-    frames = [f for f in frames if len(f)]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
-    # One row per run: a run shared by two studies (or two labels of a sweep) keeps its
-    # first row, in notebook order; outputs/results/<study>.csv keep every label.
-    df = df.drop_duplicates("run_key", keep="first", ignore_index=True)
-    _write_text_atomic(df.to_csv(index=False), out / "results.csv")
-    _write_text_atomic(results_markdown(df), out / "results.md")
-    if readme:
-        path = Path(readme)
-        if not path.exists() or not update_readme(path, key_results(df)):
-            print(f"results: {readme} has no {BEGIN} ... {END} markers; README left as it is")
-    return df
-
-
-def results_markdown(df) -> str:
-    cols = ["study", "label", "dataset", "model", "augmentations", "seed", "epochs", "train_images",
-            "val_acc", "test_acc", "test_loss", "wall_seconds", "device", "profile"]
-    table = df[cols].assign(wall_seconds=df["wall_seconds"].map(lambda v: f"{v:.1f}"))
-    return "# Results\n\nOne row per training run (`outputs/results.csv` has every column).\n\n" + \
-        markdown_table(table) + "\n"
-
-
-def key_results(df) -> str:
-    """Baseline and best model per dataset: mean +- std over seeds (from 01_baseline's rows)."""
-    sub = df[df["study"] == "01_baseline"] if len(df) else df
-    if not len(sub):
-        return "_No results yet: run `./run_all.sh`._"
-    # Rows written before results named the hardware show the device instead.
-    hw = sub.get("hardware", sub["device"])
-    sub = sub.assign(hardware=hw.where(hw.notna() & (hw != ""), sub["device"]))
-    g = sub.groupby(["dataset", "label", "model", "profile", "hardware"], sort=True)
-    rows = []
-    for (dataset, label, model, profile, hw), part in g:
-        n = len(part)
-        rows.append({
-            "dataset": dataset, "model": f"{label} ({model})",
-            "test acc %": _pm(part["test_acc"] * 100), "test loss": _pm(part["test_loss"], 3),
-            "seeds": n, "epochs": _num(part["epochs"].iloc[0]),
-            "train images": int(part["train_images"].iloc[0]),
-            "augmentation": part["augmentations"].iloc[0],
-            "wall min / run": f"{part['wall_seconds'].mean() / 60:.1f}", "hardware": hw,
-            "profile": profile,
-        })
-    import pandas as pd
-
-    return markdown_table(pd.DataFrame(rows))
-
-
-def _pm(s, digits=1) -> str:
-    return f"{s.mean():.{digits}f} ± {s.std(ddof=1):.{digits}f}" if len(s) > 1 else f"{s.mean():.{digits}f}"
-
-
-def _num(x) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def markdown_table(df) -> str:
-    """A DataFrame as a GitHub markdown table (floats: at most 4 decimals below 10, else 1;
-    NaN empty)."""
-    def cell(v):
-        if isinstance(v, float):
-            if v != v:  # NaN: no value (e.g. no validation split)
-                return ""
-            return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
-
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
-
-
-BEGIN, END = "<!-- key-results:begin -->", "<!-- key-results:end -->"
-
-
-def update_readme(path: Path, table: str) -> bool:
-    """Replace the text between the key-results markers; False when the markers are missing."""
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-    return True
+    return fileio.copy_file(run.checkpoint, path)
 
 
 def main(argv=None) -> int:
-    """`python -m cnnlib.runs collect`: rebuild the results table (used by run_all.sh)."""
+    """`python -m cnnlib.runs profile|plan`: the profile a run would use; the runs per notebook."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m cnnlib.runs")
-    p.add_argument("command", choices=["collect", "profile", "plan"],
-                   help="collect: merge the studies' results and refresh the README table; "
-                        "profile: print the resolved profile; plan: runs per notebook")
-    p.add_argument("--out", default=None, help="outputs folder (default: $CNNLIB_OUTPUTS or outputs)")
-    p.add_argument("--readme", default="README.md", help="README to update ('' for none)")
+    p.add_argument("command", choices=["profile", "plan"],
+                   help="profile: print the resolved profile; plan: runs per notebook")
     p.add_argument("--profile", default="auto")
     args = p.parse_args(argv)
-    if args.command in ("profile", "plan"):
-        try:
-            profile = resolve_profile(args.profile)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if args.command == "profile":
-            print(profile)
-        else:
-            from .studies import plan
+    try:
+        profile = resolve_profile(args.profile)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "profile":
+        print(profile)
+    else:
+        from .studies import plan
 
-            for name, (listed, new) in plan(profile).items():
-                print(f"{name}: {listed} runs, {new} not shared with an earlier notebook")
-        return 0
-    out = Path(args.out or outputs_root())
-    df = collect_results(out, args.readme or None)
-    print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
+        for name, (listed, new) in plan(profile).items():
+            print(f"{name}: {listed} runs, {new} not shared with an earlier notebook")
     return 0
 
 

@@ -3,8 +3,8 @@
 A profile sizes the same experiments for a machine:
 - smoke: tiny subsets and two epochs, seconds per notebook (tests, CI, nbval); the
          sweeps on CIFAR-100 keep only their first and last variant;
-- cpu:   real full test sets, training subsets and short schedules sized so that
-         `./run_all.sh` finishes in about three hours on 2 CPU cores;
+- cpu:   real full test sets, training subsets and short schedules sized for a few
+         hours of `./run_all.sh` on 2 CPU cores (README, Profiles: the measured time);
 - full:  paper-grade recipes for a GPU.
 Every function returns a list of (label, RunConfig); notebooks pass it to
 `runs.run_all` and plot what comes back.
@@ -12,8 +12,8 @@ Every function returns a list of (label, RunConfig); notebooks pass it to
 
 from __future__ import annotations
 
+from .config import RECIPES, RunConfig, recipe
 from .models import model_options as _model_defaults
-from .train import RECIPES, RunConfig, recipe
 
 DATASETS = ("cifar10", "cifar100")
 
@@ -24,8 +24,9 @@ DATASETS = ("cifar10", "cifar100")
 # "lr_find_steps": length of notebook 03's learning-rate range test.
 # "augmentation_seeds": seeds of notebook 02 (default: "seeds"), whose effects are small.
 # "best_per_dataset": changes to "best" for one dataset.
-# cpu: about 100 distinct runs; measured on 2 cores, the sweeps' small CNN trains ~1,900
-# images/s and fastnet ~200 images/s, so the whole run_all takes about two hours.
+# "compression": notebook 05 (compression_study.compress_model): fine-tuning steps and batch,
+# calibration images, test images (0 = all), seconds per timing, QAT steps (0 = no QAT row).
+# cpu: about 100 distinct runs; `python -m cnnlib.runs plan --profile cpu` counts them.
 SETTINGS = {
     "smoke": {
         "seeds": (0,),
@@ -38,6 +39,8 @@ SETTINGS = {
         "best_seeds": (0,),
         "reduce_sweeps": True,
         "lr_find_steps": 20,
+        "compression": dict(steps=2, batch_size=32, calibration=64, test_subset=200,
+                            seconds=0.05, qat_steps=0),
     },
     "cpu": {
         "seeds": (0, 1),
@@ -51,6 +54,8 @@ SETTINGS = {
         "best_seeds": (0,),
         "augmentation_seeds": (0, 1, 2),
         "lr_find_steps": 100,
+        "compression": dict(steps=300, batch_size=128, calibration=2048, test_subset=0,
+                            seconds=1.0, qat_steps=0),
     },
     "full": {
         "seeds": (0, 1, 2),
@@ -59,6 +64,8 @@ SETTINGS = {
         "best": dict(val_size=0, epochs=10),
         "best_seeds": (0, 1, 2),
         "lr_find_steps": 100,
+        "compression": dict(steps=500, batch_size=256, calibration=4096, test_subset=0,
+                            seconds=1.0, qat_steps=300),
     },
 }
 
@@ -162,6 +169,11 @@ def lr_find_config(profile: str, dataset: str = "cifar10") -> RunConfig:
 
 def lr_find_steps(profile: str) -> int:
     return settings(profile).get("lr_find_steps", 100)
+
+
+def compression_settings(profile: str) -> dict:
+    """Notebook 05: the keyword arguments of `compression_study.compress_model`."""
+    return dict(settings(profile)["compression"])
 
 
 # The runs each notebook asks for (04 and 05 reuse 01's models from the run cache).

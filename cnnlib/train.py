@@ -1,17 +1,18 @@
-"""The trainer: one config dataclass, one `train(config)` call, atomic per-epoch checkpoints.
+"""The trainer: one `train(config)` call, early stopping, atomic per-epoch checkpoints.
 
-The loop is deliberately plain (nanoGPT-style): data and augmentation live in
-the batch loader, the model comes from the registry, metrics from evaluate.py.
+The loop is deliberately plain (nanoGPT-style): the config comes from config.py, data
+and augmentation live in the batch loader, the model comes from the registry, metrics
+from evaluate.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,170 +25,15 @@ from tqdm import tqdm
 
 from . import data as cdata
 from . import distributed as cdist
-from .augment import AugmentOptions, BatchLoader, normalize, parse_augment
+from . import fileio
+from .augment import BatchLoader, normalize
 from .checkpoint import load_safe, model_checkpoint, save_atomic
-from .evaluate import TTA_LEVELS, metrics_from_logits, predict_logits, scalar_metrics
-from .models import create_model, list_models
+from .config import RECIPES, RunConfig, recipe  # noqa: F401  (also importable from here)
+from .device import AUTOCAST_DTYPES, precision_note, resolve_precision
+from .evaluate import metrics_from_logits, predict_logits, scalar_metrics
+from .models import create_model
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-EARLY_STOP_METRICS = ("val_acc", "val_loss")
 STEP_MILESTONES = (0.5, 0.75)  # fractions of training where "step" divides the lr by 10
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a training run. Two equal configs give the same run."""
-
-    dataset: str = "cifar10"
-    model: str = "baseline"
-    model_options: dict = field(default_factory=dict)
-    epochs: float = 10  # fractional epochs allowed: the last epoch stops early
-    batch_size: int = 256
-    optimizer: str = "nesterov"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup: float = 0.15  # fraction of all steps spent warming up (onecycle, cosine)
-    warmup_start: float = 0.1  # lr factor at step 0
-    final_lr: float = 0.0  # lr factor at the last step (onecycle, cosine)
-    label_smoothing: float = 0.0
-    augment: str = "crop+flip"
-    crop_padding: int = 4
-    pad_mode: str = "reflect"
-    jitter: float = 0.4
-    cutout_size: int = 8
-    mixup_alpha: float = 0.2
-    cutmix_alpha: float = 1.0
-    val_size: int = 5000
-    early_stop_patience: int = 0  # epochs without improvement before stopping; 0 = off
-    early_stop_metric: str = "val_acc"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on the CPU
-    channels_last: bool = True
-    compile: bool = False
-    train_subset: int = 0  # 0 = the whole training split
-    test_subset: int = 0  # 0 = the whole test set (only smoke runs shrink it)
-    tta: int = 0  # test-time augmentation level for the final test metrics
-    norm_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters (airbench uses 64)
-    lookahead: bool = False  # airbench's lookahead EMA of the weights
-    sync_bn: bool = False  # DDP: BatchNorm statistics over the global batch; no effect in 1 process
-
-    def __post_init__(self):
-        self.model_options = dict(self.model_options or {})
-        self.validate()
-
-    # -- validation -------------------------------------------------------
-    def validate(self) -> None:
-        def bad(name, allowed):
-            value = getattr(self, name)
-            raise ValueError(f"{name}: {value!r} is not allowed; allowed: {allowed}")
-
-        if self.dataset not in cdata.DATASETS:
-            bad("dataset", ", ".join(cdata.DATASETS))
-        if self.model not in list_models():
-            bad("model", ", ".join(list_models()))
-        for name, allowed in [("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("precision", PRECISIONS), ("early_stop_metric", EARLY_STOP_METRICS)]:
-            if getattr(self, name) not in allowed:
-                bad(name, ", ".join(allowed))
-        if self.tta not in TTA_LEVELS:
-            bad("tta", "0, 1, 2")
-        if not (isinstance(self.epochs, int | float) and self.epochs > 0):
-            bad("epochs", "a number > 0")
-        for name in ("batch_size",):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                bad(name, "an integer >= 1")
-        for name in ("val_size", "train_subset", "test_subset", "early_stop_patience", "seed",
-                     "crop_padding", "cutout_size"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                bad(name, "an integer >= 0")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            bad("lr", "a finite number > 0")
-        for name in ("weight_decay", "label_smoothing", "jitter", "mixup_alpha", "cutmix_alpha"):
-            if not getattr(self, name) >= 0:
-                bad(name, "a number >= 0")
-        for name in ("momentum", "warmup", "warmup_start", "final_lr"):
-            if not 0 <= getattr(self, name) <= 1:
-                bad(name, "a number in [0, 1]")
-        if self.label_smoothing >= 1:
-            bad("label_smoothing", "a number in [0, 1)")
-        if self.norm_lr_scale <= 0:
-            bad("norm_lr_scale", "a number > 0")
-        if self.pad_mode not in ("reflect", "zeros"):
-            bad("pad_mode", "reflect, zeros")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            bad("device", "auto, cpu, cuda, cuda:N")
-        if self.early_stop_patience and not self.val_size:
-            raise ValueError("early_stop_patience: needs a validation split; set val_size > 0")
-        parse_augment(self.augment)  # raises on unknown names
-
-    # -- identity ---------------------------------------------------------
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        if not d["sync_bn"]:  # added with DDP: left out at its default, so earlier keys still hold
-            del d["sync_bn"]
-        return d
-
-    def key(self) -> str:
-        """Stable short hash of every field: the run cache's key."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def replace(self, **changes) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-        return cls(**d)
-
-    def augment_options(self) -> AugmentOptions:
-        return AugmentOptions(crop_padding=self.crop_padding, pad_mode=self.pad_mode, jitter=self.jitter,
-                              cutout_size=self.cutout_size, mixup_alpha=self.mixup_alpha,
-                              cutmix_alpha=self.cutmix_alpha)
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device: {self.device!r} asked for but CUDA is not available; use cpu or auto")
-        return torch.device(self.device)
-
-    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-# Named starting points; a recipe is a dict of RunConfig fields.
-RECIPES: dict[str, dict] = {
-    # The study's simple CNN with a standard, robust recipe.
-    "baseline": dict(model="baseline", batch_size=256, optimizer="nesterov", lr=0.05, momentum=0.9,
-                     weight_decay=5e-4, schedule="onecycle", warmup=0.15, augment="crop+flip",
-                     label_smoothing=0.1),
-    # airbench94's hyperparameters, rewritten for a mean-reduced loss:
-    # lr 11.5 per 1024 examples over (1 + 1/(1-momentum)) -> 1.5 at batch 1024; decoupled
-    # weight decay 0.0153 per 1024 examples -> 0.00133 coupled; triangle schedule 0.2 -> 1 -> 0.07.
-    "fastnet": dict(model="fastnet", batch_size=1024, optimizer="nesterov", lr=1.5, momentum=0.85,
-                    weight_decay=0.00133, schedule="onecycle", warmup=0.23, warmup_start=0.2,
-                    final_lr=0.07, label_smoothing=0.2, augment="crop+flip", crop_padding=2,
-                    pad_mode="reflect", norm_lr_scale=64.0, lookahead=True, tta=2, val_size=0),
-}
-
-
-def recipe(name: str, **overrides) -> RunConfig:
-    """A RunConfig from a named recipe plus overrides."""
-    if name not in RECIPES:
-        raise ValueError(f"recipe: unknown {name!r}; allowed: {', '.join(RECIPES)}")
-    return RunConfig(**{**RECIPES[name], **overrides})
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +134,7 @@ class TrainResult:
     wall_seconds: float
     device: str
     checkpoint: str | None
+    precision: str = "fp32"  # what `auto` resolved to: the autocast of training and evaluation
     model: nn.Module | None = field(default=None, repr=False)
     test_metrics: dict | None = field(default=None, repr=False)  # full metrics incl. confusion
 
@@ -304,18 +151,15 @@ class Trainer:
         self.dist = cdist.setup(config)  # one process unless torchrun started several
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device if self.dist.enabled else config.resolved_device()
-        self.amp_dtype = config.autocast_dtype(self.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.amp_dtype = AUTOCAST_DTYPES[self.precision]
         seed_everything(config.seed)
 
         with cdist.local_main_first(self.dist):  # under DDP: one download per node
             self.data = cdata.load_cifar(config.dataset, root=data_root)
         self.train_split, self.val_split = cdata.train_split(
             self.data, val_size=config.val_size, subset=config.train_subset, seed=config.seed)
-        test = cdata.test_split(self.data)
-        if config.test_subset:
-            test = cdata.Split(test.images[: config.test_subset], test.labels[: config.test_subset],
-                               None if test.coarse is None else test.coarse[: config.test_subset])
-        self.test_split = test
+        self.test_split = cdata.test_split(self.data, config.test_subset)
         self.mean, self.std = cdata.channel_stats(self.train_split.images)
         nc = self.data.num_classes
         if len(self.train_split) < config.batch_size:
@@ -347,7 +191,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
-        self.best = None  # (metric value, epoch, state_dict)
+        self.best = None  # (metric value, epoch, state_dict when early stopping)
         self.bad_epochs = 0
         self.stopped_early = False
         self.elapsed = 0.0  # training seconds over all sessions of this run
@@ -373,7 +217,7 @@ class Trainer:
         }
 
     def load_state(self, s: dict) -> None:
-        if s["config"] != self.config.to_dict():
+        if not _same_config(s["config"], self.config):
             raise ValueError(f"resume: {self.last_path} belongs to a different config; "
                              "use another out dir or delete it")
         self.model.load_state_dict(s["model"])
@@ -394,7 +238,12 @@ class Trainer:
         # Under DDP rank 0 reads last.pt and hands it to every rank.
         s = cdist.from_main(self.dist, self._read_last) if self.dist.enabled else self._read_last()
         if s is not None:
-            self.load_state(s)
+            try:
+                self.load_state(s)
+            except (KeyError, TypeError, RuntimeError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ValueError(f"resume: {self.last_path} does not fit this run ({first}); "
+                                 "restart it or use another out dir") from None
         return s is not None
 
     def _read_last(self) -> dict | None:
@@ -402,7 +251,13 @@ class Trainer:
         # and optimizer state to the model's device, and under DDP it is sent to every rank.
         if self.last_path is None or not self.last_path.exists():
             return None
-        return load_safe(self.last_path)
+        try:
+            return load_safe(self.last_path)
+        except fileio.DamagedFileError as e:
+            aside = fileio.set_aside(self.last_path)
+            print(f"resume: {e}; set aside as {aside.name}, {self.out_dir} trains from scratch",
+                  file=sys.stderr, flush=True)
+            return None
 
     # -- the loop -------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -424,9 +279,7 @@ class Trainer:
                 loss = soft_cross_entropy(logits.float(), y, cfg.label_smoothing)
             # On a GPU, checking every step would force a sync; NaN/inf also poisons the sum.
             if (self.device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss_sum + loss):
-                raise NonFiniteLossError(
-                    f"loss: became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; lower lr "
-                    f"(now {cfg.lr}) or use precision fp32; the last finished epoch is kept in {self.last_path}")
+                raise self._diverged(loss.item())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -443,8 +296,19 @@ class Trainer:
             self.lookahead.update(model, 1.0)  # end on the averaged weights
         if self.dist.enabled:  # sums over the ranks: the metrics of the global batches
             loss_sum, correct, seen = cdist.all_reduce_sum(self.dist, loss_sum, correct, seen)
-        return {"train_loss": loss_sum.item() / max(1, seen), "train_acc": correct.item() / max(1, seen),
+        train_loss = loss_sum.item() / max(1, seen)
+        if not math.isfinite(train_loss):  # the steps after the last check: never save NaN weights
+            raise self._diverged(train_loss)
+        return {"train_loss": train_loss, "train_acc": correct.item() / max(1, seen),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _diverged(self, loss: float) -> NonFiniteLossError:
+        kept = (f"the last finished epoch is kept in {self.last_path}"
+                if self.last_path is not None and self.last_path.exists()
+                else "no finished epoch was saved")
+        return NonFiniteLossError(
+            f"loss: became {loss} at epoch {self.epoch + 1}, step {self.step}; lower lr "
+            f"(now {self.config.lr}) or use precision fp32; {kept}")
 
     def predict(self, split: cdata.Split, tta: int = 0) -> torch.Tensor:
         return predict_logits(self.model, split.images, self.mean, self.std, tta=tta,
@@ -463,7 +327,10 @@ class Trainer:
             return False
         value = row[metric] if metric == "val_acc" else -row[metric]
         if self.best is None or value > self.best[0]:
-            self.best = (value, row["epoch"], copy.deepcopy(self.model.state_dict()))
+            # Only early stopping restores the best weights: without it, copying them (and
+            # saving the copy in last.pt) would only cost memory and disk.
+            keep = self.config.early_stop_patience > 0
+            self.best = (value, row["epoch"], copy.deepcopy(self.model.state_dict()) if keep else None)
             return True
         return False
 
@@ -512,7 +379,9 @@ class Trainer:
         if self.out_dir:
             ckpt = model_checkpoint(self.model, cfg.to_dict(), classes=self.data.classes,
                                     mean=self.mean, std=self.std,
-                                    metrics={**scalar_metrics(test_metrics, "test_"), **val})
+                                    metrics={**scalar_metrics(test_metrics, "test_"), **val},
+                                    evaluation={"tta": cfg.tta, "precision": self.precision,
+                                                "channels_last": cfg.channels_last})
             ckpt_path = str(save_atomic(ckpt, self.out_dir / "model.pt"))
         if self.dist.enabled:  # the other ranks wait in _finish_other_rank for these
             cdist.share(self.dist, (val, test, ckpt_path, self.elapsed))
@@ -520,7 +389,7 @@ class Trainer:
         return TrainResult(config=cfg.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
                            wall_seconds=self.elapsed, device=device, checkpoint=ckpt_path,
-                           model=self.model, test_metrics=test_metrics)
+                           precision=self.precision, model=self.model, test_metrics=test_metrics)
 
     def _finish_other_rank(self, best_epoch: int | None) -> TrainResult:
         """DDP ranks other than 0: rank 0 evaluates and writes model.pt; return its numbers."""
@@ -528,7 +397,16 @@ class Trainer:
         return TrainResult(config=self.config.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
                            wall_seconds=elapsed, device=cdist.device_label(self.device, self.dist),
-                           checkpoint=ckpt_path, model=self.model)
+                           checkpoint=ckpt_path, precision=self.precision, model=self.model)
+
+
+def _same_config(saved: dict, config: RunConfig) -> bool:
+    """Equal after normalization (a JSON round trip turns tuples into lists; fields added
+    since a checkpoint was written take their defaults)."""
+    try:
+        return RunConfig.from_dict(saved).key() == config.key()
+    except (ValueError, TypeError):
+        return False
 
 
 def _format_row(row: dict, total: int) -> str:
@@ -542,11 +420,20 @@ def _format_row(row: dict, total: int) -> str:
 
 def train(config: RunConfig, out_dir=None, *, resume: bool = True, data_root=None,
           progress: bool = True) -> TrainResult:
-    """Train one run. With `out_dir`, each epoch is checkpointed there and a rerun resumes."""
-    trainer = Trainer(config, out_dir, data_root=data_root, progress=progress)
-    if resume and trainer.try_resume() and trainer.progress:
-        tqdm.write(f"resuming {out_dir} after epoch {trainer.epoch}/{trainer.num_epochs}")
-    return trainer.run()
+    """Train one run. With `out_dir`, each epoch is checkpointed there and a rerun resumes.
+
+    The out dir is locked first (`fileio.hold_folder`, the run cache's lock): an unusable
+    folder, or one another process is writing, stops the call before any work.
+    """
+    main = out_dir is not None and cdist.is_main()  # under torchrun rank 0 writes
+    with fileio.hold_folder(out_dir) if main else contextlib.nullcontext():
+        trainer = Trainer(config, out_dir, data_root=data_root, progress=progress)
+        if trainer.progress:
+            tqdm.write(f"{config.dataset} {config.model} on {trainer.device}: "
+                       f"{precision_note(config.precision, trainer.precision, trainer.device)}")
+        if resume and trainer.try_resume() and trainer.progress:
+            tqdm.write(f"resuming {out_dir} after epoch {trainer.epoch}/{trainer.num_epochs}")
+        return trainer.run()
 
 
 def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, steps: int = 100,
@@ -556,8 +443,11 @@ def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, 
     Returns the lrs, the smoothed losses and a suggested lr: the point of steepest
     descent of the smoothed loss, capped at a tenth of the lr of the lowest loss.
     """
-    if not 0 < start_lr < end_lr:
-        raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
+    if not 0 < start_lr < end_lr < math.inf:
+        raise ValueError(f"lr_find: need 0 < start_lr < end_lr < inf, got {start_lr}, {end_lr}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
+        raise ValueError(f"steps: {steps!r} is not allowed; allowed: an integer >= 3 "
+                         "(the suggestion needs a curve)")
     if cdist.env_info().enabled:
         raise ValueError("lr_find: runs in a single process; start it without torchrun")
     trainer = Trainer(config.replace(schedule="constant", lookahead=False), None,

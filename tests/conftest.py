@@ -6,8 +6,9 @@ Other test files reuse them with ``load_cifar(name, root=synthetic_root, downloa
 from __future__ import annotations
 
 import pytest
+from cifar_files import write_synthetic
 
-from cnnlib.data import CifarData, load_cifar, write_synthetic
+from cnnlib.data import CifarData, load_cifar
 
 SYNTHETIC_SIZES = {"cifar10": (1000, 200), "cifar100": (1000, 200)}  # (n_train, n_test)
 

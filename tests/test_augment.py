@@ -1,4 +1,4 @@
-"""cnnlib.augment: parsing, exact pixel semantics of each op, soft targets, reproducibility,
+"""cnnlib.augment and cnnlib.policies: parsing, exact pixel semantics of each op, soft targets, reproducibility,
 sharding and output format, on small random uint8 image sets."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlib import augment as A
-from cnnlib.augment import AugmentOptions, BatchLoader, denormalize, normalize, parse_augment
+from cnnlib.augment import BatchLoader, normalize, parse_augment
+from cnnlib.config import RunConfig
+from cnnlib.policies import PolicyAugment
 
 MEAN = (0.49, 0.48, 0.45)
 STD = (0.25, 0.24, 0.26)
@@ -19,10 +20,16 @@ def images(n: int = 48, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
 
 
-def loader(x, augment="none", *, labels=None, batch_size=16, shuffle=False, **kw) -> BatchLoader:
+def opts(**changes):
+    """Augmentation strengths: RunConfig's defaults with `changes`."""
+    return RunConfig(**changes).augment_options()
+
+
+def loader(x, augment="none", *, labels=None, batch_size=16, shuffle=False, options=None,
+           **kw) -> BatchLoader:
     labels = torch.arange(len(x)) if labels is None else labels
     return BatchLoader(x, labels, batch_size=batch_size, mean=MEAN, std=STD, augment=augment,
-                       shuffle=shuffle, **kw)
+                       shuffle=shuffle, options=options or opts(), **kw)
 
 
 def collect(ld: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,12 +61,21 @@ def test_parse_augment_unknown(spec):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("changes, field", [
+    (dict(pad_mode="edge"), "pad_mode"), (dict(crop_padding=-1), "crop_padding"),
+    (dict(mixup_alpha=0.0), "mixup_alpha"), (dict(cutmix_alpha=-1.0), "cutmix_alpha"),
+    (dict(randaugment_ops=1.5), "randaugment_ops"), (dict(randaugment_magnitude=31), "randaugment_magnitude"),
+])
+def test_augment_options_are_checked_by_the_config(changes, field):
+    """One validator: a bad strength stops at RunConfig, before any data is loaded."""
+    with pytest.raises(ValueError, match=f"^{field}: .* allowed: "):
+        RunConfig(**changes)
+
+
 def test_options_and_loader_validation():
-    with pytest.raises(ValueError, match="pad_mode"):
-        AugmentOptions(pad_mode="edge")
-    with pytest.raises(ValueError, match="crop_padding"):
-        AugmentOptions(crop_padding=-1)
     x = images(8)
+    with pytest.raises(ValueError, match="options: expected AugmentOptions"):
+        BatchLoader(x, torch.arange(8), batch_size=4, mean=MEAN, std=STD, options=RunConfig())
     with pytest.raises(ValueError, match="num_classes"):
         loader(x, "mixup")
     with pytest.raises(ValueError, match="images"):
@@ -82,7 +98,7 @@ def test_none_is_exact_normalize_in_order():
 
 def test_normalize_roundtrip():
     x = images(4)
-    back = denormalize(normalize(x, MEAN, STD), MEAN, STD)
+    back = normalize(x, MEAN, STD) * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
     assert torch.allclose(back, x.float() / 255, atol=1e-6)
 
 
@@ -109,8 +125,7 @@ def find_shift(out_img, img, pad, mode):
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
 def test_crop_is_pure_translation(mode):
     x = images(32)
-    opts = AugmentOptions(crop_padding=3, pad_mode=mode)
-    out, _ = collect(loader(x, "crop", options=opts))
+    out, _ = collect(loader(x, "crop", options=opts(crop_padding=3, pad_mode=mode)))
     shifts = [find_shift(out[i], x[i], 3, mode) for i in range(len(x))]
     assert None not in shifts
     assert all(abs(dy) <= 3 and abs(dx) <= 3 for dy, dx in shifts)
@@ -120,15 +135,14 @@ def test_crop_is_pure_translation(mode):
 def test_crop_policy_path_is_translation():
     # With a policy the batch is padded per batch instead of once; same crop semantics.
     x = images(16)
-    ld = loader(x, "crop+randaugment", options=AugmentOptions(pad_mode="zeros",
-                                                              randaugment_ops=0))
+    ld = loader(x, "crop+randaugment", options=opts(pad_mode="zeros", randaugment_ops=0))
     out, _ = collect(ld)
     assert all(find_shift(out[i], x[i], 4, "zeros") is not None for i in range(len(x)))
 
 
 def test_cutout_zeroes_one_square_of_the_right_size():
     x = images(32)
-    out, _ = collect(loader(x, "cutout", options=AugmentOptions(cutout_size=6)))
+    out, _ = collect(loader(x, "cutout", options=opts(cutout_size=6)))
     ref = normalize(x, MEAN, STD)
     changed = (out != ref).any(1)  # [N, H, W]
     for i in range(len(x)):
@@ -164,7 +178,7 @@ def test_mixup_targets_and_pixels_are_one_convex_pair():
     x = images(32)
     labels = torch.arange(32) % 10
     ld = loader(x, "mixup", labels=labels, num_classes=10, batch_size=32,
-                options=AugmentOptions(mixup_alpha=1.0))
+                options=opts(mixup_alpha=1.0))
     out, y = next(iter(ld))
     check_soft_targets(y, labels)
     ref = normalize(x, MEAN, STD)
@@ -316,7 +330,7 @@ def test_policies_per_sample_shape_dtype(policy, grouped, monkeypatch):
 
 def test_policy_uint8_step_keeps_dtype():
     x = images(8)
-    pol = A.PolicyAugment("randaugment", AugmentOptions())
+    pol = PolicyAugment("randaugment", opts())
     out = pol(x.clone(), torch.Generator().manual_seed(0))
     assert out.dtype == torch.uint8 and out.shape == x.shape
 
@@ -347,6 +361,6 @@ def test_dtype_flag():
 def test_non_square_and_small_images():
     x = torch.randint(0, 256, (10, 3, 12, 20), dtype=torch.uint8)
     ld = loader(x, "crop+flip+cutout", labels=torch.zeros(10, dtype=torch.long),
-                options=AugmentOptions(crop_padding=2, cutout_size=4), batch_size=4)
+                options=opts(crop_padding=2, cutout_size=4), batch_size=4)
     out, _ = collect(ld)
     assert out.shape == (10, 3, 12, 20)

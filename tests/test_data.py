@@ -1,10 +1,12 @@
-"""cnnlib.data: official-layout reading and validation, obtaining, splits, stats, views."""
+"""cnnlib.data and cnnlib.obtain: official-layout reading and validation, obtaining, splits,
+stats."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -12,26 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision import transforms
+from cifar_files import write_synthetic
 
-from cnnlib import data
+from cnnlib import obtain as cobtain
 from cnnlib.data import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_FINE_TO_COARSE,
     CIFAR100_SUPERCLASSES,
     CifarData,
-    CifarDataset,
     Split,
     channel_stats,
     fingerprint,
     load_cifar,
-    obtain,
     read_cifar,
     test_split,
     train_split,
-    write_synthetic,
 )
+from cnnlib.obtain import obtain
 
 CIFAR10_FILES = [*(f"data_batch_{k}" for k in range(1, 6)), "test_batch", "batches.meta"]
 CIFAR100_FILES = ["train", "test", "meta"]
@@ -46,7 +46,7 @@ def clean_env(monkeypatch):
 
 def copy_dataset(synthetic_root: Path, name: str, dest: Path) -> Path:
     """A private copy of one synthetic dataset (the shared fixture must stay intact)."""
-    layout = data._ARCHIVES[name].folder
+    layout = cobtain._ARCHIVES[name].folder
     shutil.copytree(synthetic_root / name / layout, dest / name / layout)
     return dest / name / layout
 
@@ -277,7 +277,6 @@ def test_missing_file_is_named(synthetic_root, tmp_path):
         lambda root: load_cifar("mnist", root=root, download=False),
         lambda root: obtain("cifar1000", root=root, download=False),
         lambda root: read_cifar(root, "CIFAR10"),
-        lambda root: write_synthetic("svhn", root),
     ],
 )
 def test_unknown_dataset_name(tmp_path, call):
@@ -412,41 +411,13 @@ def test_channel_stats_rejects_non_uint8():
 def test_fingerprint_is_stable_and_sensitive(synthetic_cifar10):
     d = synthetic_cifar10
     key = fingerprint(d)
-    assert len(key) == 16 and int(key, 16) >= 0 and fingerprint(d) == key
+    assert re.fullmatch(r"[0-9a-f]{16}", key) and fingerprint(d) == key
     labels = d.train_labels.clone()
     labels[0] = (labels[0] + 1) % 10
     assert fingerprint(dataclasses.replace(d, train_labels=labels)) != key
     images = d.test_images.clone()
     images[-1, 2, 31, 31] ^= 1
     assert fingerprint(dataclasses.replace(d, test_images=images)) != key
-
-
-# ----------------------------------------------------------------------------- dataset view
-
-
-def test_dataset_with_torchvision_transform(synthetic_cifar10):
-    split = test_split(synthetic_cifar10)
-    plain = CifarDataset(split)
-    image, label = plain[3]
-    assert image.size == (32, 32) and image.mode == "RGB"
-    assert np.array_equal(np.asarray(image), split.images[3].permute(1, 2, 0).numpy())
-    assert label == int(split.labels[3]) and isinstance(label, int)
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
-    ds = CifarDataset(split, transform=tf, target_transform=lambda y: y + 100)
-    image, label = ds[3]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert label == int(split.labels[3]) + 100 and len(ds) == 200
-
-
-def test_dataset_with_dataloader(synthetic_cifar10):
-    split, _ = train_split(synthetic_cifar10, val_size=100)
-    ds = CifarDataset(split, as_pil=False)
-    image, _ = ds[0]
-    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
-    images, labels = next(iter(loader))
-    assert images.shape == (64, 3, 32, 32) and labels.dtype == torch.int64
-    assert sum(len(y) for _, y in loader) == 900
 
 
 # ----------------------------------------------------------------------------- obtaining
@@ -456,22 +427,22 @@ def make_archive(tmp_path: Path, name: str, dest: Path) -> Path:
     """A small official-style archive (top folder + files) of synthetic data."""
     folder = write_synthetic(name, tmp_path / "src", n_train=50, n_test=10)
     dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / data._ARCHIVES[name].filename
+    archive = dest / cobtain._ARCHIVES[name].filename
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     return archive
 
 
 def expect_md5(monkeypatch, name: str, archive: Path) -> None:
-    spec = data._ARCHIVES[name]
-    monkeypatch.setitem(data._ARCHIVES, name, spec._replace(md5=data._md5(archive)))
+    spec = cobtain._ARCHIVES[name]
+    monkeypatch.setitem(cobtain._ARCHIVES, name, spec._replace(md5=cobtain._md5(archive)))
 
 
 def test_data_root_precedence(monkeypatch, clean_env):
-    assert data.data_root() == Path("data")
+    assert cobtain.data_root() == Path("data")
     monkeypatch.setenv("CNNLIB_DATA_ROOT", "elsewhere")
-    assert data.data_root() == Path("elsewhere")
-    assert data.data_root("given") == Path("given")
+    assert cobtain.data_root() == Path("elsewhere")
+    assert cobtain.data_root("given") == Path("given")
 
 
 def test_obtain_uses_extracted_folder(synthetic_root, clean_env):
@@ -486,7 +457,7 @@ def test_obtain_extracts_placed_archive(tmp_path, monkeypatch, clean_env, name):
     archive = make_archive(tmp_path, name, root / name)
     expect_md5(monkeypatch, name, archive)
     folder = obtain(name, root=root, download=False)
-    assert folder == root / name / data._ARCHIVES[name].folder
+    assert folder == root / name / cobtain._ARCHIVES[name].folder
     assert read_cifar(folder, name).train_images.shape == (50, 3, 32, 32)
     assert [p.name for p in (root / name).iterdir() if p.name.startswith(".")] == []
 
@@ -513,13 +484,13 @@ def test_obtain_uses_mirror(tmp_path, monkeypatch, clean_env):
     (mirror / "restore_cifar.py").write_text(
         "import sys\n"
         "from pathlib import Path\n"
-        "from cnnlib.data import write_synthetic\n"
+        "from cifar_files import write_synthetic\n"
         "dest = Path(sys.argv[2])\n"
         "write_synthetic(sys.argv[1], dest.parent, n_train=40, n_test=10)\n"
     )
     monkeypatch.setenv("CNNLIB_DATA_MIRROR", str(mirror))
-    package_parent = Path(data.__file__).absolute().parents[1]  # the script imports cnnlib
-    monkeypatch.setenv("PYTHONPATH", str(package_parent))
+    package_parent = Path(cobtain.__file__).absolute().parents[1]  # the script imports cnnlib
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package_parent), str(Path(__file__).parent)]))
     d = load_cifar("cifar100", root=tmp_path / "root", download=False)
     assert d.train_images.shape == (40, 3, 32, 32) and d.superclasses is not None
 
@@ -556,7 +527,7 @@ def test_obtain_downloads_with_md5(tmp_path, monkeypatch, clean_env):
 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
     folder = obtain("cifar10", root=tmp_path / "root", download=True)
-    assert calls == [(data._ARCHIVES["cifar10"].url, data._md5(archive))]
+    assert calls == [(cobtain._ARCHIVES["cifar10"].url, cobtain._md5(archive))]
     assert read_cifar(folder, "cifar10").test_images.shape == (10, 3, 32, 32)
 
 
@@ -573,9 +544,9 @@ def test_obtain_reports_failed_download(tmp_path, monkeypatch, clean_env):
 
 
 def real_cifar10_available() -> bool:
-    folder = data.data_root() / "cifar10" / "cifar-10-batches-py"
+    folder = cobtain.data_root() / "cifar10" / "cifar-10-batches-py"
     mirror = os.environ.get("CNNLIB_DATA_MIRROR")
-    return data._complete(folder, "cifar10") or bool(mirror and Path(mirror).is_dir())
+    return cobtain._complete(folder, "cifar10") or bool(mirror and Path(mirror).is_dir())
 
 
 @pytest.mark.real_data

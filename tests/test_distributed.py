@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cnnlib import distributed as cdist
+from cnnlib import fileio, launch
 from cnnlib.augment import BatchLoader
 from cnnlib.checkpoint import load_model, load_safe
 from cnnlib.data import load_cifar
@@ -93,7 +94,7 @@ sys.exit(cli.main())
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", cdist.NPROC_ENV)}
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", launch.NPROC_ENV)}
     env.update(OMP_NUM_THREADS="1", CNNLIB_DDP_TIMEOUT="120",
                PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")])))
     env.update(extra)
@@ -142,8 +143,8 @@ def failed_then_resumed(tmp_path_factory, synthetic_root):
     old = os.environ.copy()
     os.environ.update(_env())
     try:
-        resumed = cdist.train_or_launch(RunConfig(**CONFIG), work / "out", nproc=2,
-                                        data_root=synthetic_root, progress=True)
+        resumed = launch.train_or_launch(RunConfig(**CONFIG), work / "out", nproc=2,
+                                         data_root=synthetic_root, progress=True)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -185,7 +186,8 @@ def test_two_processes_match_one_process(ddp_run, synthetic_root):
 
     # Only rank 0 reports and writes; model.pt is a plain single-process checkpoint.
     assert proc.stdout.count("test_acc=") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([fileio.LOCK_NAME, "last.pt", "model.pt"])
+    assert (out / fileio.LOCK_NAME).read_text() == ""  # the run-folder lock, released
     model = load_model(out / "model.pt")
     assert not any(isinstance(m, cdist.GlooSyncBatchNorm) for m in model.modules())
     d = load_cifar("cifar10", root=synthetic_root)
@@ -226,7 +228,9 @@ def test_resume_under_ddp_continues_as_if_uninterrupted(failed_then_resumed, ddp
                                                 ["test_acc"])
     assert resumed.device == "cpu x2" and resumed.model is None
     assert resumed.test_metrics["confusion"].shape == (10, 10)
-    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.pt"]  # no launch files
+    # No launch files; the run-folder lock is released.
+    assert sorted(p.name for p in out.iterdir()) == sorted([fileio.LOCK_NAME, "last.pt", "model.pt"])
+    assert (out / fileio.LOCK_NAME).read_text() == ""
 
 
 def test_each_sample_once_per_epoch_across_ranks(failed_then_resumed, synthetic_root):
@@ -254,8 +258,8 @@ def test_each_sample_once_per_epoch_across_ranks(failed_then_resumed, synthetic_
 def _loader(n, rank, world, batch, drop_last=None):
     images = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
     return BatchLoader(images, torch.arange(n), batch_size=batch, mean=(0.5,) * 3,
-                       std=(0.25,) * 3, shuffle=True, drop_last=drop_last, seed=3, rank=rank,
-                       world_size=world)
+                       std=(0.25,) * 3, options=RunConfig().augment_options(), shuffle=True,
+                       drop_last=drop_last, seed=3, rank=rank, world_size=world)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -299,7 +303,7 @@ def test_per_rank_batch():
 def test_env_info(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    assert cdist.env_info() == cdist.DistInfo() and cdist.is_main() and cdist.rank_tag() == ""
+    assert cdist.env_info() == cdist.DistInfo() and cdist.is_main() and launch.rank_tag() == ""
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not cdist.env_info().enabled
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -310,13 +314,13 @@ def test_env_info(monkeypatch):
     info = cdist.env_info()
     assert (info.rank, info.world_size, info.local_rank, info.enabled, info.is_main) == (
         3, 4, 1, True, False)
-    assert cdist.rank_tag() == " [rank 3 of 4]" and not cdist.is_main()
+    assert launch.rank_tag() == " [rank 3 of 4]" and not cdist.is_main()
     monkeypatch.setenv(cdist.TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match=cdist.TIMEOUT_ENV):
         cdist.timeout()
-    monkeypatch.setenv(cdist.NPROC_ENV, "0")
-    with pytest.raises(ValueError, match=cdist.NPROC_ENV):
-        cdist.nproc_from_env()
+    monkeypatch.setenv(launch.NPROC_ENV, "0")
+    with pytest.raises(ValueError, match=launch.NPROC_ENV):
+        launch.nproc_from_env()
 
 
 def test_single_process_takes_no_distributed_path(synthetic_root, monkeypatch):
@@ -326,14 +330,14 @@ def test_single_process_takes_no_distributed_path(synthetic_root, monkeypatch):
     assert not t.dist.enabled and t.forward is t.model and t.loader.batch_size == 50
     assert not dist.is_initialized()
     assert not any(isinstance(m, cdist.GlooSyncBatchNorm) for m in t.model.modules())
-    monkeypatch.setenv(cdist.NPROC_ENV, "1")  # the run cache's hook then trains in-process
-    monkeypatch.setattr(ctrain, "train", lambda *a, **k: "trained here")
-    assert cdist.train_or_launch(t.config, None) == "trained here"
+    monkeypatch.setenv(launch.NPROC_ENV, "1")  # the run cache's hook then trains in-process
+    monkeypatch.setattr(launch, "train", lambda *a, **k: "trained here")
+    assert launch.train_or_launch(t.config, None) == "trained here"
 
 
-def test_sync_bn_is_outside_the_identity_of_existing_configs():
+def test_sync_bn_is_part_of_the_config_identity():
     base = RunConfig(**{**CONFIG, "sync_bn": False})
-    assert "sync_bn" not in base.to_dict()  # run-cache keys and checkpoints made before DDP hold
+    assert base.to_dict()["sync_bn"] is False
     synced = base.replace(sync_bn=True)
     assert synced.key() != base.key() and synced.to_dict()["sync_bn"] is True
     assert RunConfig.from_dict(synced.to_dict()) == synced

@@ -111,7 +111,7 @@ def test_unknown_model_error():
         ("baseline", {"kernel_size": 4}, "kernel_size"),
         ("baseline", {"dropout": 1.5}, "dropout"),
         ("baseline", {"dropout": -0.1}, "dropout"),
-        ("baseline", {"stage_dropout": 1.0}, "stage_dropout"),
+        ("baseline", {"stage_dropout": 0.1}, "stage_dropout"),
         ("baseline", {"width": 0}, "width"),
         ("baseline", {"residual": 1}, "residual"),
         ("baseline", {"depht": 6}, "depht"),
@@ -146,14 +146,13 @@ def test_bad_num_classes(num_classes):
         create_model("resnet20", num_classes)
 
 
-def test_model_options_are_factory_defaults():
+def test_model_options_are_the_class_keyword_defaults():
     assert model_options("baseline") == {
         "depth": 6,
         "width": 32,
         "kernel_size": 3,
         "residual": False,
         "dropout": 0.0,
-        "stage_dropout": 0.0,
     }
     assert model_options("resnet56") == {}
     assert model_options("wrn28_10") == {"dropout": 0.0}
@@ -204,7 +203,6 @@ def test_baseline_variants_forward(kernel_size):
         kernel_size=kernel_size,
         residual=True,
         dropout=0.5,
-        stage_dropout=0.1,
     )
     assert {c.kernel_size for c in _main_convs(model)} == {(kernel_size, kernel_size)}
     out = model(_images())

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cnnlib import report, runs, studies
+from cnnlib import report, results, studies
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -40,10 +40,13 @@ def test_notebook_opens_with_markdown_then_a_parameters_cell(path):
     nb = _read(path)
     nbformat.validate(nb)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
-    assert "Stored outputs" in nb.cells[0].source and "smoke" in nb.cells[0].source
-    first = _code(nb)[0]
+    assert "**Question.**" in nb.cells[0].source  # how to run a notebook is in the README
+    first, runs_cell, answer = _code(nb)[:3]
     assert "parameters" in first.metadata.get("tags", [])
     assert re.search(r'^PROFILE = "auto"', first.source, re.M)
+    # The report opens with the computed answer: the runs' log is left out of it.
+    assert "remove_output" in runs_cell.metadata.get("tags", [])
+    assert "report.answer(ctx, findings." in answer.source
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
@@ -67,20 +70,23 @@ def test_only_check_cells_carry_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebooks_are_thin_and_portable(path):
-    """No functions or classes (the logic lives in cnnlib), no absolute paths."""
+    """No functions or classes (the logic lives in cnnlib), no absolute paths; every notebook
+    starts through report.start and gets its runs from the run cache (runs.run_all)."""
     nb = _read(path)
+    calls = set()
     for cell in _code(nb):
         tree = ast.parse(cell.source)
         defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
         assert not defs, f"{path.name}: move {defs[0].name} into cnnlib"
+        calls |= {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     text = path.read_text()
     assert not re.search(r'"(/home|/work|/tmp|/Users|[A-Z]:\\\\)', text)
-    assert "report.start(" in text and runs.__name__.split(".")[-1] in text
+    assert {"report.start", "runs.run_all"} <= calls, path.name
 
 
 def test_results_checks_name_every_column():
-    """The stored 'results columns' line is runs.RESULT_COLUMNS."""
-    expected = "results columns: " + ", ".join(runs.RESULT_COLUMNS)
+    """The stored 'results columns' line is results.RESULT_COLUMNS."""
+    expected = "results columns: " + ", ".join(results.RESULT_COLUMNS)
     for path in NOTEBOOKS[:3]:
         outputs = "".join(o.get("text", "") for c in _code(_read(path)) for o in c.outputs)
         assert expected in outputs, path.name
@@ -101,3 +107,37 @@ def test_run_all_help_and_bad_arguments():
         assert option in out.stdout
     bad = subprocess.run([str(script), "--profile", "huge"], capture_output=True, text=True)
     assert bad.returncode == 2 and "allowed: auto, smoke, cpu, full" in bad.stderr
+
+
+PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5E"
+           "rkJggg==")
+
+
+def test_reports_are_self_contained_with_alt_text(tmp_path):
+    """A report reads offline: no script, stylesheet or font from the internet; figures
+    embedded with the alt text `report.show` gives them."""
+    from bs4 import BeautifulSoup
+
+    from cnnlib import pipeline
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    figure = nbformat.v4.new_output("display_data", data={"image/png": PNG_1X1},
+                                    metadata={"image/png": {"alt": "Test accuracy <by> depth"}})
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title\n\n**Question.** Does it work?"),
+                nbformat.v4.new_code_cell("show(fig)", outputs=[figure])]
+    executed, html = tmp_path / "nb.ipynb", tmp_path / "nb.html"
+    nbformat.write(nb, executed)
+    pipeline.export_html(executed, html)
+    soup = BeautifulSoup(html.read_text(), "html.parser")
+    fetched = [t.get("src") or t.get("href") for t in soup.find_all(["script", "link", "img"])
+               if re.match(r"(https?:)?//", t.get("src") or t.get("href") or "")]
+    assert fetched == []
+    assert not any("https://" in s.get_text() for s in soup.find_all("script"))
+    assert not any(re.search(r"@import|url\((['\"])?(https?:)?//", s.get_text())
+                   for s in soup.find_all("style"))
+    images = soup.find_all("img")
+    assert [i["alt"] for i in images] == ["Test accuracy <by> depth"]
+    assert images[0]["src"].startswith("data:image/png;base64,")
+    assert "Does it work?" in soup.get_text() and "show(fig)" not in soup.get_text()

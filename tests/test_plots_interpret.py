@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -176,7 +177,9 @@ def test_plot_attributions_writes_png(tmp_path, synthetic_cifar10):
     maps = {"Grad-CAM": interpret.gradcam(model, x, target),
             "saliency": interpret.saliency(model, x, target)}
     fig = interpret.plot_attributions(images, maps, titles=["a", "b", "c"], path=tmp_path / "a.png")
-    assert len(fig.axes) == 9
+    assert len(fig.axes) == 10  # 3 x 3 images and one colour bar
+    assert "attribution" in fig.axes[-1].get_ylabel()
+    assert [ax.get_title() for ax in fig.axes[:6]] == ["a", "Grad-CAM", "saliency", "b", "", ""]
     _assert_png(tmp_path / "a.png")
 
 
@@ -287,9 +290,10 @@ def test_run_plots_write_pngs(tmp_path, synthetic_cifar10):
     figs = {
         "history.png": plots.plot_history(
             {"a": _history(5, True), "b": _history(3, False)}, tmp_path / "history.png"),
-        "bars.png": plots.plot_bars(df, "depth", "test_acc", hue="residual",
-                                    path=tmp_path / "bars.png", ylabel="accuracy", title="t"),
-        "bars1.png": plots.plot_bars(df, "depth", "test_acc", path=tmp_path / "bars1.png"),
+        "points.png": plots.plot_points(df, "depth", "test_acc", hue="residual",
+                                        path=tmp_path / "points.png", value_label="accuracy",
+                                        title="t"),
+        "points1.png": plots.plot_points(df, "depth", "test_acc", path=tmp_path / "points1.png"),
         "lines.png": plots.plot_lines(df, "depth", "test_acc", hue="residual",
                                       path=tmp_path / "lines.png", title="t"),
         "lr.png": plots.plot_lr_find(
@@ -303,11 +307,166 @@ def test_run_plots_write_pngs(tmp_path, synthetic_cifar10):
     for name, fig in figs.items():
         assert isinstance(fig, Figure)
         _assert_png(tmp_path / name)
-    bar_labels = [t.get_text() for t in figs["bars1.png"].axes[0].texts]
-    assert len(bar_labels) == 3 and all(bar_labels)
+    value_labels = [t.get_text() for t in figs["points1.png"].axes[0].texts]
+    assert value_labels == ["0.575", "0.615", "0.655"]  # the mean over the seeds of each depth
 
 
 def test_plot_without_path_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fig = plots.plot_history({"a": _history(2, False)})
     assert isinstance(fig, Figure) and not list(tmp_path.iterdir())
+
+
+# -- figures read at a glance: percent axes, zoomed values, legends outside, names, alt text ---
+
+
+def _tick(axis, value) -> str:
+    return axis.get_major_formatter()(value, 0)
+
+
+def _legend_clear_of_axes(fig, ax) -> None:
+    fig.draw_without_rendering()
+    legend = ax.get_legend()
+    assert legend is not None
+    box, frame = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= frame.x1 or box.y0 >= frame.y1, (box, frame)
+
+
+def _png_description(path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as png:
+        return png.text.get("Description", "")
+
+
+def _accuracy_table(low: float, high: float) -> pd.DataFrame:
+    """Accuracies of 80-90% (in percent) for 4 labels x 2 datasets x 2 seeds."""
+    values = iter(torch.linspace(low, high, 16).tolist())
+    return pd.DataFrame([{"label": f"aug {k}", "dataset": ds, "seed": s, "acc %": next(values)}
+                         for ds in ("cifar10", "cifar100") for k in range(4) for s in range(2)])
+
+
+def test_history_accuracy_in_percent_legend_outside_panel_titles():
+    fig = plots.plot_history({"a": _history(5, True), "b": _history(3, False)})
+    loss, acc = fig.axes
+    assert (loss.get_title(), acc.get_title()) == ("loss", "accuracy")
+    assert _tick(acc.yaxis, 0.5) == "50%"
+    _legend_clear_of_axes(fig, acc)
+    labels = [t.get_text() for t in acc.get_legend().get_texts()]
+    assert labels == ["a", "b", "train", "validation"]  # colours name runs, line styles splits
+    assert "a, b" in fig.get_label()
+
+
+def test_points_zoom_to_values_of_a_few_points_and_panel_per_dataset(tmp_path):
+    df = _accuracy_table(80, 90)
+    fig = plots.plot_points(df, "label", "acc %", panel="dataset", percent=100,
+                            path=tmp_path / "p.png", title="ablation")
+    c10, c100 = fig.axes
+    assert (c10.get_title(), c100.get_title()) == ("cifar10", "cifar100")
+    for ax in fig.axes:
+        assert ax.get_xlim()[0] > 70  # dots, not bars: the value axis need not start at 0
+        assert _tick(ax.xaxis, 85) == "85%"
+        assert ax.get_xlabel() == "acc"  # the ticks say percent already
+    assert [t.get_text() for t in c10.get_yticklabels()] == [f"aug {k}" for k in range(4)]
+    assert c10.texts[0].get_text() == "80.3%"
+    alt = _png_description(tmp_path / "p.png")
+    assert alt == fig.get_label() and alt.startswith("ablation.") and "highest aug 3" in alt
+
+
+def test_points_and_lines_legends_outside_the_data():
+    df = _accuracy_table(80, 90)
+    points = plots.plot_points(df, "label", "acc %", hue="dataset", percent=100)
+    _legend_clear_of_axes(points, points.axes[0])
+    sweep = _sweep_table()
+    lines = plots.plot_lines(sweep, "depth", "test_acc", hue="residual", percent=1)
+    _legend_clear_of_axes(lines, lines.axes[0])
+    assert _tick(lines.axes[0].yaxis, 0.625) == "62.5%"
+    assert lines.axes[0].get_ylim()[0] > 0.5
+
+
+def test_lines_panels_own_ranges_and_zero_line():
+    df = pd.DataFrame({"minutes": [1.0, 3.0, 2.0], "acc": [0.85, 0.93, 0.76],
+                       "recipe": ["fast", "fast", "slow"], "gap": [-1.0, 0.5, 0.2]})
+    fig = plots.plot_lines(df, "minutes", "acc", hue="recipe", panel="recipe", percent=1)
+    fast, slow = fig.axes
+    assert (fast.get_title(), slow.get_title()) == ("fast", "slow")
+    assert slow.get_ylim()[1] < fast.get_ylim()[0]  # each panel its own range
+    assert fast.get_legend() is None  # the panel titles already name the recipes
+    gap = plots.plot_lines(df, "minutes", "gap")
+    assert any(list(line.get_ydata()) == [0, 0] for line in gap.axes[0].lines)
+
+
+def test_per_class_accuracy_percent_and_legend_outside(synthetic_cifar100):
+    acc = torch.linspace(0.1, 0.9, 10)
+    fig = plots.plot_per_class_accuracy({"best": acc, "baseline": acc.flip(0)}, [f"c{i}" for i in range(10)])
+    _legend_clear_of_axes(fig, fig.axes[0])
+    assert _tick(fig.axes[0].yaxis, 0.3) == "30%"
+    many = plots.plot_per_class_accuracy({"best": torch.rand(100), "baseline": torch.rand(100)},
+                                         synthetic_cifar100.classes)
+    assert _tick(many.axes[0].xaxis, 0.3) == "30%"
+    _legend_clear_of_axes(many, many.axes[0])
+
+
+def test_cifar100_confusion_names_superclasses_on_a_log_scale(tmp_path, synthetic_cifar100):
+    data = synthetic_cifar100
+    preds, labels = _confusion(100, n=5000)
+    conf = confusion_matrix(preds, labels, 100)
+    order, bounds = plots.superclass_order(data.fine_to_coarse)
+    fig = plots.plot_confusion(conf, data.classes, tmp_path / "c.png", order=order,
+                               group_bounds=bounds, groups=data.superclasses, title="CIFAR-100")
+    ax = fig.axes[0]
+    names = [s.replace("_", " ") for s in data.superclasses]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    image = ax.get_images()[0]
+    assert isinstance(image.norm, LogNorm) and image.norm.vmax == 1
+    assert image.norm.vmin == pytest.approx(1 / int(conf.sum(1).max()))  # one image of a class
+    assert _tick(fig.axes[1].yaxis, 0.01) == "1%"
+    assert "Largest errors:" in _png_description(tmp_path / "c.png")
+    with pytest.raises(ValueError, match="groups"):
+        plots.plot_confusion(conf, data.classes, order=order, group_bounds=bounds, groups=["x"])
+
+
+def test_small_confusion_cells_in_percent_zeros_blank():
+    counts = torch.tensor([[90, 10, 0], [3, 97, 0], [0, 0, 100]])
+    fig = plots.plot_confusion(counts, ["a", "b", "c"])
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(["90", "10", "3", "97", "100"])
+
+
+def test_feature_map_figures_name_layers_for_readers_and_have_colour_bars(tmp_path, synthetic_cifar10):
+    model = _model("baseline", depth=6, residual=True)
+    labels = interpret.layer_labels(model)
+    n = len(labels)
+    assert list(labels.values())[0] == f"conv 1 of {n}"
+    projections = {name for name, m in interpret.conv_layers(model) if m.kernel_size == (1, 1)}
+    assert projections and {k for k, v in labels.items() if v.endswith(", 1x1 shortcut")} == projections
+    data = synthetic_cifar10
+    paths = interpret.save_feature_maps(model, data.test_images[:1], (0.5,) * 3, (0.25,) * 3,
+                                        tmp_path, max_channels=4, classes=data.classes,
+                                        labels=data.test_labels[:1])
+    first = _png_description(paths[0])
+    assert f"conv 1 of {n}" in first and "4 of" in first
+    overview = _png_description(paths[-1])
+    assert paths[-1].name == "sample0_overview.png" and f"each of {n} conv layers" in overview
+
+
+def test_first_layer_filters_title_and_alt():
+    fig = interpret.plot_first_layer_filters(_model("baseline"), title="baseline model")
+    title = fig.axes[0].get_title()
+    assert title.startswith("baseline model\nfirst conv layer:") and "features" not in title
+    assert "3x3 pixels" in fig.get_label()
+
+
+def test_tradeoffs_markers_per_variant_legend_outside_error_bars():
+    variants = ["fp32", "int8", "channels 50%"]
+    df = pd.DataFrame([{"model": m, "variant": v, "size_mb": (1 + i) * (3 if m == "best" else 1),
+                        "latency_ms_b1": 0.5 + i, "latency_ms_b1_std": 0.1, "test_acc": 0.8 + i / 50}
+                       for m in ("baseline", "best") for i, v in enumerate(variants)])
+    fig = plots.plot_tradeoffs(df)
+    size, latency = fig.axes
+    _legend_clear_of_axes(fig, latency)
+    assert [t.get_text() for t in latency.get_legend().get_texts()] == ["baseline", "best", *variants]
+    assert not size.texts and _tick(size.yaxis, 0.85) == "85%"
+    assert len({line.get_marker() for line in size.lines if line.get_xdata().size}) == 3
+    assert latency.collections and not size.collections  # x error bars only where a std is given
+    assert "smallest fp32" in fig.get_label()

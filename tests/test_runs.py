@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from cifar_files import write_synthetic
 
-from cnnlib import report, runs, studies
-from cnnlib.data import write_synthetic
+from cnnlib import report, results, runs, studies
 from cnnlib.train import RunConfig, Trainer
 
 REQUIRED_COLUMNS = ["dataset", "model", "options", "augmentations", "seed", "epochs", "val_acc",
@@ -45,7 +47,7 @@ def test_cache_hit_returns_the_same_result_without_training(synthetic_root, cach
     def no_training(*args, **kwargs):
         raise AssertionError("a cached run was trained again")
 
-    monkeypatch.setattr(runs, "train", no_training)
+    monkeypatch.setattr(runs, "train_or_launch", no_training)
     again = _run(_config(), cache, synthetic_root)
     assert again.path == first.path
     assert again.result == json.loads(json.dumps(first.result, default=float))
@@ -61,6 +63,30 @@ def test_key_includes_config_and_data_fingerprint(synthetic_root, tmp_path):
     assert runs.run_dir(config, tmp_path, other) != here  # other data, other run
     assert runs.run_dir(config.replace(seed=1), tmp_path, synthetic_root) != here
     assert here.name.startswith("cifar10-baseline-")
+
+
+def test_equal_configs_share_a_run_and_changed_code_does_not(synthetic_root, tmp_path, monkeypatch):
+    here = runs.run_dir(_config(epochs=2), tmp_path, synthetic_root)
+    assert runs.run_dir(_config(epochs=2.0), tmp_path, synthetic_root) == here
+    monkeypatch.setattr(runs, "code_version", lambda: "edited")
+    assert runs.run_dir(_config(epochs=2), tmp_path, synthetic_root) != here
+
+
+def test_code_version_follows_the_code_not_its_comments(tmp_path):
+    package = Path(runs.__file__).parent
+    copy = tmp_path / "cnnlib"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert runs.code_version(copy) == runs.code_version(package)
+    train_py = copy / "train.py"
+    source = train_py.read_text()
+    train_py.write_text(source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
+    runs.code_version.cache_clear()  # it is computed once per process
+    assert runs.code_version(copy) == runs.code_version(package)
+    assert "STEP_MILESTONES = (0.5, 0.75)" in source
+    train_py.write_text(source.replace("STEP_MILESTONES = (0.5, 0.75)", "STEP_MILESTONES = (0.5, 0.8)"))
+    runs.code_version.cache_clear()
+    assert runs.code_version(copy) != runs.code_version(package)
+    assert all((package / name).exists() for name in runs.RESULT_SOURCES)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(synthetic_root, tmp_path):
@@ -104,18 +130,18 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     run_a = _run(_config(epochs=1), cache, synthetic_root)
     run_b = _run(_config(epochs=1, seed=1), cache, synthetic_root)
     out = tmp_path / "out"
-    df = runs.save_results([run_a, run_b], "01_baseline", out)
-    assert list(df.columns) == runs.RESULT_COLUMNS
+    df = results.save_results([run_a, run_b], "01_baseline", out)
+    assert list(df.columns) == results.RESULT_COLUMNS
     assert set(REQUIRED_COLUMNS) <= set(df.columns)
-    runs.save_results([run_b], "02_other", out)  # the same run in a second study
+    results.save_results([run_b], "02_other", out)  # the same run in a second study
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{runs.BEGIN}\nold\n{runs.END}\ntail\n")
-    merged = runs.collect_results(out, readme)
+    readme.write_text(f"# x\n\n{results.BEGIN}\nold\n{results.END}\ntail\n")
+    merged = results.collect_results(out, readme)
     assert len(merged) == 2  # one row per run
-    assert list(pd.read_csv(out / "results.csv").columns) == runs.RESULT_COLUMNS
+    assert list(pd.read_csv(out / "results.csv").columns) == results.RESULT_COLUMNS
     assert "| study |" in (out / "results.md").read_text()
     text = readme.read_text()
-    assert "old" not in text and "| dataset |" in text and text.endswith(f"{runs.END}\ntail\n")
+    assert "old" not in text and "| dataset |" in text and text.endswith(f"{results.END}\ntail\n")
     assert "±" in text  # two seeds: mean ± std
     assert merged["hardware"].str.contains("torch ").all() and "threads, torch" in text
     assert run_a.result["hardware"].endswith(f"torch {torch.__version__.split('+')[0]}")
@@ -124,17 +150,17 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
 
 def test_update_readme_replaces_between_markers_only(tmp_path):
     path = tmp_path / "README.md"
-    path.write_text(f"head\n{runs.BEGIN}\nold table\n{runs.END}\ntail\n")
-    assert runs.update_readme(path, "| a |\n|---|\n| 1 |")
-    assert runs.update_readme(path, "| a |\n|---|\n| 1 |")  # idempotent
-    assert path.read_text() == f"head\n{runs.BEGIN}\n| a |\n|---|\n| 1 |\n{runs.END}\ntail\n"
+    path.write_text(f"head\n{results.BEGIN}\nold table\n{results.END}\ntail\n")
+    assert results.update_readme(path, "| a |\n|---|\n| 1 |")
+    assert results.update_readme(path, "| a |\n|---|\n| 1 |")  # idempotent
+    assert path.read_text() == f"head\n{results.BEGIN}\n| a |\n|---|\n| 1 |\n{results.END}\ntail\n"
     path.write_text("no markers here\n")
-    assert not runs.update_readme(path, "x")
+    assert not results.update_readme(path, "x")
     assert path.read_text() == "no markers here\n"
 
 
 def test_key_results_without_rows():
-    assert "No results" in runs.key_results(pd.DataFrame(columns=runs.RESULT_COLUMNS))
+    assert "No results" in results.key_results(pd.DataFrame(columns=results.RESULT_COLUMNS))
 
 
 # -- profiles and locations -----------------------------------------------------------------------
@@ -234,7 +260,8 @@ def test_delta_and_summary_tables():
     delta = report.delta_table(_frame(), reference="none", order=["none", "crop"])
     assert list(delta.index) == ["none", "crop"]
     assert delta.loc["crop", "cifar10 Δ pp"] == "+10.0 ± 0.0"
-    assert delta.loc["none", "cifar100 Δ pp"] == "+0.0 ± 0.0"
+    assert delta.loc["crop", "cifar10 verdict"] == "improves"  # +10 pp on both seeds
+    assert delta.loc["none", "cifar100 verdict"] == "reference"
     summary = report.summary_table(_frame())
     assert summary.loc[("cifar10", "crop"), "seeds"] == 2
     assert summary.loc[("cifar10", "crop"), "test acc %"] == "60.5 ± 0.7"

@@ -15,8 +15,7 @@ with a single conv has no skip: depth 2 and 3 are the same network either way.
 The number of ``kernel_size`` convs is ``depth`` in both variants, which is
 what makes plain vs residual at equal depth a fair comparison.
 
-``stage_dropout`` adds dropout after every max-pool (as in the classic
-VGG-style CIFAR CNNs); ``dropout`` acts on the pooled features before the head.
+``dropout`` acts on the pooled features before the head.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import check_bool, check_choice, check_float, check_int, init_weights, register_model
+from .parts import check_bool, check_choice, check_float, check_int, init_weights
+from .registry import register_model
 
 
 def stage_sizes(depth: int) -> list[int]:
@@ -66,17 +66,24 @@ class ResidualPair(nn.Module):
 
 
 class BaselineCNN(nn.Module):
+    """Simple CNN of ``depth`` Conv-BN-ReLU layers (2..10) in three stages."""
+
     def __init__(
         self,
         num_classes: int = 10,
+        *,
         depth: int = 6,
         width: int = 32,
         kernel_size: int = 3,
         residual: bool = False,
         dropout: float = 0.0,
-        stage_dropout: float = 0.0,
     ):
         super().__init__()
+        depth = check_int("depth", depth, 2, 10)
+        width = check_int("width", width, 1, 1024)
+        kernel_size = check_choice("kernel_size", kernel_size, (3, 5, 7))
+        residual = check_bool("residual", residual)
+        dropout = check_float("dropout", dropout, 0.0, 1.0)
         stages = []
         c_in = 3
         for i, n in enumerate(stage_sizes(depth)):
@@ -92,8 +99,6 @@ class BaselineCNN(nn.Module):
                 layers.append(block(c_in, c_out, kernel_size))
                 c_in = c_out
             layers.append(nn.MaxPool2d(2))
-            if stage_dropout > 0:
-                layers.append(nn.Dropout(stage_dropout))
             stages.append(nn.Sequential(*layers))
         self.features = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -107,24 +112,6 @@ class BaselineCNN(nn.Module):
 
 
 @register_model
-def baseline(
-    num_classes: int = 10,
-    *,
-    depth: int = 6,
-    width: int = 32,
-    kernel_size: int = 3,
-    residual: bool = False,
-    dropout: float = 0.0,
-    stage_dropout: float = 0.0,
-) -> BaselineCNN:
-    """Simple CNN of ``depth`` Conv-BN-ReLU layers (2..10) in three stages."""
-    name = "baseline"
-    return BaselineCNN(
-        num_classes,
-        depth=check_int(name, "depth", depth, 2, 10),
-        width=check_int(name, "width", width, 1, 1024),
-        kernel_size=check_choice(name, "kernel_size", kernel_size, (3, 5, 7)),
-        residual=check_bool(name, "residual", residual),
-        dropout=check_float(name, "dropout", dropout, 0.0, 1.0),
-        stage_dropout=check_float(name, "stage_dropout", stage_dropout, 0.0, 1.0),
-    )
+def baseline(num_classes: int = 10, **kwargs) -> BaselineCNN:
+    """The study's simple CNN (options: see BaselineCNN)."""
+    return BaselineCNN(num_classes, **kwargs)

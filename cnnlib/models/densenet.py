@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import PooledClassifier, check_float, check_int, register_model
+from .parts import PooledClassifier, check_float, check_int
+from .registry import register_model
 
 
 class Bottleneck(nn.Module):
@@ -44,14 +45,23 @@ class Transition(nn.Sequential):
 
 
 class DenseNetBC(PooledClassifier):
+    """DenseNet-BC; ``depth`` = 6n + 4 (40 -> 6 layers per block, 100 -> 16)."""
+
     def __init__(
         self,
         num_classes: int = 10,
+        *,
         depth: int = 40,
         growth: int = 12,
         compression: float = 0.5,
         dropout: float = 0.0,
     ):
+        depth = check_int("depth", depth, 10, 250)
+        if (depth - 4) % 6:
+            raise ValueError(f"option 'depth' must be 6n + 4 (e.g. 40, 100, 190); got {depth}")
+        growth = check_int("growth", growth, 1, 128)
+        compression = check_float("compression", compression, 0.1, 1.0, high_open=False)
+        dropout = check_float("dropout", dropout, 0.0, 1.0)
         n = (depth - 4) // 6
         c = 2 * growth
         layers: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1, bias=False)]
@@ -70,23 +80,6 @@ class DenseNetBC(PooledClassifier):
 
 
 @register_model
-def densenet_bc(
-    num_classes: int = 10,
-    *,
-    depth: int = 40,
-    growth: int = 12,
-    compression: float = 0.5,
-    dropout: float = 0.0,
-) -> DenseNetBC:
-    """DenseNet-BC; ``depth`` = 6n + 4 (40 -> 6 layers per block, 100 -> 16)."""
-    name = "densenet_bc"
-    depth = check_int(name, "depth", depth, 10, 250)
-    if (depth - 4) % 6:
-        raise ValueError(f"{name}: option 'depth' must be 6n + 4 (e.g. 40, 100, 190); got {depth}")
-    return DenseNetBC(
-        num_classes,
-        depth=depth,
-        growth=check_int(name, "growth", growth, 1, 128),
-        compression=check_float(name, "compression", compression, 0.1, 1.0, high_open=False),
-        dropout=check_float(name, "dropout", dropout, 0.0, 1.0),
-    )
+def densenet_bc(num_classes: int = 10, **kwargs) -> DenseNetBC:
+    """DenseNet-BC, by default BC-40 with growth 12 (options: see DenseNetBC)."""
+    return DenseNetBC(num_classes, **kwargs)

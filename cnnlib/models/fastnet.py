@@ -29,7 +29,8 @@ import numbers
 import torch
 from torch import nn
 
-from . import check_float, register_model
+from .parts import check_float
+from .registry import register_model
 
 
 class DiracConv(nn.Conv2d):
@@ -74,10 +75,13 @@ class FastNet(nn.Module):
     def __init__(
         self,
         num_classes: int = 10,
+        *,
         widths: tuple[int, int, int] = (64, 256, 256),
         scaling_factor: float = 1 / 9,
     ):
         super().__init__()
+        widths = _check_widths(widths)
+        scaling_factor = check_float("scaling_factor", scaling_factor, 1e-6, 1e6)
         whiten_width = 2 * 3 * 2 * 2  # +/- each of the 12 eigen-directions of 2x2x3 patches
         whiten = DiracConv(3, whiten_width, kernel_size=2, padding=0, bias=True)
         whiten.weight.requires_grad_(False)
@@ -144,22 +148,13 @@ def _check_widths(value) -> tuple[int, int, int]:
     )
     if not ok:
         raise ValueError(
-            f"fastnet: option 'widths' must be three positive integers, e.g. (64, 256, 256); "
+            f"option 'widths' must be three positive integers, e.g. (64, 256, 256); "
             f"got {value!r}"
         )
     return tuple(int(v) for v in value)
 
 
 @register_model
-def fastnet(
-    num_classes: int = 10,
-    *,
-    widths: tuple[int, int, int] = (64, 256, 256),
-    scaling_factor: float = 1 / 9,
-) -> FastNet:
+def fastnet(num_classes: int = 10, **kwargs) -> FastNet:
     """airbench94's network (94% on CIFAR-10 in ~10 epochs with its recipe), 1.97M params."""
-    return FastNet(
-        num_classes,
-        widths=_check_widths(widths),
-        scaling_factor=check_float("fastnet", "scaling_factor", scaling_factor, 1e-6, 1e6),
-    )
+    return FastNet(num_classes, **kwargs)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import PooledClassifier, register_model, residual_stages
+from .parts import PooledClassifier, residual_stages
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -58,18 +59,18 @@ class CifarResNet(PooledClassifier):
 
 
 @register_model
-def resnet20(num_classes: int = 10) -> CifarResNet:
+def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:
     """He et al. CIFAR ResNet-20 (3x3 basic blocks, 16-32-64), 0.27M params."""
-    return CifarResNet((3, 3, 3), (16, 32, 64), num_classes)
+    return CifarResNet((3, 3, 3), (16, 32, 64), num_classes, **kwargs)
 
 
 @register_model
-def resnet56(num_classes: int = 10) -> CifarResNet:
+def resnet56(num_classes: int = 10, **kwargs) -> CifarResNet:
     """He et al. CIFAR ResNet-56 (9 blocks per stage, 16-32-64), 0.86M params."""
-    return CifarResNet((9, 9, 9), (16, 32, 64), num_classes)
+    return CifarResNet((9, 9, 9), (16, 32, 64), num_classes, **kwargs)
 
 
 @register_model
-def resnet18(num_classes: int = 10) -> CifarResNet:
+def resnet18(num_classes: int = 10, **kwargs) -> CifarResNet:
     """ResNet-18 with a 3x3 stem for 32x32 inputs (kuangliu/pytorch-cifar), 11.2M params."""
-    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes)
+    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, **kwargs)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import PooledClassifier, check_float, register_model, residual_stages
+from .parts import PooledClassifier, check_float, residual_stages
+from .registry import register_model
 
 
 class PreActBlock(nn.Module):
@@ -42,7 +43,8 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(PooledClassifier):
-    def __init__(self, depth: int, widen: int, num_classes: int = 10, dropout: float = 0.0):
+    def __init__(self, depth: int, widen: int, num_classes: int = 10, *, dropout: float = 0.0):
+        dropout = check_float("dropout", dropout, 0.0, 1.0)
         if (depth - 4) % 6:
             raise ValueError(f"wide resnet: depth must be 6n + 4; got {depth}")
         n = (depth - 4) // 6
@@ -55,12 +57,12 @@ class WideResNet(PooledClassifier):
 
 
 @register_model
-def wrn16_4(num_classes: int = 10, *, dropout: float = 0.0) -> WideResNet:
+def wrn16_4(num_classes: int = 10, **kwargs) -> WideResNet:
     """WRN-16-4, 2.7M params."""
-    return WideResNet(16, 4, num_classes, check_float("wrn16_4", "dropout", dropout, 0.0, 1.0))
+    return WideResNet(16, 4, num_classes, **kwargs)
 
 
 @register_model
-def wrn28_10(num_classes: int = 10, *, dropout: float = 0.0) -> WideResNet:
+def wrn28_10(num_classes: int = 10, **kwargs) -> WideResNet:
     """WRN-28-10, 36.5M params."""
-    return WideResNet(28, 10, num_classes, check_float("wrn28_10", "dropout", dropout, 0.0, 1.0))
+    return WideResNet(28, 10, num_classes, **kwargs)

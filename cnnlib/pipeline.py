@@ -1,0 +1,273 @@
+"""The study's main loop: execute the notebooks, export their reports, rebuild the results.
+
+`./run_all.sh` sets up `.venv`, then hands its flags to `python -m cnnlib.pipeline`:
+
+    --profile P     auto (default: $CNNLIB_PROFILE, else full on CUDA, cpu otherwise), smoke, cpu, full
+    --only NB       one notebook: 01, 01_baseline or notebooks/01_baseline.ipynb
+    --force         execute notebooks again even when already done
+    --nproc N       train each run on N local processes with torchrun (default $CNNLIB_NPROC or 1)
+
+Each notebook is executed with papermill (parameter PROFILE, kernel python3, cwd the project
+root) into <outputs>/notebooks/, exported to <outputs>/reports/<name>.html without code and
+without the outputs of cells tagged remove_output, and marked done. A notebook is skipped when
+its marker holds the same profile and the same hashes of the notebook and of cnnlib's sources:
+the training runs come from the run cache anyway, so a killed pipeline started again loses at
+most the epoch in progress. Bad flags stop with one line and exit status 2, a failed notebook
+with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import nbformat
+import papermill
+from bs4 import BeautifulSoup  # nbconvert's own HTML parser
+from nbconvert import HTMLExporter
+from traitlets.config import Config
+
+from . import runs
+from .obtain import DATASETS, obtain
+from .results import collect_results
+from .studies import plan
+
+PREFIX = "[run_all]"
+PROFILE_CHOICES = ("auto", *runs.PROFILES)
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+KERNEL = "python3"
+REMOVE_OUTPUT_TAG = "remove_output"  # training logs: kept in the executed notebook, not the report
+NPROC_ENV = "CNNLIB_NPROC"  # read by the run cache: >1 trains each run through torchrun
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line (argparse would print the usage first)
+        print(f"run_all: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, checked: a bad one exits with status 2 and one line naming the allowed values."""
+    p = _Parser(prog="run_all.sh", allow_abbrev=False,
+                description="Execute the notebooks, export their HTML reports, rebuild the "
+                            "results tables (./run_all.sh sets up .venv first).")
+    p.add_argument("--profile", default=os.environ.get(runs.PROFILE_ENV) or "auto",
+                   help=f"one of {', '.join(PROFILE_CHOICES)} (default $CNNLIB_PROFILE or auto)")
+    p.add_argument("--only", metavar="NOTEBOOK",
+                   help="one notebook: 01, 01_baseline or notebooks/01_baseline.ipynb")
+    p.add_argument("--force", action="store_true", help="execute notebooks again even when done")
+    p.add_argument("--nproc", default=os.environ.get(NPROC_ENV) or "1",
+                   help="processes per training run (torchrun; default $CNNLIB_NPROC or 1)")
+    args = p.parse_args(argv)
+    if args.profile not in PROFILE_CHOICES:
+        p.error(f"--profile '{args.profile}' is not allowed; allowed: {', '.join(PROFILE_CHOICES)}")
+    if not (args.nproc.isdigit() and int(args.nproc) >= 1):
+        p.error(f"--nproc '{args.nproc}' is not allowed; give a whole number >= 1")
+    args.nproc = int(args.nproc)
+    return args
+
+
+def notebooks_in(folder: Path) -> list[Path]:
+    """The study's notebooks (NN_name.ipynb), in order."""
+    return sorted(Path(folder).glob(NOTEBOOK_GLOB))
+
+
+def select(notebooks: list[Path], only: str | None) -> list[Path]:
+    """All notebooks, or the one `only` names (01, 01_baseline, notebooks/01_baseline.ipynb)."""
+    if not only:
+        return notebooks
+    want = Path(only).name.removesuffix(".ipynb")
+    hits = [nb for nb in notebooks if nb.stem == want or nb.stem.startswith(want + "_")]
+    if len(hits) != 1:
+        names = ", ".join(nb.stem for nb in notebooks)
+        raise ValueError(f"--only '{only}' matches {len(hits)} notebooks; choose one of: {names}")
+    return hits
+
+
+# ---------------------------------------------------------------------------
+# Done-markers
+
+
+def _sha16(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def sources_hash() -> str:
+    """A hash of every cnnlib source file: a change anywhere in the package reruns the notebooks."""
+    package = Path(__file__).resolve().parent
+    return _sha16(b"".join(p.read_bytes() for p in sorted(package.rglob("*.py"))))
+
+
+def stamp(profile: str, notebook: Path, sources: str) -> str:
+    return f"profile={profile} notebook={_sha16(Path(notebook).read_bytes())} cnnlib={sources}"
+
+
+def is_done(marker: Path, report: Path, expected: str) -> bool:
+    """Done: the report exists and the marker holds the expected stamp."""
+    return marker.is_file() and report.is_file() and marker.read_text().strip() == expected
+
+
+# ---------------------------------------------------------------------------
+# One notebook
+
+
+def execute(notebook: Path, executed: Path, profile: str) -> None:
+    """Run `notebook` with papermill into `executed`, its cell outputs logged as they come."""
+    papermill.execute_notebook(str(notebook), str(executed), parameters={"PROFILE": profile},
+                               kernel_name=KERNEL, cwd=".", log_output=True, progress_bar=False)
+
+
+def export_html(executed: Path, report: Path) -> None:
+    """The report: no code, no prompts, no outputs of cells tagged remove_output, figures embedded
+    with their alt text, nothing fetched from the internet to read it."""
+    c = Config()
+    c.TemplateExporter.exclude_input = True
+    c.TemplateExporter.exclude_input_prompt = True
+    c.TemplateExporter.exclude_output_prompt = True
+    c.TagRemovePreprocessor.remove_all_outputs_tags = {REMOVE_OUTPUT_TAG}
+    nb = nbformat.read(executed, as_version=4)
+    _images_with_alt_text(nb)
+    resources = {"metadata": {"name": executed.stem}}  # the page title, as from_filename gives it
+    body, _ = HTMLExporter(config=c).from_notebook_node(nb, resources=resources)
+    report.write_text(_offline(body), encoding="utf-8")
+
+
+def _images_with_alt_text(nb) -> None:
+    """nbconvert's template drops a PNG output's alt text (metadata): give such outputs an
+    <img> of their own, which the exporter prefers to the bare PNG."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            alt = out.get("metadata", {}).get("image/png", {}).get("alt")
+            png = out.get("data", {}).get("image/png")
+            if alt and png:
+                out["data"]["text/html"] = (f'<img src="data:image/png;base64,{png.strip()}" '
+                                            f'alt="{html.escape(alt)}">')
+
+
+def _offline(body: str) -> str:
+    """Drop the scripts the template loads from a CDN (require.js, MathJax, mermaid): the
+    reports need none of them, and a reader may have no network."""
+    soup = BeautifulSoup(body, "html.parser")
+    for script in soup.find_all("script"):
+        if ("//" in script.get("src", "") or "https://" in script.get_text()
+                or script.get("type") == "text/x-mathjax-config"):
+            script.decompose()
+    return str(soup)
+
+
+def run_notebooks(notebooks: list[Path], out: Path, profile: str, force: bool = False) -> int:
+    """Execute and export each notebook not done yet; 0, or 1 at the first failure."""
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    (out / "reports").mkdir(parents=True, exist_ok=True)
+    sources = sources_hash()
+    n = len(notebooks)
+    for i, nb in enumerate(notebooks, 1):
+        name = nb.stem
+        executed = out / "notebooks" / f"{name}.ipynb"
+        report = out / "reports" / f"{name}.html"
+        marker = out / "notebooks" / f".{name}.done"
+        expected = stamp(profile, nb, sources)
+        if not force and is_done(marker, report, expected):
+            print(f"{PREFIX} ({i}/{n}) {name}: already done for profile {profile}, skipped "
+                  "(--force runs it again)")
+            continue
+        marker.unlink(missing_ok=True)
+        print(f"{PREFIX} ({i}/{n}) {name}: executing (profile {profile}) -> {executed}")
+        t0 = time.monotonic()
+        try:
+            execute(nb, executed, profile)
+        except papermill.PapermillExecutionError as e:
+            print(e, file=sys.stderr)  # the cell's traceback
+            return _failed(name, profile, executed)
+        except Exception:  # noqa: BLE001 - the kernel died or did not start: same advice
+            traceback.print_exc()
+            return _failed(name, profile, executed)
+        report.unlink(missing_ok=True)
+        try:
+            export_html(executed, report)
+        except Exception as e:  # noqa: BLE001 - any exporter error fails this notebook
+            print(f"{type(e).__name__}: {e}", file=sys.stderr)
+            print(f"{PREFIX} FAILED: HTML export of {name} ({executed})", file=sys.stderr)
+            return 1
+        marker.write_text(expected + "\n")  # last: a half-written report is never marked done
+        print(f"{PREFIX} ({i}/{n}) {name}: done in {int(time.monotonic() - t0)} s -> {report}")
+    return 0
+
+
+def _failed(name: str, profile: str, executed: Path) -> int:
+    print(f"{PREFIX} FAILED: notebook {name} (profile {profile}) stopped with an error.\n"
+          f"{PREFIX} The traceback is above; the executed notebook is {executed}.\n"
+          f"{PREFIX} Fix it and run ./run_all.sh again: finished runs come from the cache.",
+          file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------------------
+# The whole pipeline
+
+
+def obtain_data() -> None:
+    """Both datasets present before the first notebook (the notebooks validate them as they load)."""
+    print("[setup] obtaining CIFAR-10 and CIFAR-100")
+    for name in DATASETS:
+        obtain(name)
+
+
+def collect(out: Path) -> None:
+    """results.csv and results.md; the README's table only for the default outputs folder."""
+    default = Path("outputs")  # runs.outputs_root() without $CNNLIB_OUTPUTS
+    readme = "README.md" if out.resolve() == default.resolve() else None
+    df = collect_results(out, readme)
+    print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
+
+
+def main(argv=None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # keeps our lines in order with papermill's log
+    args = parse_args(argv)
+    try:
+        runs.project_root()  # the working directory from here on
+        notebooks = select(notebooks_in(Path("notebooks")), args.only)
+        profile = runs.resolve_profile(args.profile)
+        obtain_data()
+    except (ValueError, OSError) as e:  # bad flags, missing data, an unusable folder
+        print(f"run_all: {e}", file=sys.stderr)
+        return 2
+    os.environ[NPROC_ENV] = str(args.nproc)
+    os.environ[runs.PROFILE_ENV] = profile  # the notebooks' "auto" resolves to it as well
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # as papermill's command does
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)  # the cells' output, as it comes
+
+    out = runs.outputs_root()
+    print(f"{PREFIX} profile {profile}; outputs in {out}/; {len(notebooks)} notebook(s); "
+          "training runs:")
+    for name, (listed, new) in plan(profile).items():
+        print(f"{PREFIX}   {name}: {listed} runs, {new} not shared with an earlier notebook")
+    start = time.monotonic()
+    try:
+        status = run_notebooks(notebooks, out, profile, force=args.force)
+    except KeyboardInterrupt:
+        print(f"\n{PREFIX} interrupted: run it again to resume (finished runs come from the cache)",
+              file=sys.stderr)
+        return 130
+    if status:
+        return status
+    try:
+        collect(out)
+    except (ValueError, OSError) as e:  # e.g. a results file that cannot be read or written
+        print(f"{PREFIX} FAILED: collecting the results in {out}: {e}", file=sys.stderr)
+        return 1
+    print(f"{PREFIX} finished in {int(time.monotonic() - start)} s: reports in {out}/reports/, "
+          f"results in {out / 'results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
