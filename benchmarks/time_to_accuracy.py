@@ -1,15 +1,21 @@
-"""CIFAR-10 test accuracy against wall-clock time on this machine's CPU.
+"""CIFAR-10 test accuracy against wall-clock time on this machine, with seeds.
 
-Each point is a complete run with its own schedule (a 2-epoch schedule is not
-the first two epochs of a 6-epoch one): the fast recipe (fastnet) at several
-epoch budgets, and the baseline CNN for contrast. Runs go through the run
-cache, so an interrupted benchmark resumes and finished points are reused.
+Each point is a complete run with its own schedule (a 2-epoch schedule is not the
+first two epochs of a 6-epoch one) on the full 50,000 training images: the fast
+recipe (fastnet) at several epoch budgets, and the baseline CNN for contrast.
+Every budget runs with several seeds (``--seeds``; the longest fastnet budget with
+``--seeds-longest``), so each point is a mean with its standard deviation. Runs go
+through the run cache: an interrupted benchmark resumes and finished runs are reused.
+The precision is the trainer's (``auto``: bf16 on a CPU with native bf16, else fp32)
+unless ``--precision`` forces one.
 
-    python benchmarks/time_to_accuracy.py                      # fastnet 2,4,6 epochs + baseline
-    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 6 8 --baseline-epochs 5 10
+    python benchmarks/time_to_accuracy.py                       # fastnet 1,2,3 epochs + baseline
+    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 8 --seeds 2 --seeds-longest 3
 
-Writes outputs/time_to_accuracy.csv and .png. Last line: minutes_to_90=<x>
-(the first budget whose run reaches 90%, interpolated between budgets).
+Writes <outputs>/time_to_accuracy.csv (mean and std per point, with the machine),
+time_to_accuracy_runs.csv (one row per run and seed) and time_to_accuracy.png. The last
+two lines are ``minutes_to_90=<x>`` and ``minutes_to_94=<x>``: where the mean fastnet
+curve first reaches the target, interpolated between budgets (``n/a`` when it does not).
 """
 
 from __future__ import annotations
@@ -21,18 +27,19 @@ from pathlib import Path
 import pandas as pd
 
 from cnnlib import plots, runs
+from cnnlib.device import PRECISIONS
 from cnnlib.train import recipe
 
 
-def minutes_to(df: pd.DataFrame, target: float) -> float | None:
-    """Linear interpolation of minutes at which the accuracy curve first crosses `target`."""
-    pts = df.sort_values("minutes")[["minutes", "test_acc"]].to_numpy()
+def minutes_to(points: pd.DataFrame, target: float) -> float | None:
+    """Minutes at which the mean accuracy curve first reaches `target` (linear interpolation)."""
+    pts = points.sort_values("minutes_mean")[["minutes_mean", "test_acc_mean"]].to_numpy()
+    if len(pts) and pts[0][1] >= target:
+        return float(pts[0][0])
     for (m0, a0), (m1, a1) in zip(pts, pts[1:], strict=False):
-        if a0 >= target:
-            return float(m0)
-        if a1 >= target:
+        if a1 >= target > a0:
             return float(m0 + (target - a0) * (m1 - m0) / (a1 - a0))
-    return float(pts[0][0]) if len(pts) and pts[0][1] >= target else None
+    return None
 
 
 def epochs_arg(text: str) -> float | int:
@@ -41,31 +48,67 @@ def epochs_arg(text: str) -> float | int:
     return int(value) if value.is_integer() else value
 
 
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (recipe, epochs): mean and std over seeds, and where they ran."""
+    g = df.groupby(["recipe", "epochs"], sort=False)
+    out = g.agg(seeds=("seed", lambda s: " ".join(map(str, s))), n=("seed", "size"),
+                minutes_mean=("minutes", "mean"), minutes_std=("minutes", "std"),
+                test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+                hardware=("hardware", "first"), precision=("precision", "first"),
+                commit=("commit", lambda s: " ".join(sorted(set(s)))))
+    return out.reset_index()
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fast-epochs", type=epochs_arg, nargs="+", default=[2, 4, 6])
-    p.add_argument("--baseline-epochs", type=epochs_arg, nargs="+", default=[4])
+    p.add_argument("--fast-epochs", type=epochs_arg, nargs="+", default=[1, 2, 3])
+    p.add_argument("--baseline-epochs", type=epochs_arg, nargs="*", default=[6])
+    p.add_argument("--seeds", type=int, default=2, help="seeds per budget (default 2)")
+    p.add_argument("--seeds-longest", type=int, default=3,
+                   help="seeds for the longest fastnet budget (default 3)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--out", default=os.environ.get("CNNLIB_OUTPUTS", "outputs"))
     args = p.parse_args()
+    if args.seeds < 1 or args.seeds_longest < 1:
+        p.error("--seeds and --seeds-longest must be >= 1")
 
-    points = [("fastnet", recipe("fastnet", epochs=e)) for e in args.fast_epochs]
-    points += [("baseline", recipe("baseline", epochs=e, val_size=0)) for e in args.baseline_epochs]
+    longest = max(args.fast_epochs)
+    points = []
+    for e in args.fast_epochs:
+        n = args.seeds_longest if e == longest else args.seeds
+        points += [("fastnet", recipe("fastnet", epochs=e, seed=s, precision=args.precision))
+                   for s in range(n)]
+    points += [("baseline", recipe("baseline", epochs=e, val_size=0, seed=s,
+                                   precision=args.precision))
+               for e in args.baseline_epochs for s in range(args.seeds)]
     rows = []
     for i, (name, config) in enumerate(points, 1):
-        print(f"[{i}/{len(points)}] {name} {config.epochs:g} epochs", flush=True)
+        print(f"[{i}/{len(points)}] {name} {config.epochs:g} epochs, seed {config.seed}", flush=True)
         r = runs.run(config, f"{name} {config.epochs:g} ep", profile="cpu")
-        rows.append({"recipe": name, "epochs": config.epochs, "minutes": r.result["wall_seconds"] / 60,
-                     "test_acc": r.test_acc, "device": r.result["device"], "run_key": r.path.name})
+        rows.append({"recipe": name, "epochs": config.epochs, "seed": config.seed,
+                     "minutes": r.result["wall_seconds"] / 60, "test_acc": r.test_acc,
+                     "precision": r.row()["precision"], "hardware": r.row()["hardware"],
+                     "commit": r.result.get("commit", ""), "run_key": r.path.name})
     df = pd.DataFrame(rows)
+    summary = summarize(df)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "time_to_accuracy.csv", index=False)
-    plots.plot_lines(df.assign(test_acc_pct=df.test_acc * 100), x="minutes", y="test_acc_pct",
-                     hue="recipe", path=out / "time_to_accuracy.png",
-                     ylabel="CIFAR-10 test accuracy (%)", title="Accuracy vs wall-clock minutes (CPU)")
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    m = minutes_to(df[df.recipe == "fastnet"], 0.90)
-    print(f"minutes_to_90={m:.1f}" if m is not None else "minutes_to_90=n/a")
+    df.to_csv(out / "time_to_accuracy_runs.csv", index=False)
+    summary.to_csv(out / "time_to_accuracy.csv", index=False)
+    machine = f"{summary['hardware'].iloc[0]}, {summary['precision'].iloc[0]}"
+    plots.plot_time_to_accuracy(summary, path=out / "time_to_accuracy.png",
+                                title=f"Time to accuracy: {machine}")
+    cols = ["recipe", "epochs", "n", "minutes_mean", "minutes_std", "test_acc_mean", "test_acc_std",
+            "precision"]
+    print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"machine: {machine}")
+    fast = summary[summary.recipe == "fastnet"]
+    print(f"minutes_to_90={fmt(minutes_to(fast, 0.90))}")
+    print(f"minutes_to_94={fmt(minutes_to(fast, 0.94))}")
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
+    from cnnlib.device import cpu_model, precision_note, resolve_precision
     from cnnlib.models import list_models
 
     models = args.models.split(",") if args.models else list_models()
@@ -204,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             f"peak MB: the process high-water mark, ~{min(d['base_mb'] for d in done):.0f} MB of "
             "it Python + torch; +MB: the rest (model, activations, optimizer, compiled code)"
         )
+    chosen = resolve_precision("auto", "cpu")
+    trainer_config = "cl+bf16" if chosen == "bf16" else "channels_last"
+    print(f"{cpu_model()}: the trainer's {precision_note('auto', chosen, 'cpu')}, "
+          f"i.e. the {trainer_config} row")
     plain = {r["model"]: r["img_s"] for r in done if r["config"] == "plain"}
     speedup = math.nan
     fast = [r for r in done if r["model"] == "fastnet" and r["config"] != "plain"]

@@ -56,8 +56,13 @@ def load_safe(path: str | os.PathLike, map_location="cpu") -> dict:
     return obj
 
 
-def model_checkpoint(model: nn.Module, config: dict, *, classes, mean, std, metrics=None) -> dict:
-    """The dict saved as a finished model: enough to rebuild and use it with no other file."""
+def model_checkpoint(model: nn.Module, config: dict, *, classes, mean, std, metrics=None,
+                     evaluation=None) -> dict:
+    """The dict saved as a finished model: enough to rebuild and use it with no other file.
+
+    `evaluation` holds the settings its test metrics were measured with (TTA level,
+    precision), so that `cnnlib evaluate` reproduces them by default.
+    """
     return {
         "format": FORMAT,
         "kind": "fp32",
@@ -70,6 +75,7 @@ def model_checkpoint(model: nn.Module, config: dict, *, classes, mean, std, metr
         "mean": list(mean),
         "std": list(std),
         "metrics": dict(metrics or {}),
+        "evaluation": evaluation_settings({"config": config, "evaluation": evaluation}),
     }
 
 
@@ -90,7 +96,18 @@ def load_model(path: str | os.PathLike, device="cpu") -> nn.Module:
         raise ValueError(f"checkpoint: {path} has kind {kind!r}; supported: {', '.join(_LOADERS)}")
     model = loader(ckpt).to(device).eval()
     model.meta = {k: ckpt[k] for k in ("classes", "mean", "std", "config", "metrics", "kind")}
+    model.meta["evaluation"] = evaluation_settings(ckpt)
     return model
+
+
+def evaluation_settings(ckpt: dict) -> dict:
+    """TTA level and precision a checkpoint's metrics were measured with. Checkpoints written
+    before these were recorded used the config's `tta` and fp32 (what `auto` meant on a CPU)."""
+    recorded = dict(ckpt.get("evaluation") or {})
+    config = ckpt.get("config") or {}
+    return {"tta": int(recorded.get("tta", config.get("tta", 0))),
+            "precision": str(recorded.get("precision", "fp32")),
+            "channels_last": bool(recorded.get("channels_last", config.get("channels_last", False)))}
 
 
 def _load_fp32(ckpt: dict) -> nn.Module:

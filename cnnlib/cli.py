@@ -13,7 +13,8 @@ import torch
 
 from . import data as cdata
 from . import distributed as cdist
-from .checkpoint import load_model
+from .checkpoint import evaluation_settings, load_model
+from .device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
 from .evaluate import evaluate, predict_logits
 from .models import count_parameters, create_model, list_models
 from .train import RECIPES, RunConfig, lr_find, train
@@ -126,11 +127,23 @@ def _load(path: str, device: str):
 def cmd_evaluate(args) -> int:
     model = _load(args.checkpoint, args.device)
     meta = model.meta
+    # By default the settings the checkpoint's own metrics were measured with.
+    settings = dict(meta.get("evaluation") or evaluation_settings(meta))
+    if meta.get("kind") in ("int8", "onnx"):  # their kernels are int8 / onnxruntime: no autocast
+        settings["precision"] = "fp32"
+    if args.tta is not None:
+        settings["tta"] = args.tta
+    if args.precision is not None:
+        settings["precision"] = args.precision
+    precision = resolve_precision(settings["precision"], args.device)
     d = cdata.load_cifar(meta["config"]["dataset"], root=args.data_root)
-    m = evaluate(model, d.test_images, d.test_labels, meta["mean"], meta["std"], tta=args.tta,
-                 coarse=d.test_coarse, fine_to_coarse=d.fine_to_coarse, device=args.device)
+    m = evaluate(model, d.test_images, d.test_labels, meta["mean"], meta["std"], tta=settings["tta"],
+                 coarse=d.test_coarse, fine_to_coarse=d.fine_to_coarse, device=args.device,
+                 channels_last=settings.get("channels_last", False),
+                 autocast_dtype=AUTOCAST_DTYPES[precision])
     extra = f" superclass_acc={m['superclass_acc']:.4f}" if "superclass_acc" in m else ""
-    print(f"{meta['config']['dataset']} test: loss={m['loss']:.4f} top5={m['top5']:.4f}{extra}")
+    print(f"{meta['config']['dataset']} test (tta {settings['tta']}, {precision}): "
+          f"loss={m['loss']:.4f} top5={m['top5']:.4f}{extra}")
     print(f"test_acc={m['acc']:.4f}")
     return 0
 
@@ -214,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="test metrics of a checkpoint; last line test_acc=<float>")
     p.add_argument("checkpoint")
-    p.add_argument("--tta", type=int, default=0, choices=(0, 1, 2))
+    p.add_argument("--tta", type=int, default=None, choices=(0, 1, 2),
+                   help="test-time augmentation level (default: the one the checkpoint's metrics used)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="autocast for evaluation (default: the one the checkpoint's metrics used)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 

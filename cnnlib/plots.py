@@ -29,6 +29,7 @@ __all__ = [
     "plot_lines",
     "plot_lr_find",
     "plot_per_class_accuracy",
+    "plot_time_to_accuracy",
     "save_figure",
     "superclass_confusion",
     "superclass_order",
@@ -344,3 +345,36 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, path
             if titles is not None:
                 ax.set_title(titles[i], fontsize=6)
     return save_figure(fig, path)
+
+
+def plot_time_to_accuracy(points, path=None, targets=(0.90, 0.94), title: str | None = None) -> Figure:
+    """Mean test accuracy against mean wall-clock minutes per (recipe, budget), with +-std
+    error bars over seeds in both directions, and dashed lines at the target accuracies.
+
+    ``points``: a DataFrame with columns recipe, minutes_mean, minutes_std, test_acc_mean,
+    test_acc_std, epochs (as written by benchmarks/time_to_accuracy.py).
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    fig, axes = new_figure(figsize=(7, 4.2))
+    ax = axes[0, 0]
+    for color, (name, part) in zip(_colors(points["recipe"].nunique()),
+                                   points.groupby("recipe", sort=False), strict=True):
+        part = part.sort_values("minutes_mean")
+        ax.errorbar(part["minutes_mean"], part["test_acc_mean"] * 100,
+                    xerr=part["minutes_std"].fillna(0), yerr=part["test_acc_std"].fillna(0) * 100,
+                    marker="o", capsize=3, color=color, label=name)
+        for _, r in part.iterrows():
+            ax.annotate(f"{r['epochs']:g} ep", (r["minutes_mean"], r["test_acc_mean"] * 100),
+                        textcoords="offset points", xytext=(5, -11), fontsize=8, color=color)
+    for t in targets:
+        ax.axhline(t * 100, ls="--", lw=0.8, color="0.5")
+        ax.annotate(f"{t:.0%}", (1.0, t * 100), xycoords=("axes fraction", "data"),
+                    xytext=(3, -3), textcoords="offset points", fontsize=8, color="0.4")
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_xlabel("wall-clock minutes per run (training + evaluation)")
+    _labels(ax, "CIFAR-10 test accuracy", title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.06, 1.0), frameon=False)
+    return save_figure(fig, path)
+

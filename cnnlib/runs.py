@@ -17,7 +17,6 @@ Tests and nbval point all three at a scratch folder.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import data as cdata
+from .device import hardware
 from .distributed import train_or_launch as train  # one process unless $CNNLIB_NPROC > 1
 from .train import RunConfig, TrainResult
 
@@ -41,8 +41,10 @@ RUNS_ENV = "CNNLIB_RUNS"
 OUTPUTS_ENV = "CNNLIB_OUTPUTS"
 MODELS_ENV = "CNNLIB_MODELS"
 RESULT_COLUMNS = ["study", "label", "dataset", "model", "options", "augmentations", "seed", "epochs",
-                  "train_images", "train_acc", "val_acc", "test_acc", "test_loss", "test_top5",
-                  "wall_seconds", "device", "hardware", "profile", "commit", "run_key"]
+                  "epochs_run", "best_epoch", "optimizer", "lr", "schedule", "weight_decay",
+                  "label_smoothing", "batch_size", "train_images", "val_size", "train_acc", "val_acc",
+                  "test_acc", "test_loss", "test_top5", "tta", "precision", "wall_seconds", "device",
+                  "hardware", "profile", "commit", "run_key"]
 
 
 def resolve_profile(profile: str | None = "auto") -> str:
@@ -120,31 +122,17 @@ def run_dir(config: RunConfig, root=None, data_root=None) -> Path:
     return runs_root(root) / f"{config.dataset}-{config.model}-{run_key(config, fp)}"
 
 
-@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The short commit of the project, with `-dirty` when tracked files differ from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True)
-        return out.stdout.strip()
+        def git(*args):
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def hardware(device: str = "cpu") -> str:
-    """What a run trained on, for the results table: the GPU's name, or the CPU's model and
-    the cores torch uses; with the torch version. ``device`` as results report it."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        n = device.split(" x")[1] if " x" in device else "1"
-        what = f"{n}x {torch.cuda.get_device_name(0)}"
-    else:
-        model = "CPU"
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        what = f"{model}, {torch.get_num_threads()} threads"
-    return f"{what}, torch {torch.__version__.split('+')[0]}"
+    return f"{commit}-dirty" if dirty else commit
 
 
 def _write_json_atomic(obj, path: Path) -> None:
@@ -209,14 +197,26 @@ class Run:
         return {
             "study": study, "label": self.label, "dataset": c.dataset, "model": c.model,
             "options": json.dumps(c.model_options, sort_keys=True), "augmentations": c.augment,
-            "seed": c.seed, "epochs": c.epochs, "train_images": r.get("train_images"),
+            "seed": c.seed, "epochs": c.epochs, "epochs_run": len(r.get("history") or []),
+            "best_epoch": r.get("best_epoch"), "optimizer": c.optimizer, "lr": c.lr,
+            "schedule": c.schedule, "weight_decay": c.weight_decay,
+            "label_smoothing": c.label_smoothing, "batch_size": c.batch_size,
+            "train_images": r.get("train_images"), "val_size": c.val_size,
             "train_acc": last.get("train_acc"),
             "val_acc": r["val"].get("val_acc"), "test_acc": r["test"]["acc"],
-            "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"),
+            "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"), "tta": c.tta,
+            "precision": r.get("precision") or _precision_before_recorded(c, r["device"]),
             "wall_seconds": round(r["wall_seconds"], 1), "device": r["device"],
             "hardware": r.get("hardware", ""), "profile": r.get("profile", ""),
             "commit": r.get("commit", ""), "run_key": self.path.name,
         }
+
+
+def _precision_before_recorded(config: RunConfig, device: str) -> str:
+    """Runs finished before results recorded it: `auto` then meant bf16 on CUDA, fp32 on CPUs."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
 TEST_METRICS = "test_metrics.pt"

@@ -26,12 +26,12 @@ from . import data as cdata
 from . import distributed as cdist
 from .augment import AugmentOptions, BatchLoader, normalize, parse_augment
 from .checkpoint import load_safe, model_checkpoint, save_atomic
+from .device import AUTOCAST_DTYPES, PRECISIONS, precision_note, resolve_precision
 from .evaluate import TTA_LEVELS, metrics_from_logits, predict_logits, scalar_metrics
 from .models import create_model, list_models
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EARLY_STOP_METRICS = ("val_acc", "val_loss")
 STEP_MILESTONES = (0.5, 0.75)  # fractions of training where "step" divides the lr by 10
 
@@ -66,7 +66,7 @@ class RunConfig:
     early_stop_metric: str = "val_acc"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on the CPU
+    precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with native bf16, else fp32
     channels_last: bool = True
     compile: bool = False
     train_subset: int = 0  # 0 = the whole training split
@@ -161,10 +161,7 @@ class RunConfig:
         return torch.device(self.device)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return AUTOCAST_DTYPES[resolve_precision(self.precision, device)]
 
 
 # Named starting points; a recipe is a dict of RunConfig fields.
@@ -288,6 +285,7 @@ class TrainResult:
     wall_seconds: float
     device: str
     checkpoint: str | None
+    precision: str = "fp32"  # what `auto` resolved to: the autocast of training and evaluation
     model: nn.Module | None = field(default=None, repr=False)
     test_metrics: dict | None = field(default=None, repr=False)  # full metrics incl. confusion
 
@@ -304,7 +302,8 @@ class Trainer:
         self.dist = cdist.setup(config)  # one process unless torchrun started several
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device if self.dist.enabled else config.resolved_device()
-        self.amp_dtype = config.autocast_dtype(self.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.amp_dtype = AUTOCAST_DTYPES[self.precision]
         seed_everything(config.seed)
 
         with cdist.local_main_first(self.dist):  # under DDP: one download per node
@@ -512,7 +511,9 @@ class Trainer:
         if self.out_dir:
             ckpt = model_checkpoint(self.model, cfg.to_dict(), classes=self.data.classes,
                                     mean=self.mean, std=self.std,
-                                    metrics={**scalar_metrics(test_metrics, "test_"), **val})
+                                    metrics={**scalar_metrics(test_metrics, "test_"), **val},
+                                    evaluation={"tta": cfg.tta, "precision": self.precision,
+                                                "channels_last": cfg.channels_last})
             ckpt_path = str(save_atomic(ckpt, self.out_dir / "model.pt"))
         if self.dist.enabled:  # the other ranks wait in _finish_other_rank for these
             cdist.share(self.dist, (val, test, ckpt_path, self.elapsed))
@@ -520,7 +521,7 @@ class Trainer:
         return TrainResult(config=cfg.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
                            wall_seconds=self.elapsed, device=device, checkpoint=ckpt_path,
-                           model=self.model, test_metrics=test_metrics)
+                           precision=self.precision, model=self.model, test_metrics=test_metrics)
 
     def _finish_other_rank(self, best_epoch: int | None) -> TrainResult:
         """DDP ranks other than 0: rank 0 evaluates and writes model.pt; return its numbers."""
@@ -528,7 +529,7 @@ class Trainer:
         return TrainResult(config=self.config.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
                            wall_seconds=elapsed, device=cdist.device_label(self.device, self.dist),
-                           checkpoint=ckpt_path, model=self.model)
+                           checkpoint=ckpt_path, precision=self.precision, model=self.model)
 
 
 def _format_row(row: dict, total: int) -> str:
@@ -544,6 +545,9 @@ def train(config: RunConfig, out_dir=None, *, resume: bool = True, data_root=Non
           progress: bool = True) -> TrainResult:
     """Train one run. With `out_dir`, each epoch is checkpointed there and a rerun resumes."""
     trainer = Trainer(config, out_dir, data_root=data_root, progress=progress)
+    if trainer.progress:
+        tqdm.write(f"{config.dataset} {config.model} on {trainer.device}: "
+                   f"{precision_note(config.precision, trainer.precision, trainer.device)}")
     if resume and trainer.try_resume() and trainer.progress:
         tqdm.write(f"resuming {out_dir} after epoch {trainer.epoch}/{trainer.num_epochs}")
     return trainer.run()
