@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .fileio import DamagedFileError, atomic_write, verify_zip
+from .fileio import DamagedFileError, atomic_write, first_line, verify_zip
 from .models import create_model
 
 FORMAT = "cnnlib-checkpoint-v1"
@@ -45,18 +45,13 @@ def load_safe(path: str | os.PathLike, map_location="cpu") -> dict:
                          "nothing was executed") from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise DamagedFileError(f"checkpoint: {path} is damaged or not a torch file: "
-                               f"{_first_line(e)}") from None
+                               f"{first_line(e)}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(obj).__name__}, expected a dict")
     bad = _non_finite(obj)
     if bad:
         raise DamagedFileError(f"checkpoint: {path} holds NaN or inf in {bad}; refusing it")
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _non_finite(obj, where: str = "") -> str | None:
@@ -115,7 +110,7 @@ def load_model(path: str | os.PathLike, device="cpu", *, loaders=None) -> nn.Mod
     try:
         model = loader(ckpt)
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        reason = f"missing {e}" if isinstance(e, KeyError) else _first_line(e)
+        reason = f"missing {e}" if isinstance(e, KeyError) else first_line(e)
         raise ValueError(f"checkpoint: {path} does not rebuild its {kind} model: {reason}") from None
     model = model.to(device).eval()  # a device error is not the file's fault: its own message
     model.meta = {k: ckpt[k] for k in ("classes", "mean", "std", "config", "metrics", "kind")}

@@ -17,7 +17,7 @@ from .compress import load_model
 from .device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
 from .distributed import is_main
 from .evaluate import evaluate, predict_logits
-from .fileio import FolderInUseError
+from .fileio import FolderInUseError, first_line
 from .launch import LaunchError, guard
 from .models import count_parameters, create_model, list_models
 from .obtain import DATASETS
@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     # multi-process run (its workers printed their errors): one line. Anything else is a bug
     # and keeps its traceback.
     except (ValueError, OSError, FolderInUseError, LaunchError, FloatingPointError) as e:
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"cnnlib {args.command}: error: {lines[0]}", file=sys.stderr)
+        print(f"cnnlib {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
 
 

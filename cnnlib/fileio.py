@@ -30,6 +30,12 @@ HASH_KEY = "sha256"
 HELD_ENV = "CNNLIB_HELD_FOLDERS"
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line (its type when the message is empty)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class DamagedFileError(ValueError):
     """A file failed its integrity check (content hash, CRC, non-finite values)."""
 

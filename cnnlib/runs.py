@@ -136,18 +136,9 @@ def _code_only(source: str) -> str:
     return ast.unparse(tree)
 
 
-_FINGERPRINTS: dict[int, tuple[cdata.CifarData, str]] = {}
-
-
 def data_fingerprint(dataset: str, data_root=None) -> str:
-    """`data.fingerprint` of a dataset, computed once per loaded copy."""
-    d = cdata.load_cifar(dataset, root=data_root)
-    hit = _FINGERPRINTS.get(id(d))
-    if hit is None or hit[0] is not d:
-        if len(_FINGERPRINTS) >= 4:
-            _FINGERPRINTS.clear()
-        hit = _FINGERPRINTS[id(d)] = (d, cdata.fingerprint(d))
-    return hit[1]
+    """`data.fingerprint` of a dataset (computed once per loaded copy)."""
+    return cdata.fingerprint(cdata.load_cifar(dataset, root=data_root))
 
 
 def run_dir(config: RunConfig, root=None, data_root=None) -> Path:

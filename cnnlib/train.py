@@ -241,8 +241,8 @@ class Trainer:
             try:
                 self.load_state(s)
             except (KeyError, TypeError, RuntimeError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ValueError(f"resume: {self.last_path} does not fit this run ({first}); "
+                raise ValueError(f"resume: {self.last_path} does not fit this run "
+                                 f"({fileio.first_line(e)}); "
                                  "restart it or use another out dir") from None
         return s is not None
 
