@@ -116,6 +116,8 @@ def cmd_train(args) -> int:
     t = result.test
     extra = f" superclass_acc={t['superclass_acc']:.4f}" if "superclass_acc" in t else ""
     print(f"checkpoint: {result.checkpoint}")
+    if result.diverged:
+        print(f"diverged: {result.diverged}; scored as chance (uniform probabilities)")
     print(f"wall_seconds={result.wall_seconds:.1f} test_loss={t['loss']:.4f} top5={t['top5']:.4f}{extra}")
     print(f"test_acc={t['acc']:.4f}")
     return 0
@@ -265,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    # Bad input, unusable files and folders, a busy run folder, a diverged run, a failed
-    # multi-process run (its workers printed their errors): one line. Anything else is a bug
-    # and keeps its traceback.
-    except (ValueError, OSError, FolderInUseError, LaunchError, FloatingPointError) as e:
+    # Bad input, unusable files and folders, a busy run folder, a failed multi-process run
+    # (its workers printed their errors): one line. Anything else is a bug and keeps its
+    # traceback. A diverged run is a result (cmd_train says so), not an error.
+    except (ValueError, OSError, FolderInUseError, LaunchError) as e:
         print(f"cnnlib {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
 

@@ -31,6 +31,7 @@ from .compress import (
     time_models,
     zipped_size_mb,
 )
+from .device import hardware
 from .evaluate import evaluate
 from .models import count_parameters
 
@@ -78,16 +79,18 @@ def _variants(model, train, mean, std, *, steps, batch_size, calibration, qat_st
 
 def compress_model(model: nn.Module, data: cdata.CifarData, out_dir, *, label: str, steps: int,
                    batch_size: int, calibration: int, test_subset: int = 0, seconds: float = 1.0,
-                   qat_steps: int = 0, progress: bool = True) -> list[dict]:
+                   qat_steps: int = 0, commit: str = "", progress: bool = True) -> list[dict]:
     """Every variant of ``model`` (loaded with ``load_model``): build, save, reload, measure.
 
     Each variant is written to ``out_dir`` and measured as loaded back from there, so the
     rows describe the files: size (MB, and deflated), parameters, sparsity, test accuracy,
     latency at batch 1 and throughput at batch 256 (timed at the end, all variants in
     interleaved rounds: :func:`time_models`). Fine-tuning and calibration use the run's own
-    training split.
+    training split. Every row names the run's seed, the hardware timed on and ``commit``.
     """
     out_dir = Path(out_dir)
+    origin = {"seed": model.meta["config"].get("seed"), "hardware": hardware("cpu"),
+              "commit": commit}
     mean, std = model.meta["mean"], model.meta["std"]
     train, test = _splits(model, data, test_subset)
     rows, loaded = [], {}
@@ -107,7 +110,7 @@ def compress_model(model: nn.Module, data: cdata.CifarData, out_dir, *, label: s
         rows.append({"model": label, "arch": model.meta["config"]["model"], "variant": variant,
                      "method": method, "params": params, "sparsity": zeros,
                      "size_mb": file_size_mb(path), "zip_mb": zipped_size_mb(path),
-                     "test_acc": acc, "path": str(path)})
+                     "test_acc": acc, **origin, "path": str(path)})
         if progress:
             print(f"[{label}] {variant:<20} test acc {acc:.4f}  {rows[-1]['size_mb']:.3f} MB",
                   flush=True)
@@ -148,7 +151,7 @@ def _relative(rows: list[dict]) -> list[dict]:
 
 COLUMNS = ["model", "arch", "variant", "method", "params", "sparsity", "size_mb", "zip_mb",
            "latency_ms_b1", "throughput_b256", "test_acc", "acc_change_pp", "speedup_b1",
-           "speedup_b256", "size_ratio", "threads", "path"]
+           "speedup_b256", "size_ratio", "threads", "seed", "hardware", "commit", "path"]
 
 
 def results_frame(rows: list[dict]):

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "CONFIDENCE", "Delta", "Ranking", "SWEEPS", "Sweep", "answer", "baseline_answer", "compare",
-    "compression_answer", "confusion_sentence", "lines", "rank", "readme_section", "sweep_lines",
+    "CONFIDENCE", "REFERENCE_TARGETS", "Delta", "Ranking", "SWEEPS", "Sweep", "answer",
+    "baseline_answer", "compare", "reference_check",
+    "compression_answer", "confusion_sentence", "early_stopping_table", "epochs_saved", "lines", "rank", "readme_section", "sweep_lines",
 ]
 
 CONFIDENCE = 0.95
@@ -138,13 +139,15 @@ class Ranking:
     dataset: str
     means: dict  # label -> mean of the metric over seeds (fraction), in the sweep's order
     margin: Delta | None  # top label minus the runner-up, paired by seed
+    metric: str = "test_acc"
 
     @property
     def top(self) -> str:
         return max(self.means, key=self.means.get)
 
     def sentence(self, prefix: str = "highest") -> str:
-        top = f"{prefix}: `{self.top}` ({self.means[self.top] * 100:.1f}%)"
+        unit = _NAMES.get(self.metric, ("", "%"))[1]  # the gap is in pp, not %
+        top = f"{prefix}: `{self.top}` ({self.means[self.top] * 100:.1f}{unit})"
         if self.margin is None:
             return top
         m = self.margin
@@ -165,7 +168,7 @@ def rank(df, labels=None, metric: str = "test_acc") -> list[Ranking]:
             continue
         order = sorted(means, key=means.get, reverse=True)
         margin = compare(part, order[1], [order[0]], metric)[0] if len(order) > 1 else None
-        out.append(Ranking(dataset, means, margin))
+        out.append(Ranking(dataset, means, margin, metric))
     return out
 
 
@@ -217,18 +220,23 @@ class Sweep:
         return None
 
 
+# Labels as `studies` writes them; a tuple keeps the order of the figures.
+_OPTIMIZERS = tuple(f"{opt} @ {lr}" for opt in ("sgd", "nesterov", "adam", "adamw")
+                    for lr in ("reference lr", "range-test lr"))
 SWEEPS = {
-    "02_augmentation_ablation": [Sweep("augmentation", "", reference="none")],
+    "02_augmentation_ablation": [Sweep("augmentation", "", reference="crop+flip")],
     "03_depth_study": [
         Sweep("depth", "depth ", rank=True),
-        Sweep("kernel size", "kernel "),
         Sweep("width", "width "),
         Sweep("dropout", "dropout "),
-        Sweep("residual connections", ("plain depth 10", "residual depth 10"),
-              reference="plain depth 10"),
-        Sweep("schedule", "schedule "),
         Sweep("weight decay", "weight decay "),
+        Sweep("early stopping", ("no early stopping", "early stopping"),
+              reference="no early stopping"),
+        Sweep("optimizer", _OPTIMIZERS, reference="nesterov @ reference lr", rank=True),
     ],
+    "06_architectures": [Sweep("architecture", ("baseline", "resnet20", "resnet56", "wrn16_4",
+                                                "densenet_bc", "fastnet"),
+                               reference="baseline", rank=True)],
 }
 
 
@@ -266,19 +274,47 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
 
 
 def baseline_answer(df) -> str:
-    """Notebook 01: the best model against the baseline CNN, per dataset."""
+    """Notebook 01: the best model against the sweeps' reference network, per dataset."""
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
         acc = part.groupby("label")["test_acc"]
         n = part.groupby("label")["seed"].nunique()
-        if not {"baseline", "best"} <= set(acc.groups):
+        if not {"reference", "best"} <= set(acc.groups):
             continue
         model = part.loc[part["label"] == "best", "model"].iloc[0]
-        d = compare(part, "baseline", ["best"])[0]
+        d = compare(part, "reference", ["best"])[0]
         lines.append(f"- **{dataset}**: the best model ({model}, {_seeds(int(n['best']))}) "
-                     f"reaches {acc.mean()['best'] * 100:.1f}% test accuracy, the baseline CNN "
-                     f"({_seeds(int(n['baseline']))}) {acc.mean()['baseline'] * 100:.1f}%; "
+                     f"reaches {acc.mean()['best'] * 100:.1f}% test accuracy, the sweeps' "
+                     f"reference network ({_seeds(int(n['reference']))}) "
+                     f"{acc.mean()['reference'] * 100:.1f}%; "
                      f"paired by seed: {d.verdict}, {d.numbers()}.")
+    return "\n".join(lines)
+
+
+# The bar the study sets its reference network (mean test accuracy over seeds, cpu profile):
+# below it, most changes a sweep makes would vanish in an undertrained network's noise.
+REFERENCE_TARGETS = {"cifar10": 0.85, "cifar100": 0.55}
+
+
+def reference_check(df, targets: dict | None = None) -> str:
+    """Notebook 01: per dataset, whether the `reference` runs' mean test accuracy meets its bar."""
+    targets = REFERENCE_TARGETS if targets is None else targets
+    lines = []
+    for dataset, part in df.groupby("dataset", sort=False):
+        acc = part.loc[part["label"] == "reference", "test_acc"].dropna() * 100
+        if dataset not in targets or not len(acc):
+            continue
+        bar = targets[dataset] * 100
+        spread = f" ± {acc.std():.1f}" if len(acc) > 1 else ""
+        text = (f"- **{dataset}**: the reference network reaches {acc.mean():.1f}{spread}% test "
+                f"accuracy (mean{' ± sd' if spread else ''} over {_seeds(len(acc))}): ")
+        if acc.mean() >= bar:
+            text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {dataset} run in "
+                     "the regime the study asks for.")
+        else:
+            text += (f"{bar - acc.mean():.1f} pp short of the study's bar of {bar:g}%, so the "
+                     f"sweeps' comparisons on {dataset} are outside the regime the study asks for.")
+        lines.append(text)
     return "\n".join(lines)
 
 
@@ -308,6 +344,53 @@ def answer(df, sweeps: list[Sweep]) -> str:
 def lines(df, study: str, names, metric: str = "test_acc") -> str:
     """`sweep_lines` of the sweeps of `study` named in `names`, as one markdown list."""
     return "\n".join(x for s in SWEEPS[study] if s.name in names for x in sweep_lines(df, s, metric))
+
+
+def early_stopping_table(df, stopped: str = "early stopping", full: str = "no early stopping"):
+    """Notebook 03: per dataset and seed, the early-stopped run beside the same run without it.
+
+    Epochs saved are the schedule's epochs the stopped run did not train (the full run trains
+    them all); its test accuracy is that of the weights it restored (its best epoch).
+    """
+    import pandas as pd
+
+    rows = []
+    for (dataset, seed), part in df.groupby(["dataset", "seed"], sort=False):
+        a, b = part[part["label"] == full], part[part["label"] == stopped]
+        if not (len(a) and len(b)):
+            continue
+        a, b = a.iloc[0], b.iloc[0]
+        schedule = math.ceil(b["epochs"])
+        best = None if pd.isna(b["best_epoch"]) else int(b["best_epoch"])
+        rows.append({"dataset": dataset, "seed": int(seed), "schedule": schedule,
+                     "epochs run": int(b["epochs_run"]), "best epoch": best,
+                     "epochs saved": schedule - int(b["epochs_run"]),
+                     "test acc % without": round(a["test_acc"] * 100, 1),
+                     "test acc % with": round(b["test_acc"] * 100, 1),
+                     "Δ pp": round((b["test_acc"] - a["test_acc"]) * 100, 1)})
+    return pd.DataFrame(rows, columns=["dataset", "seed", "schedule", "epochs run", "best epoch",
+                                       "epochs saved", "test acc % without", "test acc % with",
+                                       "Δ pp"])
+
+
+def epochs_saved(df, stopped: str = "early stopping", full: str = "no early stopping") -> str:
+    """Notebook 03: per dataset, the epochs early stopping saved (per seed and on average)
+    and its paired change in test accuracy against the same runs without it."""
+    lines = []
+    for dataset, part in early_stopping_table(df, stopped, full).groupby("dataset", sort=False):
+        per_seed = "; ".join(
+            f"seed {r['seed']}: " + (f"stopped after epoch {r['epochs run']}"
+                                     if r["epochs saved"] else "ran every epoch")
+            + f", weights of epoch {r['best epoch']} restored" for _, r in part.iterrows())
+        share = part["epochs saved"].sum() / part["schedule"].sum()
+        d = compare(df[df["dataset"] == dataset], full, [stopped])[0]
+        lines.append(f"- **early stopping, {dataset}** ({_seeds(len(part))}): "
+                     f"{part['epochs saved'].mean():.1f} of {part['schedule'].iloc[0]} epochs "
+                     f"saved on average ({share:.0%} of the schedule; {per_seed}); test accuracy "
+                     f"{part['test acc % with'].mean():.1f}% with, "
+                     f"{part['test acc % without'].mean():.1f}% without: {d.verdict}, "
+                     f"{d.numbers()}.")
+    return "\n".join(lines)
 
 
 def compression_answer(df) -> str:
@@ -362,8 +445,9 @@ def readme_section(out) -> str:
     parts = [f"Profile {profiles}, {len(every)} runs, trained on {hardware}. Test accuracy; "
              f"Δ: paired by seed against the reference, mean ± sd, {CONFIDENCE:.0%} CI."]
     if "01_baseline" in studies:
-        parts.append("**Baseline CNN against the best model**\n\n"
-                     + baseline_answer(studies["01_baseline"]))
+        parts.append("**The sweeps' reference network against the best model**\n\n"
+                     + baseline_answer(studies["01_baseline"]) + "\n"
+                     + reference_check(studies["01_baseline"]))
     for study, sweeps in SWEEPS.items():
         if study in studies:
             lines = [x for s in sweeps for x in sweep_lines(studies[study], s)]

@@ -37,7 +37,6 @@ from traitlets.config import Config
 from . import runs
 from .obtain import DATASETS, obtain
 from .results import collect_results
-from .studies import plan
 
 PREFIX = "[run_all]"
 PROFILE_CHOICES = ("auto", *runs.PROFILES)
@@ -248,8 +247,8 @@ def main(argv=None) -> int:
     out = runs.outputs_root()
     print(f"{PREFIX} profile {profile}; outputs in {out}/; {len(notebooks)} notebook(s); "
           "training runs:")
-    for name, (listed, new) in plan(profile).items():
-        print(f"{PREFIX}   {name}: {listed} runs, {new} not shared with an earlier notebook")
+    for line in runs.plan_lines(profile):
+        print(f"{PREFIX}   {line}")
     start = time.monotonic()
     try:
         status = run_notebooks(notebooks, out, profile, force=args.force)

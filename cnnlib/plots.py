@@ -1,6 +1,6 @@
 """Figures of the study: training curves, sweeps and ablations, LR range test, images, compression,
-time to accuracy; the one import for notebooks (it also offers ``class_plots`` and the
-``figures`` helpers).
+time to accuracy; the one import for notebooks (it also offers ``class_plots``, ``cost_plots``
+and the ``figures`` helpers).
 
 Every function builds a fresh ``matplotlib.figure.Figure``, returns it, and also
 writes it as a PNG when given ``path``. Inputs are plain lists, dicts, tensors,
@@ -25,6 +25,7 @@ from .class_plots import (
     superclass_confusion,
     superclass_order,
 )
+from .cost_plots import plot_tradeoff_points
 from .figures import (
     describe,
     legend_outside,
@@ -44,12 +45,14 @@ __all__ = [
     "new_figure",
     "percent_axis",
     "plot_confusion",
+    "plot_deltas",
     "plot_history",
     "plot_lines",
     "plot_lr_find",
     "plot_per_class_accuracy",
     "plot_points",
     "plot_time_to_accuracy",
+    "plot_tradeoff_points",
     "plot_tradeoffs",
     "save_figure",
     "superclass_confusion",
@@ -68,17 +71,34 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
 
 
 def plot_history(histories: dict[str, list[dict]], path=None, title: str | None = None,
-                 alt: str | None = None) -> Figure:
-    """Loss and accuracy per epoch; one colour per run, train solid, validation dashed."""
+                 alt: str | None = None, marks: dict[str, dict[str, int]] | None = None) -> Figure:
+    """Loss and accuracy per epoch; one colour per run, train solid, validation dashed.
+
+    ``marks`` names epochs of a run to mark on both panels, e.g. ``{"early stopping":
+    {"best validation loss": 7, "stopped": 12}}``: a vertical line in the run's colour, one
+    line style per mark name, each in the legend (an epoch of None is left out). A marked run
+    is drawn wide and translucent beneath the others: where its curves coincide with another
+    run's (an early-stopped run and the same run without it), both stay visible.
+    """
     fig, axes = new_figure(1, 2, figsize=(11, 4))
     colors = palette(len(histories))
     styles = {"train": "-", "val": "--"}
-    for rows, color in zip(histories.values(), colors, strict=True):
+    marks = {run: kept for run, m in (marks or {}).items()
+             if run in histories and (kept := {k: e for k, e in m.items() if e is not None})}
+    widths = {run: dict(linewidth=5, alpha=0.4, zorder=1) if run in marks else {}
+              for run in histories}
+    for (run, rows), color in zip(histories.items(), colors, strict=True):
         for ax, metric in zip(axes[0], ("loss", "acc"), strict=True):
             for split, style in styles.items():
                 epochs, values = _series(rows, f"{split}_{metric}")
                 if values:
-                    ax.plot(epochs, values, style, color=color)
+                    ax.plot(epochs, values, style, color=color, **widths[run])
+    marked = [(run, name, epoch, color) for run, color in zip(histories, colors, strict=True)
+              for name, epoch in marks.get(run, {}).items()]
+    mark_styles = dict(zip(dict.fromkeys(m[1] for m in marked), _MARK_STYLES, strict=False))
+    for _, name, epoch, color in marked:
+        for ax in axes[0]:
+            ax.axvline(epoch, color=color, linestyle=mark_styles[name], linewidth=1.2)
     for ax, name in zip(axes[0], ("loss", "accuracy"), strict=True):
         ax.set_title(name)
         ax.set_xlabel("epoch")
@@ -86,15 +106,22 @@ def plot_history(histories: dict[str, list[dict]], path=None, title: str | None 
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     percent_axis(axes[0, 1].yaxis)
+    named = [f"{run}: {name} at epoch {epoch}" for run, name, epoch, _ in marked]
     if histories:
-        runs = [Line2D([], [], color=c) for c in colors]
+        runs = [Line2D([], [], color=c, **widths[r]) for r, c in zip(histories, colors, strict=True)]
         splits = [Line2D([], [], color="0.3", linestyle=s) for s in styles.values()]
-        legend_outside(axes[0, 1], runs + splits, [*histories, "train", "validation"])
+        lines = [Line2D([], [], color=c, linestyle=mark_styles[n]) for _, n, _, c in marked]
+        legend_outside(axes[0, 1], runs + splits + lines,
+                       [*histories, "train", "validation", *named])
     if title:
         fig.suptitle(title)
     describe(fig, alt or f"Line charts of loss (left) and accuracy (right) per epoch for "
-                         f"{listing(histories)}; solid lines train, dashed lines validation.")
+                         f"{listing(histories)}; solid lines train, dashed lines validation"
+                         + (f"; vertical lines: {'; '.join(named)}." if named else "."))
     return save_figure(fig, path)
+
+
+_MARK_STYLES = (":", "-.", (0, (5, 2, 1, 2, 1, 2)))
 
 
 # -- results tables: category dots and sweeps ---------------------------------------------------
@@ -160,20 +187,69 @@ def plot_points(df, x: str, y: str, hue: str | None = None, path=None,
         legend_outside(axes[0, -1], title=hue)
     if title:
         fig.suptitle(title)
-    describe(fig, alt or _points_alt(df, x, y, panel, percent, title, value_label))
+    describe(fig, alt or _points_alt(df, x, y, panel, percent, title, value_label, hue))
     return save_figure(fig, path)
 
 
-def _points_alt(df, x, y, panel, percent, title, value_label) -> str:
+def _points_alt(df, x, y, panel, percent, title, value_label, hue=None) -> str:
     parts = []
     for name, part in _panels(df, panel):
-        means = _mean_sd(part, [x], y)["mean"]
-        where = f"{pretty(name)}: " if name is not None else ""
-        parts.append(f"{where}highest {means.idxmax()} ({_value_text(means.max(), percent)}), "
-                     f"lowest {means.idxmin()} ({_value_text(means.min(), percent)})")
+        for h, sub in _panels(part, hue):  # each series on its own: means of one quantity
+            means = _mean_sd(sub, [x], y)["mean"]
+            where = " ".join(pretty(n) for n in (name, h) if n is not None)
+            parts.append(f"{where + ': ' if where else ''}highest {means.idxmax()} "
+                         f"({_value_text(means.max(), percent)}), lowest {means.idxmin()} "
+                         f"({_value_text(means.min(), percent)})")
     head = f"{title}. " if title else ""
     return (f"{head}Dot chart of mean {value_label or y} per {x} with standard-deviation bars; "
             + "; ".join(parts) + ".")
+
+
+def plot_deltas(deltas, path=None, value_label: str = "test accuracy", order=None,
+                title: str | None = None, alt: str | None = None) -> Figure:
+    """Paired changes against a reference (``findings.Delta``, percentage points): per label
+    the mean change with its 95% confidence interval, one panel per dataset, a line at 0.
+
+    The colour is the verdict (the interval above 0, below 0, or spanning it); one seed has
+    no interval, only a dot. ``order``: the labels top to bottom (default: first seen).
+    """
+    datasets = list(dict.fromkeys(d.dataset for d in deltas))
+    labels = [x for x in (order or [d.label for d in deltas]) if any(d.label == x for d in deltas)]
+    labels = list(dict.fromkeys(labels))
+    fig, axes = new_figure(1, max(1, len(datasets)), sharey=True,
+                           figsize=(3 + 3.4 * max(1, len(datasets)), 1.2 + 0.3 * len(labels)))
+    legend = {}
+    for ax, dataset in zip(axes[0], datasets, strict=False):
+        for d in (d for d in deltas if d.dataset == dataset and d.label in labels):
+            low, high = d.interval
+            color = ("tab:blue" if d.mean > 0 else "tab:red") if d.detectable else "0.55"
+            xerr = [[d.mean - low], [high - d.mean]] if d.n > 1 else None
+            legend[d.verdict] = ax.errorbar(d.mean, labels.index(d.label), xerr=xerr, fmt="o",
+                                            color=color, markersize=5, capsize=3, elinewidth=1)
+            ax.annotate(f"{d.mean:+.1f}", (high if d.n > 1 else d.mean, labels.index(d.label)),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        ax.margins(x=0.15)
+        reference = next(d.reference for d in deltas if d.dataset == dataset)
+        ax.set_xlabel(f"{value_label} minus {reference} (pp)")
+        ax.set_title(pretty(dataset))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(labels)), labels)
+    axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)
+    if legend:
+        legend_outside(axes[0, -1], list(legend.values()), list(legend), title="95% CI, paired")
+    if title:
+        fig.suptitle(title)
+    describe(fig, alt or _deltas_alt(deltas, datasets, value_label, title))
+    return save_figure(fig, path)
+
+
+def _deltas_alt(deltas, datasets, value_label, title) -> str:
+    parts = [f"{pretty(ds)}: " + ", ".join(f"{d.label} {d.mean:+.1f} pp ({d.verdict})"
+                                           for d in deltas if d.dataset == ds) for ds in datasets]
+    head = f"{title}. " if title else ""
+    return (f"{head}Dot chart of the paired change in {value_label} of each variant, with 95% "
+            "confidence intervals; " + "; ".join(parts) + ".")
 
 
 def plot_lines(df, x: str, y: str, hue: str | None = None, path=None, ylabel: str | None = None,
@@ -235,30 +311,46 @@ def _lines_alt(df, x, y, hue, panel, percent, title, ylabel) -> str:
 
 
 def plot_lr_find(result: dict, path=None, title: str | None = None, alt: str | None = None) -> Figure:
-    """Smoothed loss against lr (log scale) from ``train.lr_find``, the suggestion marked."""
-    lrs = np.asarray(result["lrs"], dtype=np.float64)
-    losses = np.asarray(result["losses"], dtype=np.float64)
-    fig, axes = new_figure(figsize=(6, 4))
+    """Smoothed loss against lr (log scale) from ``train.lr_find``, the suggestion marked.
+
+    ``result`` is one range test, or ``{name: range test}`` for several curves on one axis
+    (one colour each, e.g. one per optimizer), each with its own suggestion.
+    """
+    curves = {"": result} if "lrs" in result else result
+    fig, axes = new_figure(figsize=(6 if "" in curves else 7, 4))
     ax = axes[0, 0]
-    ax.plot(lrs, losses)
+    limits, found = [], []
+    for order, ((name, r), color) in enumerate(zip(curves.items(), palette(len(curves)),
+                                                   strict=True)):
+        lrs, losses = (np.asarray(r[k], dtype=np.float64) for k in ("lrs", "losses"))
+        s = r.get("suggested_lr")
+        text = f"suggested lr {s:.2g}" if s is not None else ""
+        # Each curve narrower than the one before: curves that coincide all stay visible.
+        ax.plot(lrs, losses, color=color, linewidth=1.5 + 0.8 * (len(curves) - 1 - order),
+                label=f"{name} ({text})" if name else None)
+        if s is not None and len(lrs):
+            i = int(np.argmin(np.abs(np.log(lrs) - math.log(s))))
+            mark = color if name else "red"  # one curve: its suggestion stands out in red
+            ax.plot([lrs[i]], [losses[i]], "o", color=mark, label=None if name else text)
+            ax.axvline(s, color=mark, linestyle=":", linewidth=1)
+            found.append(f"{name} {s:.2g}".strip())
+        finite = losses[np.isfinite(losses)]
+        if finite.size:
+            limits.append((*_lr_find_ylim(finite), lrs.min(), lrs.max()))
     ax.set_xscale("log")
-    suggested = result.get("suggested_lr")
-    if suggested is not None and len(lrs):
-        i = int(np.argmin(np.abs(np.log(lrs) - math.log(suggested))))
-        ax.plot([lrs[i]], [losses[i]], "o", color="red", label=f"suggested lr {suggested:.2g}")
-        ax.axvline(suggested, color="red", linestyle=":", linewidth=1)
+    if limits:
+        ax.set_ylim(min(x[0] for x in limits), max(x[1] for x in limits))
+    if found:
         legend_outside(ax)
-    finite = losses[np.isfinite(losses)]
-    if finite.size:
-        ax.set_ylim(*_lr_find_ylim(finite))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")
     ax.set_title(title or "Learning-rate range test")
     ax.grid(alpha=0.3, which="both")
-    found = f"; suggested learning rate {suggested:.2g}" if suggested is not None else ""
-    span = f" from {lrs.min():.2g} to {lrs.max():.2g}" if len(lrs) else ""
+    names = "" if "" in curves else f" for {listing(curves)}"
+    span = f" from {min(x[2] for x in limits):.2g} to {max(x[3] for x in limits):.2g}" if limits else ""
+    lrs = f"; suggested learning rate {', '.join(found)}" if found else ""
     describe(fig, alt or f"Line chart of the smoothed training loss against the learning rate "
-                         f"(log scale){span}{found}.")
+                         f"(log scale){names}{span}{lrs}.")
     return save_figure(fig, path)
 
 
@@ -379,4 +471,3 @@ def plot_time_to_accuracy(points, path=None, targets=(0.90, 0.94), title: str | 
                   f"{best['epochs']:g} epochs, {best['test_acc_mean']:.1%} in "
                   f"{best['minutes_mean']:.1f} min.")
     return save_figure(fig, path)
-

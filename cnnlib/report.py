@@ -11,6 +11,7 @@ those outputs in the notebook files).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import warnings
@@ -27,10 +28,11 @@ from .obtain import DATASETS
 from .results import markdown_table, plus_minus
 
 __all__ = [
-    "CHECK_MARK", "Context", "answer", "best_run", "confused_pairs", "data_summary", "delta_table",
-    "histories", "layer_summary", "long_metrics", "md", "one_per_class", "option_column",
-    "pair_examples", "parameter_summary", "pick", "plan_summary", "pp", "provenance", "save_table",
-    "selection_rule", "show", "show_file", "start", "summary_table", "with_gap",
+    "CHECK_MARK", "Context", "PLAN_FIELDS", "answer", "best_run", "confused_pairs",
+    "cost_table", "data_summary", "delta_table", "histories", "layer_summary", "long_metrics",
+    "md", "one_per_class", "option_column", "pair_examples", "parameter_summary", "pick",
+    "plan_summary", "pp", "provenance", "save_table", "seed_table", "selection_rule", "show",
+    "show_file", "start", "summary_table", "with_gap", "with_parameters",
 ]
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -166,6 +168,12 @@ def _num_classes(dataset: str) -> int:
     return 10 if dataset == "cifar10" else 100
 
 
+@functools.cache
+def _parameters(model: str, dataset: str, options: str) -> int:
+    """Parameters of `model` on `dataset` with its options as JSON (a results row's `options`)."""
+    return count_parameters(create_model(model, _num_classes(dataset), **json.loads(options)))
+
+
 def parameter_summary(configs) -> str:
     """One line per distinct network of a list of (label, RunConfig): parameters and options."""
     lines, seen = [], set()
@@ -174,14 +182,20 @@ def parameter_summary(configs) -> str:
         if key in seen:
             continue
         seen.add(key)
-        n = count_parameters(create_model(c.model, _num_classes(c.dataset), **c.model_options))
+        n = _parameters(c.model, c.dataset, key[2])
         options = ", ".join(f"{k}={v}" for k, v in sorted(c.model_options.items())) or "defaults"
         lines.append(f"{c.dataset:9s} {label:24s} {c.model:9s} {n:>10,d} parameters  ({options})")
     return "\n".join(lines)
 
 
-def plan_summary(configs) -> str:
-    """What a list of (label, RunConfig) trains: run counts, variants, sizes and seeds."""
+PLAN_FIELDS = ("epochs", "batch_size", "train_subset", "val_size", "test_subset", "seed")
+
+
+def plan_summary(configs, fields=PLAN_FIELDS) -> str:
+    """What a list of (label, RunConfig) trains: run counts, variants, sizes and seeds.
+
+    `fields`: the RunConfig fields listed (leave out those that depend on the machine).
+    """
     lines = []
     unique = len({c.key() for _, c in configs})
     lines.append(f"{len(configs)} runs, {unique} distinct configs")
@@ -192,7 +206,7 @@ def plan_summary(configs) -> str:
             labels.append(label)
     for dataset, labels in by_dataset.items():
         lines.append(f"  {dataset}: {', '.join(labels)}")
-    for field in ("epochs", "batch_size", "train_subset", "val_size", "test_subset", "seed"):
+    for field in fields:
         values = sorted({getattr(c, field) for _, c in configs})
         lines.append(f"  {field}: {', '.join(str(v) for v in values)}")
     return "\n".join(lines)
@@ -281,6 +295,27 @@ def with_gap(df):
     return df.assign(gap=(df["train_acc"] - df["val_acc"]) * 100)
 
 
+def with_parameters(df):
+    """Adds `parameters`: each run's network size (from its model, dataset and options)."""
+    return df.assign(parameters=[_parameters(m, d, o) for m, d, o in
+                                 zip(df["model"], df["dataset"], df["options"], strict=True)])
+
+
+def cost_table(df):
+    """Per dataset and network (label): parameters, epochs, wall minutes per run and test
+    accuracy (%), the last two mean ± std over seeds; groups in first-seen order."""
+    import pandas as pd
+
+    rows = []
+    for (dataset, label), part in with_parameters(df).groupby(["dataset", "label"], sort=False):
+        rows.append({"dataset": dataset, "network": label,
+                     "parameters": int(part["parameters"].iloc[0]),
+                     "epochs": ", ".join(f"{e:g}" for e in dict.fromkeys(part["epochs"])),
+                     "wall min": plus_minus(part["wall_seconds"] / 60, 2),
+                     "test acc %": plus_minus(part["test_acc"] * 100), "seeds": len(part)})
+    return pd.DataFrame(rows).set_index(["dataset", "network"])
+
+
 def summary_table(df, by=("dataset", "label")):
     """Mean ± std over seeds of train/val/test accuracy (%) and test loss, per group.
 
@@ -302,11 +337,24 @@ def summary_table(df, by=("dataset", "label")):
     return pd.DataFrame(rows).set_index(list(by))
 
 
-def delta_table(df, reference: str, metric: str = "test_acc", order=None):
+def seed_table(df, exported=()):
+    """One row per run: epochs run, accuracies (%), test loss, minutes of training, and
+    "yes" under *exported* for the runs whose `run_key` is in `exported`."""
+    table = df[["dataset", "label", "seed", "epochs_run"]].rename(columns={"epochs_run": "epochs"})
+    for col, name in (("train_acc", "train acc %"), ("val_acc", "val acc %"),
+                      ("test_acc", "test acc %")):
+        table[name] = (df[col] * 100).round(1)
+    table["test loss"] = df["test_loss"].round(3)
+    table["minutes"] = (df["wall_seconds"] / 60).round(1)
+    table["exported"] = df["run_key"].isin(list(exported)).map({True: "yes", False: ""})
+    return table.set_index(["dataset", "label", "seed"])
+
+
+def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: str = "variant"):
     """`metric` of each label against the `reference` label, per dataset (`findings.compare`).
 
     Columns per dataset: accuracy (mean ± std over seeds, %), the paired change (pp, mean ±
-    std), its 95% confidence interval and the verdict. Rows: labels.
+    std), its 95% confidence interval and the verdict. Rows: labels (the index is `name`).
     """
     import pandas as pd
 
@@ -325,7 +373,7 @@ def delta_table(df, reference: str, metric: str = "test_acc", order=None):
     out = pd.DataFrame.from_dict(table, orient="index").fillna("")
     if order is not None:
         out = out.reindex([o for o in order if o in out.index])
-    out.index.name = "augmentation" if reference == "none" else "variant"
+    out.index.name = name
     return out
 
 

@@ -32,9 +32,11 @@ import torch
 
 from . import data as cdata
 from . import fileio
+from .budget import estimate_seconds
 from .config import RunConfig
 from .device import AUTOCAST_DTYPES, hardware, resolve_precision
 from .launch import train_or_launch  # one process unless $CNNLIB_NPROC > 1
+from .studies import plan
 from .train import TrainResult
 
 PROFILES = ("smoke", "cpu", "full")
@@ -364,13 +366,42 @@ def export_model(run: Run, path) -> Path:
     return fileio.copy_file(run.checkpoint, path)
 
 
+def speeds_path() -> Path:
+    """Where the training speeds measured on this machine are kept (`budget.py`)."""
+    return runs_root() / "speeds.json"
+
+
+def plan_lines(profile: str) -> list[str]:
+    """Per notebook: its runs, those not shared with an earlier one, their estimated time here.
+
+    The estimate comes from training speeds measured on this machine (a few steps per
+    network shape, kept in `speeds_path()`), not from finished runs; runs already in the
+    cache still count.
+    """
+    store = speeds_path()
+    lines, total, count = [], 0.0, 0
+    for name, (listed, new) in plan(profile, store).items():
+        seconds = sum(estimate_seconds(c, store) for _, c in new)
+        total += seconds
+        count += len(new)
+        lines.append(f"{name}: {listed} runs, {len(new)} not shared with an earlier notebook, "
+                     f"about {seconds / 60:.0f} min")
+    config = RunConfig()
+    lines.append(f"total: {count} runs, about {total / 3600:.1f} h on "
+                 f"{hardware(str(config.resolved_device()))} "
+                 f"({resolve_precision(config.precision, config.resolved_device())}), "
+                 "estimated from training speeds measured here")
+    return lines
+
+
 def main(argv=None) -> int:
     """`python -m cnnlib.runs profile|plan`: the profile a run would use; the runs per notebook."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m cnnlib.runs")
     p.add_argument("command", choices=["profile", "plan"],
-                   help="profile: print the resolved profile; plan: runs per notebook")
+                   help="profile: print the resolved profile; plan: runs and estimated time "
+                        "per notebook")
     p.add_argument("--profile", default="auto")
     args = p.parse_args(argv)
     try:
@@ -381,10 +412,9 @@ def main(argv=None) -> int:
     if args.command == "profile":
         print(profile)
     else:
-        from .studies import plan
-
-        for name, (listed, new) in plan(profile).items():
-            print(f"{name}: {listed} runs, {new} not shared with an earlier notebook")
+        print(f"profile {profile}:")
+        for line in plan_lines(profile):
+            print(f"  {line}")
     return 0
 
 

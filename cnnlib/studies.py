@@ -3,66 +3,83 @@
 A profile sizes the same experiments for a machine:
 - smoke: tiny subsets and two epochs, seconds per notebook (tests, CI, nbval); the
          sweeps on CIFAR-100 keep only their first and last variant;
-- cpu:   real full test sets, training subsets and short schedules sized for a few
-         hours of `./run_all.sh` on 2 CPU cores (README, Profiles: the measured time);
-- full:  paper-grade recipes for a GPU.
-Every function returns a list of (label, RunConfig); notebooks pass it to
-`runs.run_all` and plot what comes back.
+- cpu:   the full training sets and the full test sets, sized for a few hours of
+         `./run_all.sh` on 2 CPU cores (`python -m cnnlib.runs plan --profile cpu` estimates it);
+- full:  the same experiments at GPU size.
+
+Every sweep but one runs in the *reference regime*: the full training set minus the
+validation split, and a reference network and recipe strong enough (CIFAR-10 >= 85%,
+CIFAR-100 >= 55% mean test accuracy on the cpu profile) for a change to show. The exception
+is the overfitting sub-study, which trains the simple CNN on a small subset without
+augmentation for a long schedule, where the train-validation gap opens on purpose.
+
+Every function returns a list of (label, RunConfig); notebooks pass it to `runs.run_all`
+and plot what comes back.
 """
 
 from __future__ import annotations
 
-from .config import RECIPES, RunConfig, recipe
+from .budget import epochs_for
+from .config import OPTIMIZERS, RECIPES, RunConfig, recipe
 from .models import model_options as _model_defaults
 
 DATASETS = ("cifar10", "cifar100")
 
-# Sizes per profile. "study" is the small CNN's recipe for the sweeps (ablation,
-# depth); "baseline" and "best" are notebook 01's two models.
-# "reduce_sweeps": on every dataset after the first, a sweep keeps only its first and
-# last variant (smoke: both datasets still go through every code path, in seconds).
-# "lr_find_steps": length of notebook 03's learning-rate range test.
-# "augmentation_seeds": seeds of notebook 02 (default: "seeds"), whose effects are small.
-# "best_per_dataset": changes to "best" for one dataset.
+# Sizes per profile (RunConfig fields unless noted):
+# "reference": the sweeps' network and recipe (the fastnet recipe; "reference_model" names
+#   the model options), "reference_per_dataset" its changes for one dataset;
+# "best", "best_per_dataset": notebook 01's best model (a validation split kept for choosing
+#   the exported seed); "best_seeds" its seeds;
+# "overfit": the overfitting sub-study's simple CNN (small subset, no augmentation, long);
+# "early_stop_patience": epochs without a better validation loss before stopping;
+# "architecture_seconds": the training budget of each network of the architecture comparison;
+# "reduce_sweeps": on every dataset after the first, a sweep keeps only its first and last
+#   variant (smoke: both datasets still go through every code path, in seconds);
+# "lr_find_steps": batches of each learning-rate range test;
 # "compression": notebook 05 (compression_study.compress_model): fine-tuning steps and batch,
-# calibration images, test images (0 = all), seconds per timing, QAT steps (0 = no QAT row).
-# cpu: about 100 distinct runs; `python -m cnnlib.runs plan --profile cpu` counts them.
+#   calibration images, test images (0 = all), seconds per timing, QAT steps (0 = no QAT row).
+_SMOKE = dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64)
 SETTINGS = {
     "smoke": {
         "seeds": (0,),
-        "study": dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64,
-                      model_options={"width": 8}),
-        "baseline": dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64,
-                         model_options={"width": 8}),
-        "best": dict(train_subset=256, test_subset=200, val_size=128, epochs=2, batch_size=64,
-                     tta=0, model_options={"widths": [16, 32, 32]}),
+        "reference": dict(_SMOKE, tta=0, model_options={"widths": [8, 16, 16]}),
+        "best": dict(_SMOKE, tta=0, model_options={"widths": [16, 32, 32]}),
         "best_seeds": (0,),
+        "overfit": dict(_SMOKE, epochs=4, model_options={"width": 8}),
+        "early_stop_patience": 1,
+        "architecture_seconds": 1.0,
+        "architecture_options": {"baseline": {"width": 8}, "fastnet": {"widths": [8, 16, 16]}},
         "reduce_sweeps": True,
-        "lr_find_steps": 20,
+        "lr_find_steps": 12,
         "compression": dict(steps=2, batch_size=32, calibration=64, test_subset=200,
                             seconds=0.05, qat_steps=0),
     },
     "cpu": {
-        "seeds": (0, 1),
-        "study": dict(train_subset=10000, val_size=5000, epochs=4, batch_size=128,
-                      model_options={"width": 16}),
-        "baseline": dict(val_size=5000, epochs=6, batch_size=128, model_options={"width": 16}),
-        "best": dict(val_size=2000, epochs=3.5),
-        # CIFAR-100 needs a longer schedule for the same accuracy class (measured: 6 epochs
-        # reach about 66% in 25 min; 3.5 epochs already give 90% on CIFAR-10 in 16 min).
-        "best_per_dataset": {"cifar100": dict(epochs=6)},
-        "best_seeds": (0,),
-        "augmentation_seeds": (0, 1, 2),
-        "lr_find_steps": 100,
+        "seeds": (0, 1, 2),
+        # fastnet at half its widths (a quarter of the parameters); epochs chosen on validation
+        # accuracy (seed 0, 2-core AVX2 CPU, fp32): CIFAR-10 86.5% after 4 epochs in 5 min (the
+        # full network needs 2 epochs and 16 min for 85.7% test); CIFAR-100 50.9% after 6
+        # epochs, 57.7% after 10.
+        "reference": dict(val_size=5000, epochs=4, tta=0, model_options={"widths": [32, 128, 128]}),
+        "reference_per_dataset": {"cifar100": dict(epochs=10)},
+        "best": dict(val_size=2000, epochs=10),
+        "best_per_dataset": {"cifar100": dict(epochs=15)},
+        "best_seeds": (0, 1, 2),
+        "overfit": dict(train_subset=5000, val_size=5000, epochs=30, batch_size=128),
+        "early_stop_patience": 5,
+        "architecture_seconds": 120.0,
+        "lr_find_steps": 60,
         "compression": dict(steps=300, batch_size=128, calibration=2048, test_subset=0,
                             seconds=1.0, qat_steps=0),
     },
     "full": {
         "seeds": (0, 1, 2),
-        "study": dict(val_size=5000, epochs=30, batch_size=256),
-        "baseline": dict(val_size=5000, epochs=30, batch_size=256),
-        "best": dict(val_size=0, epochs=10),
+        "reference": dict(val_size=5000, epochs=10, tta=0),
+        "best": dict(val_size=2000, epochs=20),
         "best_seeds": (0, 1, 2),
+        "overfit": dict(train_subset=5000, val_size=5000, epochs=60, batch_size=128),
+        "early_stop_patience": 10,
+        "architecture_seconds": 600.0,
         "lr_find_steps": 100,
         "compression": dict(steps=500, batch_size=256, calibration=4096, test_subset=0,
                             seconds=1.0, qat_steps=300),
@@ -84,10 +101,10 @@ def _variants(profile: str, dataset: str, variants: list, datasets=DATASETS) -> 
 
 
 def _recipe(name: str, **fields) -> RunConfig:
-    """`train.recipe`, with model options equal to the model's defaults left out.
+    """`config.recipe`, with model options equal to the model's defaults left out.
 
     So the same network always has the same config, hence the same run-cache key
-    ("kernel 3", "dropout 0.0" and "depth 6" of the sweeps are one run).
+    ("depth 6" of the depth sweep and "dropout 0.0" of the dropout sweep are one run).
     """
     model = fields.get("model", RECIPES[name]["model"])
     defaults = _model_defaults(model)
@@ -96,75 +113,125 @@ def _recipe(name: str, **fields) -> RunConfig:
     return recipe(name, model_options=options, **fields)
 
 
-def _study(profile: str, dataset: str, seed: int, **changes) -> RunConfig:
-    """The small CNN of the sweeps, with changes; model options merge with the profile's."""
-    s = dict(settings(profile)["study"])
-    options = {**s.pop("model_options", {}), **changes.pop("model_options", {})}
-    return _recipe("baseline", dataset=dataset, seed=seed, model_options=options, **{**s, **changes})
+def _sized(profile: str, part: str, dataset: str) -> dict:
+    s = settings(profile)
+    return {**s[part], **s.get(f"{part}_per_dataset", {}).get(dataset, {})}
+
+
+def reference(profile: str, dataset: str, seed: int = 0, **changes) -> RunConfig:
+    """The sweeps' reference run on `dataset`, with changes (fastnet recipe, reference size)."""
+    return _recipe("fastnet", dataset=dataset, seed=seed,
+                   **{**_sized(profile, "reference", dataset), **changes})
 
 
 def baseline_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
-    """Notebook 01: the simple CNN and the best model on each dataset."""
+    """Notebook 01: the sweeps' reference network and the best model on each dataset."""
     s = settings(profile)
     out = []
     for ds in datasets:
-        out += [("baseline", _recipe("baseline", dataset=ds, seed=seed, **s["baseline"]))
-                for seed in s["seeds"]]
-        best = {**s["best"], **s.get("best_per_dataset", {}).get(ds, {})}
-        out += [("best", _recipe("fastnet", dataset=ds, seed=seed, **best))
+        out += [("reference", reference(profile, ds, seed)) for seed in s["seeds"]]
+        out += [("best", _recipe("fastnet", dataset=ds, seed=seed, **_sized(profile, "best", ds)))
                 for seed in s["best_seeds"]]
     return out
 
 
-AUGMENTATIONS = ["none", "crop", "flip", "crop+flip", "crop+flip+jitter", "crop+flip+cutout",
-                 "crop+flip+mixup", "crop+flip+cutmix", "crop+flip+randaugment"]
+# Each variant adds to or removes from the reference's crop+flip. Dropped for the budget
+# (still available through `augment=`): crop or flip alone, colour jitter, RandAugment.
+# The reference comes first: a reduced sweep (first and last variant) still has it.
+AUGMENTATIONS = ["crop+flip", "none", "crop+flip+cutout", "crop+flip+mixup", "crop+flip+cutmix",
+                 "crop+flip+autoaugment", "crop+flip+trivialaugment"]
 
 
 def augmentation_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
-    """Notebook 02: one augmentation added at a time, several seeds, both datasets."""
-    s = settings(profile)
-    return [(aug, _study(profile, ds, seed, augment=aug))
+    """Notebook 02: the reference with each augmentation, several seeds, both datasets."""
+    return [(aug, reference(profile, ds, seed, augment=aug))
             for ds in datasets for aug in _variants(profile, ds, AUGMENTATIONS, datasets)
-            for seed in s.get("augmentation_seeds", s["seeds"])]
-
-
-DEPTHS = (2, 4, 6, 8, 10)
-
-
-def depth_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
-    """Notebook 03, part 1: depth on both datasets (the train-validation gap)."""
-    return [(f"depth {d}", _study(profile, ds, seed, model_options={"depth": d}))
-            for ds in datasets for d in _variants(profile, ds, list(DEPTHS), datasets)
             for seed in settings(profile)["seeds"]]
 
 
-def architecture_runs(profile: str, dataset: str = "cifar10") -> list[tuple[str, RunConfig]]:
-    """Notebook 03, part 2: kernel size, width, dropout, plain vs residual."""
-    seeds = settings(profile)["seeds"]
-    width = settings(profile)["study"].get("model_options", {}).get("width", 32)
-    variants = (
-        [(f"kernel {k}", {"kernel_size": k}) for k in (3, 5, 7)]
-        + [(f"width {w}", {"width": w}) for w in (width // 2, width, width * 2)]
-        + [(f"dropout {p}", {"dropout": p}) for p in (0.0, 0.25, 0.5)]
-        + [(f"{'residual' if r else 'plain'} depth 10", {"depth": 10, "residual": r}) for r in (False, True)]
-    )
-    return [(label, _study(profile, dataset, seed, model_options=opts))
-            for label, opts in variants for seed in seeds]
+def _overfit(profile: str, seed: int, dataset: str = "cifar10", **changes) -> RunConfig:
+    """The overfitting sub-study's simple CNN: small subset, no augmentation, long schedule."""
+    s = dict(settings(profile)["overfit"])
+    options = {**s.pop("model_options", {}), **changes.pop("model_options", {})}
+    return _recipe("baseline", dataset=dataset, seed=seed, augment="none", label_smoothing=0.0,
+                   model_options=options, **{**s, **changes})
 
 
-def hyperparameter_runs(profile: str, dataset: str = "cifar10") -> list[tuple[str, RunConfig]]:
-    """Notebook 03, part 3: learning-rate schedule and weight decay."""
-    seeds = settings(profile)["seeds"]
-    out = [(f"schedule {s}", _study(profile, dataset, seed, schedule=s))
-           for s in ("step", "cosine", "onecycle") for seed in seeds]
-    out += [(f"weight decay {wd:g}", _study(profile, dataset, seed, weight_decay=wd))
-            for wd in (0.0, 5e-4, 5e-3) for seed in seeds]
+DEPTHS = (2, 4, 6, 8, 10)
+WIDTHS = (16, 32, 64)
+DROPOUTS = (0.0, 0.5)
+WEIGHT_DECAYS = (0.0, 5e-4, 5e-3)
+
+
+def overfitting_runs(profile: str) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 1: depth, width, dropout and weight decay against the gap (CIFAR-10)."""
+    variants = ([(f"depth {d}", {"model_options": {"depth": d}}) for d in DEPTHS]
+                + [(f"width {w}", {"model_options": {"width": w}}) for w in WIDTHS]
+                + [(f"dropout {p}", {"model_options": {"dropout": p}}) for p in DROPOUTS]
+                + [(f"weight decay {wd:g}", {"weight_decay": wd}) for wd in WEIGHT_DECAYS])
+    return [(label, _overfit(profile, seed, **changes))
+            for label, changes in variants for seed in settings(profile)["seeds"]]
+
+
+def early_stopping_runs(profile: str) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 2: the sub-study's standard run with and without early stopping.
+
+    Same seed, same schedule: the stopped run is the first epochs of the full one, then
+    the weights of its best validation loss.
+    """
+    patience = settings(profile)["early_stop_patience"]
+    return [(label, _overfit(profile, seed, **changes))
+            for label, changes in (("no early stopping", {}),
+                                   ("early stopping", dict(early_stop_patience=patience,
+                                                           early_stop_metric="val_loss")))
+            for seed in settings(profile)["seeds"]]
+
+
+def lr_find_configs(profile: str, dataset: str = "cifar10") -> dict[str, RunConfig]:
+    """Notebook 03, part 3: per optimizer, the reference config its range test scans."""
+    return {opt: reference(profile, dataset, optimizer=opt) for opt in OPTIMIZERS}
+
+
+def _lr_label(lr: float) -> str:
+    return f"{lr:.2g}"
+
+
+def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
+                   dataset: str = "cifar10") -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 3: each optimizer at the reference lr and at its range test's lr.
+
+    `suggested` maps each optimizer to the lr its range test suggested (rounded to two
+    significant digits, so that a rerun finds the same runs). Without it (planning only)
+    a tenth of the reference lr stands in: the count of runs is the same.
+    """
+    base = reference(profile, dataset)
+    out = []
+    for opt in OPTIMIZERS:
+        found = float(_lr_label((suggested or {}).get(opt, base.lr / 10)))
+        for kind, lr in (("reference lr", base.lr), ("range-test lr", found)):
+            out += [(f"{opt} @ {kind}", reference(profile, dataset, seed, optimizer=opt, lr=lr))
+                    for seed in settings(profile)["seeds"]]
     return out
 
 
-def lr_find_config(profile: str, dataset: str = "cifar10") -> RunConfig:
-    """The config whose learning rate notebook 03's range test scans (the sweeps' recipe)."""
-    return _study(profile, dataset, 0)
+# The architecture comparison: every family trains with the simple CNN's recipe, except
+# fastnet, whose recipe is part of what it is.
+ARCHITECTURES = ("baseline", "resnet20", "resnet56", "wrn16_4", "densenet_bc", "fastnet")
+
+
+def architecture_runs(profile: str, store=None, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
+    """Notebook 06: each network trained for the same wall-clock budget (`store`: budget.py)."""
+    s = settings(profile)
+    size = {k: v for k, v in s["reference"].items() if k != "model_options"}
+    out = []
+    for ds in datasets:
+        for model in _variants(profile, ds, list(ARCHITECTURES), datasets):
+            name = "fastnet" if model == "fastnet" else "baseline"
+            options = s.get("architecture_options", {}).get(model, {})
+            base = _recipe(name, dataset=ds, model=model, model_options=options, **size)
+            epochs = epochs_for(base, s["architecture_seconds"], store)
+            out += [(model, base.replace(epochs=epochs, seed=seed)) for seed in s["seeds"]]
+    return out
 
 
 def lr_find_steps(profile: str) -> int:
@@ -178,22 +245,26 @@ def compression_settings(profile: str) -> dict:
 
 # The runs each notebook asks for (04 and 05 reuse 01's models from the run cache).
 NOTEBOOKS = {
-    "01_baseline": lambda p: baseline_runs(p),
-    "02_augmentation_ablation": lambda p: augmentation_runs(p),
-    "03_depth_study": lambda p: depth_runs(p) + architecture_runs(p) + hyperparameter_runs(p),
-    "04_interpretability": lambda p: baseline_runs(p),
-    "05_compression": lambda p: baseline_runs(p, datasets=("cifar10",)),
+    "01_baseline": lambda p, store: baseline_runs(p),
+    "02_augmentation_ablation": lambda p, store: augmentation_runs(p),
+    "03_depth_study": lambda p, store: (overfitting_runs(p) + early_stopping_runs(p)
+                                        + optimizer_runs(p)),
+    "04_interpretability": lambda p, store: baseline_runs(p),
+    "05_compression": lambda p, store: baseline_runs(p, datasets=("cifar10",)),
+    "06_architectures": lambda p, store: architecture_runs(p, store),
 }
 
 
-def plan(profile: str) -> dict[str, tuple[int, int]]:
-    """Per notebook: (runs listed, runs not already listed by an earlier notebook)."""
+def plan(profile: str, store=None) -> dict[str, list[tuple[str, RunConfig]]]:
+    """Per notebook: its runs not already listed by an earlier notebook (and how many it lists)."""
     seen: set[str] = set()
     out = {}
     for name, fn in NOTEBOOKS.items():
-        configs = fn(profile)
-        keys = [c.key() for _, c in configs]
-        new = {k for k in keys if k not in seen}
-        seen |= new
-        out[name] = (len(keys), len(new))
+        configs = fn(profile, store)
+        new = []
+        for label, config in configs:
+            if config.key() not in seen:
+                seen.add(config.key())
+                new.append((label, config))
+        out[name] = (len(configs), new)
     return out

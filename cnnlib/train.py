@@ -115,10 +115,6 @@ def _hard(target: torch.Tensor) -> torch.Tensor:
     return target.argmax(1) if target.ndim == 2 else target
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
 # ---------------------------------------------------------------------------
 # The run
 
@@ -135,6 +131,7 @@ class TrainResult:
     device: str
     checkpoint: str | None
     precision: str = "fp32"  # what `auto` resolved to: the autocast of training and evaluation
+    diverged: str | None = None  # why training stopped on a non-finite loss (scored as chance)
     model: nn.Module | None = field(default=None, repr=False)
     test_metrics: dict | None = field(default=None, repr=False)  # full metrics incl. confusion
 
@@ -194,6 +191,8 @@ class Trainer:
         self.best = None  # (metric value, epoch, state_dict when early stopping)
         self.bad_epochs = 0
         self.stopped_early = False
+        self.diverged: str | None = None  # set when the training loss stops being finite
+        self.scored_as_chance = False  # finish(): a diverged model predicts uniform probabilities
         self.elapsed = 0.0  # training seconds over all sessions of this run
 
     # -- checkpoint state ---------------------------------------------------
@@ -278,8 +277,11 @@ class Trainer:
                 logits = self.forward(x)
                 loss = soft_cross_entropy(logits.float(), y, cfg.label_smoothing)
             # On a GPU, checking every step would force a sync; NaN/inf also poisons the sum.
-            if (self.device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss_sum + loss):
-                raise self._diverged(loss.item())
+            # Under DDP all ranks stop together, on the summed loss after the epoch.
+            if (not self.dist.enabled and (self.device.type != "cuda" or i % 25 == 0)
+                    and not torch.isfinite(loss_sum + loss)):
+                self.diverged = self._diverged(loss.item())
+                break
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -297,20 +299,18 @@ class Trainer:
         if self.dist.enabled:  # sums over the ranks: the metrics of the global batches
             loss_sum, correct, seen = cdist.all_reduce_sum(self.dist, loss_sum, correct, seen)
         train_loss = loss_sum.item() / max(1, seen)
-        if not math.isfinite(train_loss):  # the steps after the last check: never save NaN weights
-            raise self._diverged(train_loss)
+        if not math.isfinite(train_loss) and self.diverged is None:  # after the last check
+            self.diverged = self._diverged(train_loss)
         return {"train_loss": train_loss, "train_acc": correct.item() / max(1, seen),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
-    def _diverged(self, loss: float) -> NonFiniteLossError:
-        kept = (f"the last finished epoch is kept in {self.last_path}"
-                if self.last_path is not None and self.last_path.exists()
-                else "no finished epoch was saved")
-        return NonFiniteLossError(
-            f"loss: became {loss} at epoch {self.epoch + 1}, step {self.step}; lower lr "
-            f"(now {self.config.lr}) or use precision fp32; {kept}")
+    def _diverged(self, loss: float) -> str:
+        return (f"training loss became {loss} at epoch {self.epoch + 1}, step {self.step}; "
+                f"lower lr (now {self.config.lr}) or use precision fp32")
 
     def predict(self, split: cdata.Split, tta: int = 0) -> torch.Tensor:
+        if self.scored_as_chance:  # its weights may hold NaN, which would score NaN
+            return torch.zeros(len(split.labels), self.data.num_classes)
         return predict_logits(self.model, split.images, self.mean, self.std, tta=tta,
                               device=self.device, channels_last=self.config.channels_last,
                               autocast_dtype=self.amp_dtype)
@@ -345,6 +345,8 @@ class Trainer:
         while self.epoch < end and not self.stopped_early:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
+            if self.diverged:  # the unfinished epoch leaves no history row and no checkpoint
+                break
             row.update(cdist.from_main(self.dist, self.validate))  # under DDP: rank 0's numbers
             row["seconds"] = time.perf_counter() - t0
             self.elapsed += row["seconds"]
@@ -366,6 +368,8 @@ class Trainer:
         if cfg.early_stop_patience and self.best is not None:
             self.model.load_state_dict(self.best[2])  # early stopping keeps the best-validation weights
             best_epoch = self.best[1]
+        # A diverged run without early-stopped weights scores as uniform probabilities (chance).
+        self.scored_as_chance = self.diverged is not None and best_epoch is None
         if not self.dist.is_main:
             return self._finish_other_rank(best_epoch)
         t0 = time.perf_counter()
@@ -389,7 +393,8 @@ class Trainer:
         return TrainResult(config=cfg.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
                            wall_seconds=self.elapsed, device=device, checkpoint=ckpt_path,
-                           precision=self.precision, model=self.model, test_metrics=test_metrics)
+                           precision=self.precision, diverged=self.diverged, model=self.model,
+                           test_metrics=test_metrics)
 
     def _finish_other_rank(self, best_epoch: int | None) -> TrainResult:
         """DDP ranks other than 0: rank 0 evaluates and writes model.pt; return its numbers."""
@@ -397,7 +402,8 @@ class Trainer:
         return TrainResult(config=self.config.to_dict(), history=self.history, test=test, val=val,
                            best_epoch=best_epoch, stopped_early=self.stopped_early,
                            wall_seconds=elapsed, device=cdist.device_label(self.device, self.dist),
-                           checkpoint=ckpt_path, precision=self.precision, model=self.model)
+                           checkpoint=ckpt_path, precision=self.precision, diverged=self.diverged,
+                           model=self.model)
 
 
 def _same_config(saved: dict, config: RunConfig) -> bool:

@@ -8,10 +8,12 @@ import pytest
 
 from cnnlib import findings, report, results, runs
 
-# Test accuracy per seed (fractions). Against `none`: `crop` gains 3.0, 3.2, 2.9 pp (a clear
-# effect), `flip` +1, -1, +2 pp (overlaps 0), `cutout` -4, -5, -4 pp (a clear loss).
-ACC = {"none": (0.50, 0.52, 0.51), "crop": (0.53, 0.552, 0.539),
-       "flip": (0.51, 0.51, 0.53), "cutout": (0.46, 0.47, 0.47)}
+# Test accuracy per seed (fractions). Against the reference `crop+flip`: `+cutmix` gains 3.0,
+# 3.2, 2.9 pp (a clear effect), `+mixup` +1, -1, +2 pp (overlaps 0), `none` -4, -5, -4 pp (a
+# clear loss).
+CUTMIX, MIXUP = "crop+flip+cutmix", "crop+flip+mixup"
+ACC = {"crop+flip": (0.50, 0.52, 0.51), CUTMIX: (0.53, 0.552, 0.539),
+       MIXUP: (0.51, 0.51, 0.53), "none": (0.46, 0.47, 0.47)}
 
 
 def _rows(study, dataset, acc, keys=None):
@@ -58,11 +60,11 @@ def test_interval_is_the_t_interval_of_the_paired_deltas():
 
 def test_compare_pairs_by_seed():
     df = pd.DataFrame(_rows("s", "cifar10", ACC))
-    df = df[~((df["label"] == "crop") & (df["seed"] == 2))]  # crop lacks seed 2: 2 pairs
-    by_label = {d.label: d for d in findings.compare(df, "none")}
-    assert set(by_label) == {"crop", "flip", "cutout"}
-    assert by_label["crop"].deltas == pytest.approx((3.0, 3.2))
-    assert by_label["flip"].deltas == pytest.approx((1.0, -1.0, 2.0))
+    df = df[~((df["label"] == CUTMIX) & (df["seed"] == 2))]  # cutmix lacks seed 2: 2 pairs
+    by_label = {d.label: d for d in findings.compare(df, "crop+flip")}
+    assert set(by_label) == {CUTMIX, MIXUP, "none"}
+    assert by_label[CUTMIX].deltas == pytest.approx((3.0, 3.2))
+    assert by_label[MIXUP].deltas == pytest.approx((1.0, -1.0, 2.0))
 
 
 def test_readme_section_follows_the_wording_rule(tmp_path):
@@ -77,11 +79,11 @@ def test_readme_section_follows_the_wording_rule(tmp_path):
     assert text.endswith(f"{end}\ntail\n")
     section = text.split(begin)[1].split(end)[0]
     # Clear effects say so; an overlapping one says it cannot tell.
-    assert "improves: `crop` +3.0 ± 0.2 pp (95% CI +2.7 to +3.4)" in section
-    assert "hurts: `cutout` -4.3 ± 0.6 pp (95% CI -5.8 to -2.9)" in section
-    assert ("no detectable difference with 3 seeds: `flip` +0.7 ± 1.5 pp "
+    assert f"improves: `{CUTMIX}` +3.0 ± 0.2 pp (95% CI +2.7 to +3.4)" in section
+    assert "hurts: `none` -4.3 ± 0.6 pp (95% CI -5.8 to -2.9)" in section
+    assert (f"no detectable difference with 3 seeds: `{MIXUP}` +0.7 ± 1.5 pp "
             "(95% CI -3.1 to +4.5)") in section
-    assert "`flip` improves" not in section and "improves: `flip`" not in section
+    assert f"`{MIXUP}` improves" not in section and f"improves: `{MIXUP}`" not in section
     # The ranking states its margin and that it is not detectable.
     assert ("highest: `depth 10` (51.3%), ahead of `depth 6` by +0.3 ± 0.8 pp "
             "(95% CI -1.6 to +2.2): a lead not detectable with 3 seeds") in section
@@ -98,7 +100,40 @@ def test_an_unchanged_rerun_leaves_the_readme_as_it_is(tmp_path):
     results.collect_results(out, readme)
     first = readme.read_text()
     results.collect_results(out, readme)
-    assert readme.read_text() == first and "improves: `crop`" in first
+    assert readme.read_text() == first and f"improves: `{CUTMIX}`" in first
+
+
+def test_epochs_saved_per_seed_and_paired_with_the_full_run():
+    # (epochs run, best epoch, test acc without, test acc with) per seed, a 30-epoch schedule;
+    # seed 1 never stopped. Saved 18 / 0 / 15 epochs; deltas +2.0 / 0.0 / +2.5 pp.
+    per_seed = [(12, 7, 0.60, 0.62), (30, 28, 0.61, 0.61), (15, 10, 0.59, 0.615)]
+    rows = []
+    for seed, (run, best, without, with_) in enumerate(per_seed):
+        rows += [{"dataset": "cifar10", "seed": seed, "epochs": 30, "label": "no early stopping",
+                  "epochs_run": 30, "best_epoch": None, "test_acc": without},
+                 {"dataset": "cifar10", "seed": seed, "epochs": 30, "label": "early stopping",
+                  "epochs_run": run, "best_epoch": best, "test_acc": with_}]
+    rows.append({**rows[0], "label": "depth 2", "test_acc": 0.5})  # other labels are ignored
+    df = pd.DataFrame(rows)
+    table = findings.early_stopping_table(df)
+    assert list(table["epochs saved"]) == [18, 0, 15] and list(table["best epoch"]) == [7, 28, 10]
+    assert list(table["Δ pp"]) == [2.0, 0.0, 2.5]
+    text = findings.epochs_saved(df)
+    assert text.startswith("- **early stopping, cifar10** (3 seeds): 11.0 of 30 epochs saved on "
+                           "average (37% of the schedule; seed 0: stopped after epoch 12, "
+                           "weights of epoch 7 restored; seed 1: ran every epoch, weights of "
+                           "epoch 28 restored; seed 2: stopped after epoch 15")
+    assert text.endswith("test accuracy 61.5% with, 60.0% without: no detectable difference "
+                         "with 3 seeds, +1.5 ± 1.3 pp (95% CI -1.8 to +4.8).")
+    assert findings.epochs_saved(df[df["label"] != "early stopping"]) == ""
+
+
+def test_a_ranking_of_the_gap_names_percentage_points():
+    df = pd.DataFrame(_rows("03_depth_study", "cifar10", {"depth 2": (0.40, 0.41, 0.42),
+                                                          "depth 6": (0.50, 0.52, 0.51)}))
+    df.loc[df["label"] == "depth 2", "train_acc"] += 0.1  # gap 12 pp against 2 pp
+    assert findings.rank(df, metric="gap")[0].sentence().startswith("highest: `depth 2` (12.0 pp)")
+    assert findings.rank(df)[0].sentence().startswith("highest: `depth 6` (51.0%)")
 
 
 def test_confusion_sentence_counts_pairs_outside_a_superclass():
@@ -108,6 +143,49 @@ def test_confusion_sentence_counts_pairs_outside_a_superclass():
     text = findings.confusion_sentence(pairs, "cifar100", top=2)
     assert "girl→woman (27.0% of girl), bus→streetcar (16.0% of bus)" in text
     assert "2 of the 3 most confused pairs lie inside one superclass (not bus→streetcar)" in text
+
+
+# Notebook 01: the reference meets its bar on CIFAR-10 (86.0 ± 1.0%), not on CIFAR-100 (51.0%).
+BASELINE = {"cifar10": {"reference": (0.86, 0.87, 0.85), "best": (0.93, 0.935, 0.925)},
+            "cifar100": {"reference": (0.50, 0.52, 0.51), "best": (0.70, 0.71, 0.72)}}
+
+
+def _baseline_frame():
+    return pd.DataFrame([r for ds, acc in BASELINE.items() for r in _rows("01_baseline", ds, acc)])
+
+
+def test_baseline_answer_pairs_best_with_the_reference():
+    text = findings.baseline_answer(_baseline_frame())
+    assert ("- **cifar10**: the best model (baseline, 3 seeds) reaches 93.0% test accuracy, the "
+            "sweeps' reference network (3 seeds) 86.0%; paired by seed: improves, +7.0 ± 0.5 pp"
+            ) in text
+    assert "- **cifar100**:" in text and "paired by seed: improves, +20.0 ± 1.0 pp" in text
+    # A dataset without both labels (e.g. the old `baseline` label) gives no sentence.
+    old = _baseline_frame().replace({"label": {"reference": "baseline"}})
+    assert findings.baseline_answer(old) == ""
+
+
+def test_reference_check_holds_each_dataset_against_its_bar():
+    text = findings.reference_check(_baseline_frame())
+    assert ("- **cifar10**: the reference network reaches 86.0 ± 1.0% test accuracy (mean ± sd "
+            "over 3 seeds): it meets the study's bar of 85%") in text
+    assert ("- **cifar100**: the reference network reaches 51.0 ± 1.0% test accuracy (mean ± sd "
+            "over 3 seeds): 4.0 pp short of the study's bar of 55%, so the sweeps' comparisons "
+            "on cifar100 are outside the regime") in text
+    one = findings.reference_check(_baseline_frame().query("seed == 0"), {"cifar10": 0.9})
+    assert one == ("- **cifar10**: the reference network reaches 86.0% test accuracy (mean over "
+                   "1 seed): 4.0 pp short of the study's bar of 90%, so the sweeps' comparisons "
+                   "on cifar10 are outside the regime the study asks for.")
+    assert findings.reference_check(_baseline_frame().query("label == 'best'")) == ""
+
+
+def test_readme_section_states_the_reference_bar(tmp_path):
+    out = tmp_path / "outputs"
+    (out / "results").mkdir(parents=True)
+    _baseline_frame().to_csv(out / "results" / "01_baseline.csv", index=False)
+    section = findings.readme_section(out)
+    assert "paired by seed: improves" in section and "it meets the study's bar of 85%" in section
+    assert "4.0 pp short of the study's bar of 55%" in section
 
 
 # -- choosing a run never reads the test set ------------------------------------------------------
@@ -134,3 +212,60 @@ def test_best_run_without_validation_takes_the_lowest_seed_and_says_so():
     assert "without a validation split" in report.selection_rule(candidates, "cifar10")
     with pytest.raises(ValueError, match="no run 'best' on cifar100"):
         report.best_run(candidates, "cifar100")
+
+
+def test_seed_table_marks_the_exported_run_and_delta_table_names_its_index():
+    df = _baseline_frame().assign(epochs_run=2)
+    table = report.seed_table(df, exported=["cifar10-best-1"])
+    assert len(table) == 12 and table.index.names == ["dataset", "label", "seed"]
+    assert table.loc[("cifar10", "best", 1), "exported"] == "yes"
+    assert (table["exported"] == "yes").sum() == 1
+    assert table.loc[("cifar100", "reference", 2), "test acc %"] == 51.0
+    assert table.loc[("cifar10", "best", 0), "minutes"] == pytest.approx(1 / 60, abs=0.05)
+    delta = report.delta_table(df, "reference", order=["reference", "best"], name="model")
+    assert delta.index.name == "model" and list(delta.index) == ["reference", "best"]
+    assert delta.loc["best", "cifar100 verdict"] == "improves"
+
+
+# Notebook 06: three networks under one budget, 3 seeds. fastnet leads resnet20 by 5, 6, 5 pp.
+ARCH = {"baseline": (0.80, 0.81, 0.80), "resnet20": (0.85, 0.86, 0.855),
+        "fastnet": (0.90, 0.92, 0.905)}
+
+
+def _architecture_frame():
+    df = pd.DataFrame(_rows("06_architectures", "cifar10", ARCH)
+                      + _rows("06_architectures", "cifar100", {"baseline": (0.5, 0.5, 0.5)}))
+    minutes = {"baseline": 2.0, "resnet20": 2.5, "fastnet": 3.0}
+    return df.assign(model=df["label"], wall_seconds=df["label"].map(minutes) * 60 + df["seed"] * 6,
+                     epochs=df["label"].map({"baseline": 4.5, "resnet20": 1.25, "fastnet": 2.0}))
+
+
+def test_architectures_ranked_and_paired_against_the_simple_cnn():
+    text = findings.answer(_architecture_frame(), findings.SWEEPS["06_architectures"])
+    assert ("highest architecture: `fastnet` (90.8%), ahead of `resnet20` by +5.3 ± 0.6 pp "
+            "(95% CI +3.9 to +6.8): a detectable lead") in text
+    assert "against `baseline`: improves: `resnet20` +5.2 pp, `fastnet` +10.5 pp" in text
+    lines = findings.lines(_architecture_frame(), "06_architectures", ("architecture",))
+    assert lines.startswith("- **architecture, cifar10** (3 seeds): test accuracy `baseline` / "
+                            "`resnet20` / `fastnet`: 80.3 / 85.5 / 90.8%")
+    assert "cifar100** (3 seeds)" in lines and "no `baseline` run" not in lines
+
+
+def test_cost_table_and_parameters_of_each_network():
+    from cnnlib.models import count_parameters, create_model
+
+    df = report.with_parameters(_architecture_frame())
+    assert df.loc[df["label"] == "resnet20", "parameters"].tolist() == \
+        [count_parameters(create_model("resnet20", 10))] * 3
+    table = report.cost_table(_architecture_frame())
+    assert table.index.names == ["dataset", "network"]
+    assert list(table.index) == [("cifar10", "baseline"), ("cifar10", "resnet20"),
+                                 ("cifar10", "fastnet"), ("cifar100", "baseline")]
+    row = table.loc[("cifar10", "resnet20")]
+    assert row["parameters"] == count_parameters(create_model("resnet20", 10))
+    assert row["epochs"] == "1.25" and row["seeds"] == 3
+    assert row["wall min"] == "2.60 ± 0.10"  # 150, 156, 162 s
+    assert row["test acc %"] == "85.5 ± 0.5"
+    # The same network with a 100-class head: 90 more rows of the last linear layer.
+    params = table["parameters"]
+    assert params[("cifar100", "baseline")] - params[("cifar10", "baseline")] == 90 * (128 + 1)

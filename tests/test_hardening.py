@@ -255,13 +255,19 @@ def test_cli_refuses_non_finite_config(tmp_path, capsys, flags, words):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_diverged_run_is_one_line(synthetic_root, tmp_path, capsys, monkeypatch):
+def test_cli_diverged_run_says_so_and_scores_chance(synthetic_root, tmp_path, capsys,
+                                                     monkeypatch):
+    """A diverged run is a result, not an error: it finishes, names the divergence, and its
+    test accuracy is that of uniform probabilities; no epoch finished, so no last.pt."""
     ctrain = importlib.import_module("cnnlib.train")  # the module, not the train() it exports
     monkeypatch.setattr(ctrain, "soft_cross_entropy", lambda *a: torch.tensor(math.nan))
-    line = one_line_error(capsys, "--data-root", synthetic_root, "train", *TINY_ARGS,
-                          "--out", tmp_path / "run")
-    assert "loss: became nan" in line and "no finished epoch was saved" in line
-    assert not (tmp_path / "run" / "last.pt").exists()
+    rc = cli.main([str(a) for a in ("--data-root", synthetic_root, "train", *TINY_ARGS,
+                                    "--out", tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "diverged: training loss became nan at epoch 1, step 0" in out
+    labels = data.load_cifar("cifar10", root=synthetic_root).test_labels
+    assert out.splitlines()[-1] == f"test_acc={float((labels == 0).double().mean()):.4f}"
+    assert not (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "model.pt").exists()
 
 
 @pytest.mark.parametrize("make_out, words", [

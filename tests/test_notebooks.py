@@ -100,6 +100,46 @@ def test_required_figures_are_written_by_the_notebooks():
     assert "cnn_{ds}.pth" in text
 
 
+def test_notebooks_pick_runs_by_labels_that_notebook_01_trains():
+    """04 and 05 reuse 01's runs: every label they pick must be one `baseline_runs` writes."""
+    labels = {label for label, _ in studies.baseline_runs("smoke")}
+    picked = []
+    for path in NOTEBOOKS:
+        if "studies.baseline_runs(" not in path.read_text():
+            continue  # its own runs
+        for cell in _code(_read(path)):
+            for call in ast.walk(ast.parse(cell.source)):
+                if (isinstance(call, ast.Call) and ast.unparse(call.func) in
+                        ("report.pick", "report.best_run") and len(call.args) > 2):
+                    picked.append((path.stem, ast.literal_eval(call.args[2])))
+    assert {nb for nb, _ in picked} >= {"01_baseline", "04_interpretability", "05_compression"}
+    assert {label for _, label in picked} <= labels, picked
+
+
+def test_reference_runs_are_the_augmentation_sweeps_reference_on_every_dataset():
+    """01's reference runs are 02's `crop+flip` runs (one cache entry each), and a reduced
+    sweep (smoke: CIFAR-100 keeps two variants) still has them to pair with."""
+    from cnnlib import findings
+
+    reference = findings.SWEEPS["02_augmentation_ablation"][0].reference
+    for profile in ("smoke", "cpu"):
+        ours = {c.key() for label, c in studies.baseline_runs(profile) if label == "reference"}
+        theirs = {c.key() for label, c in studies.augmentation_runs(profile) if label == reference}
+        assert ours == theirs and len(ours) == 2 * len(studies.settings(profile)["seeds"])
+    nb = _read(ROOT / "notebooks" / "01_baseline.ipynb")
+    assert "findings.reference_check(df)" in _code(nb)[2].source  # the answer states the bar
+
+
+def test_architecture_checks_print_nothing_that_depends_on_the_machine():
+    """Notebook 06's epochs come from training speeds measured on the machine at hand: its
+    check cells print the networks, datasets, seeds and sizes, never epochs or speeds."""
+    nb = _read(ROOT / "notebooks" / "06_architectures.ipynb")
+    plan = [c for c in _code(nb) if report.CHECK_MARK in c.source and "plan_summary" in c.source]
+    text = "".join(o.get("text", "") for c in plan for o in c.outputs)
+    assert "resnet56" in text and "seed: 0" in text and "parameters" in text
+    assert not re.search(r"epoch|images/s", text)
+
+
 def test_run_all_help_and_bad_arguments():
     script = ROOT / "run_all.sh"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)

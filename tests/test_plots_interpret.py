@@ -357,6 +357,45 @@ def test_history_accuracy_in_percent_legend_outside_panel_titles():
     assert "a, b" in fig.get_label()
 
 
+def test_history_marks_epochs_of_a_run_in_its_colour():
+    fig = plots.plot_history({"full": _history(6, True), "stopped": _history(4, True)},
+                             marks={"stopped": {"best epoch": 2, "stopped": 4},
+                                    "full": {"best epoch": None}})
+    loss, acc = fig.axes
+    for ax in (loss, acc):  # one vertical line per mark on both panels
+        verticals = [line for line in ax.lines if list(line.get_xdata()) in ([2, 2], [4, 4])]
+        assert len(verticals) == 2 and len({line.get_linestyle() for line in verticals}) == 2
+        assert all(line.get_color() == ax.lines[2].get_color() for line in verticals)
+        # the marked run lies wide beneath the other, which stays visible where they coincide
+        assert [line.get_linewidth() > 3 for line in ax.lines[:4]] == [False] * 2 + [True] * 2
+        assert ax.lines[2].get_zorder() < ax.lines[0].get_zorder()
+    labels = [t.get_text() for t in acc.get_legend().get_texts()]
+    assert labels[-2:] == ["stopped: best epoch at epoch 2", "stopped: stopped at epoch 4"]
+    assert "vertical lines: stopped: best epoch at epoch 2; stopped: stopped at epoch 4." in \
+        fig.get_label()
+    _legend_clear_of_axes(fig, acc)
+
+
+def test_lr_find_draws_several_curves_each_with_its_suggestion(tmp_path):
+    def curve(scale):
+        lrs = [1e-5 * 1.3**i for i in range(40)]
+        return {"lrs": lrs, "losses": [2.3 - 0.01 * i + (i > 30) * scale * (i - 30)
+                                       for i in range(40)], "suggested_lr": lrs[20]}
+
+    fig = plots.plot_lr_find({"sgd": curve(0.1), "adam": curve(0.5)}, tmp_path / "lr.png")
+    _assert_png(tmp_path / "lr.png")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["sgd (suggested lr 0.0019)", "adam (suggested lr 0.0019)"]
+    curves = [line for line in ax.lines if len(line.get_xdata()) == 40]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [d.get_color() for d in dots] == [c.get_color() for c in curves]
+    assert "for sgd, adam" in fig.get_label() and "sgd 0.0019, adam 0.0019" in fig.get_label()
+    single = plots.plot_lr_find(curve(0.1)).axes[0]  # one test: as before, the dot in red
+    assert [t.get_text() for t in single.get_legend().get_texts()] == ["suggested lr 0.0019"]
+    assert [line.get_color() for line in single.lines if line.get_marker() == "o"] == ["red"]
+
+
 def test_points_zoom_to_values_of_a_few_points_and_panel_per_dataset(tmp_path):
     df = _accuracy_table(80, 90)
     fig = plots.plot_points(df, "label", "acc %", panel="dataset", percent=100,
@@ -373,10 +412,45 @@ def test_points_zoom_to_values_of_a_few_points_and_panel_per_dataset(tmp_path):
     assert alt == fig.get_label() and alt.startswith("ablation.") and "highest aug 3" in alt
 
 
+def test_deltas_show_the_paired_interval_coloured_by_verdict(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from cnnlib.findings import Delta
+
+    deltas = [Delta("cifar10", "none", "crop+flip", "test_acc", (-5.0, -6.0, -5.5)),
+              Delta("cifar10", "+mixup", "crop+flip", "test_acc", (1.0, -0.5, 0.8)),
+              Delta("cifar100", "+mixup", "crop+flip", "test_acc", (2.0,))]
+    fig = plots.plot_deltas(deltas, order=["crop+flip", "+mixup", "+cutout", "none"],
+                            path=tmp_path / "d.png", title="against crop+flip")
+    c10, c100 = fig.axes
+    assert (c10.get_title(), c100.get_title()) == ("cifar10", "cifar100")
+    # The order given, without the reference and labels that have no delta.
+    assert [t.get_text() for t in c10.get_yticklabels()] == ["+mixup", "none"]
+    assert c10.get_xlabel() == "test accuracy minus crop+flip (pp)"
+    assert any(list(line.get_xdata()) == [0, 0] for line in c10.lines)  # the line at 0
+    none, mixup = c10.containers  # drawn in the order of `deltas`
+    low, high = deltas[1].interval
+    bar = mixup.lines[2][0].get_segments()[0]
+    assert bar[:, 0].tolist() == pytest.approx([low, high]) and low < 0 < high
+    assert mixup.lines[0].get_color() == "0.55"  # interval spans 0: grey
+    assert to_rgba(none.lines[0].get_color()) == to_rgba("tab:red")  # detectable loss
+    (one_seed,) = c100.containers
+    assert not one_seed.has_xerr  # one seed: no interval to draw
+    _legend_clear_of_axes(fig, c100)
+    legend = [t.get_text() for t in c100.get_legend().get_texts()]
+    assert legend == ["hurts", "no detectable difference with 3 seeds",
+                      "no detectable difference with 1 seed"]
+    alt = _png_description(tmp_path / "d.png")
+    assert alt.startswith("against crop+flip.") and "none -5.5 pp (hurts)" in alt
+
+
 def test_points_and_lines_legends_outside_the_data():
     df = _accuracy_table(80, 90)
     points = plots.plot_points(df, "label", "acc %", hue="dataset", percent=100)
     _legend_clear_of_axes(points, points.axes[0])
+    # The alt text describes each series, not means over series of different things.
+    assert "cifar10: highest aug 3 (84.3%), lowest aug 0 (80.3%)" in points.get_label()
+    assert "cifar100: highest aug 3 (89.7%)" in points.get_label()
     sweep = _sweep_table()
     lines = plots.plot_lines(sweep, "depth", "test_acc", hue="residual", percent=1)
     _legend_clear_of_axes(lines, lines.axes[0])
@@ -470,3 +544,46 @@ def test_tradeoffs_markers_per_variant_legend_outside_error_bars():
     assert len({line.get_marker() for line in size.lines if line.get_xdata().size}) == 3
     assert latency.collections and not size.collections  # x error bars only where a std is given
     assert "smallest fp32" in fig.get_label()
+
+
+def _network_table() -> pd.DataFrame:
+    """3 networks x 2 datasets x 2 seeds: minutes, parameters and accuracy per run."""
+    rows = []
+    for k, (name, params) in enumerate((("small", 2e4), ("wide", 2.7e6), ("deep", 8.6e5))):
+        for ds, base in (("cifar10", 0.80), ("cifar100", 0.50)):
+            for s in range(2):
+                rows.append({"label": name, "dataset": ds, "seed": s, "parameters": params,
+                             "minutes": 2.0 + k + 0.2 * s, "test_acc": base + 0.02 * k + 0.01 * s})
+    return pd.DataFrame(rows)
+
+
+def test_tradeoff_points_mean_and_sd_per_network_and_dataset(tmp_path):
+    df = _network_table()
+    fig = plots.plot_tradeoff_points(
+        df, {"minutes": "wall minutes", "parameters": "parameters (log scale)"},
+        logx=("parameters",), marks={"minutes": (2.0, "budget")}, path=tmp_path / "t.png",
+        title="Networks")
+    minutes, params = fig.axes
+    assert (minutes.get_xlabel(), params.get_xlabel()) == ("wall minutes", "parameters (log scale)")
+    assert params.get_xscale() == "log" and minutes.get_xscale() == "linear"
+    assert _tick(params.xaxis, 2e5) == "200k" and _tick(params.xaxis, 2.7e6) == "2.7M"
+    assert _tick(minutes.yaxis, 0.8) == "80%" and minutes.get_ylabel() == "test accuracy"
+    # One point per (dataset, network) in each panel, at the means over seeds, ±sd both ways.
+    points = [c for c in minutes.containers if c.lines[0].get_xdata().size]
+    assert len(points) == 6 and len(params.containers) == 6
+    first = points[0]
+    assert (first.lines[0].get_xdata()[0], first.lines[0].get_ydata()[0]) == \
+        pytest.approx((2.1, 0.805))  # cifar10 "small": seeds at 2.0 / 2.2 min, 80% / 81%
+    assert first.has_xerr and first.has_yerr
+    xbar = first.lines[2][0].get_segments()[0][:, 0]
+    assert xbar.tolist() == pytest.approx([2.1 - df["minutes"][:2].std(), 2.1 + df["minutes"][:2].std()])
+    # A marker per network (the same on both datasets), a colour per dataset.
+    styles = {(c.lines[0].get_marker(), str(c.lines[0].get_color())) for c in points}
+    assert len(styles) == 6 and len({m for m, _ in styles}) == 3 and len({c for _, c in styles}) == 2
+    assert any(list(line.get_xdata()) == [2.0, 2.0] for line in minutes.lines)  # the budget mark
+    _legend_clear_of_axes(fig, params)
+    labels = [t.get_text() for t in params.get_legend().get_texts()]
+    assert labels == ["cifar10", "cifar100", "small", "wide", "deep", "budget"]
+    alt = _png_description(tmp_path / "t.png")
+    assert alt.startswith("Networks.") and "cifar10: highest deep (84.5% at 4.1 minutes" in alt
+    assert "lowest small (50.5%)" in alt

@@ -12,7 +12,7 @@ import pytest
 import torch
 from cifar_files import write_synthetic
 
-from cnnlib import report, results, runs, studies
+from cnnlib import budget, report, results, runs, studies
 from cnnlib.train import RunConfig, Trainer
 
 REQUIRED_COLUMNS = ["dataset", "model", "options", "augmentations", "seed", "epochs", "val_acc",
@@ -216,18 +216,65 @@ def test_project_root_from_a_subfolder(monkeypatch):
 
 
 @pytest.mark.parametrize("profile", runs.PROFILES)
-def test_every_profile_builds_valid_configs(profile):
-    plan = studies.plan(profile)
+def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
+    # Speeds stand in for measured ones (tests/test_budget.py measures): one per model, so
+    # the budgeted epochs differ between networks as they do on a machine.
+    speeds = {"baseline": 400.0, "fastnet": 130.0}
+    monkeypatch.setattr(budget, "_measure", lambda config, *_: speeds.get(config.model, 60.0))
+    plan = studies.plan(profile, tmp_path / "speeds.json")
     assert set(plan) == set(studies.NOTEBOOKS)
-    assert plan["04_interpretability"][1] == 0  # notebook 04 reuses notebook 01's runs
+    assert plan["04_interpretability"][1] == []  # notebook 04 reuses notebook 01's runs
     assert studies.lr_find_steps(profile) > 0
+    archs = studies.architecture_runs(profile, tmp_path / "speeds.json")
+    seconds = studies.settings(profile)["architecture_seconds"]
+    for label, config in archs:  # the same budget: epochs x images = seconds x speed
+        images = config.epochs * budget.train_images(config)
+        assert images == pytest.approx(max(seconds * speeds.get(label, 60.0), config.batch_size),
+                                       rel=0.05, abs=budget.train_images(config) * 0.011)
+    monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
+    lines = runs.plan_lines(profile)
+    assert [line.split(":")[0] for line in lines] == [*studies.NOTEBOOKS, "total"]
+    assert f"total: {sum(len(new) for _, new in plan.values())} runs" in lines[-1]
+
+
+def test_the_reference_regime_is_the_full_training_set():
+    """Every sweep of the cpu profile but the overfitting sub-study trains on the full
+    training set minus its validation split, with the reference network."""
+    for label, config in studies.augmentation_runs("cpu") + studies.optimizer_runs("cpu"):
+        assert config.train_subset == 0 and config.val_size > 0, label
+        assert config.model_options == studies.SETTINGS["cpu"]["reference"]["model_options"]
+    for label, config in studies.overfitting_runs("cpu"):
+        assert config.train_subset > 0 and config.augment == "none", label
+    seeds = studies.SETTINGS["cpu"]["seeds"]
+    assert len(seeds) >= 3 and len(studies.SETTINGS["cpu"]["best_seeds"]) >= 3
 
 
 def test_identical_networks_share_one_config():
-    labels = dict(studies.architecture_runs("smoke"))
-    assert labels["kernel 3"] == labels["dropout 0.0"]
-    assert labels["kernel 3"].key() == labels["kernel 3"].replace().key()
-    assert "kernel_size" not in labels["kernel 3"].model_options
+    """The overfitting sub-study's standard network is one config under four labels and the
+    early-stopping part's run without it (options equal to the model's defaults left out)."""
+    labels = {label: c for label, c in studies.overfitting_runs("cpu") if c.seed == 0}
+    standard = labels["depth 6"]
+    for label in ("width 32", "dropout 0.0", "weight decay 0.0005"):
+        assert labels[label] == standard and labels[label].key() == standard.key(), label
+    assert standard.model_options == {} and standard.key() == standard.replace().key()
+    assert len({c.key() for c in labels.values()}) == len(labels) - 3
+    stopping = {label: c for label, c in studies.early_stopping_runs("cpu") if c.seed == 0}
+    assert stopping["no early stopping"].key() == standard.key()
+    assert stopping["early stopping"].replace(early_stop_patience=0,
+                                              early_stop_metric="val_acc") == standard
+
+
+def test_optimizer_runs_train_at_the_rounded_range_test_lr():
+    suggested = {"sgd": 0.123456, "nesterov": 0.05, "adam": 0.0012345, "adamw": 0.0031}
+    configs = studies.optimizer_runs("smoke", suggested)
+    lrs = {label: c.lr for label, c in configs}
+    assert lrs["adam @ range-test lr"] == 0.0012 and lrs["sgd @ range-test lr"] == 0.12
+    reference = studies.reference("smoke", "cifar10")
+    assert lrs["adamw @ reference lr"] == reference.lr
+    assert dict(configs)["nesterov @ reference lr"].key() == reference.key()
+    tests = studies.lr_find_configs("smoke")
+    assert {opt: c.optimizer for opt, c in tests.items()} == {o: o for o in suggested}
+    assert len(studies.optimizer_runs("smoke")) == len(configs)  # planning: the same count
 
 
 def test_smoke_keeps_both_datasets_but_reduces_sweeps():

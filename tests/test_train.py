@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -141,13 +142,45 @@ def test_without_early_stopping_no_best_weights_are_kept(tiny, synthetic_root, t
     assert result.best_epoch is None and not result.stopped_early
 
 
-def test_nonfinite_loss_stops_with_clear_error(tiny, synthetic_root, tmp_path, monkeypatch):
-    t = Trainer(tiny(epochs=2), tmp_path, data_root=synthetic_root, progress=False)
+def _chance(labels: torch.Tensor) -> float:
+    """The accuracy of uniform probabilities: argmax picks class 0 for every image."""
+    return float((labels == 0).double().mean())
+
+
+def test_nonfinite_loss_stops_the_run_and_scores_it_as_chance(tiny, synthetic_root, tmp_path,
+                                                              monkeypatch, synthetic_cifar10):
+    t = Trainer(tiny(epochs=3), tmp_path, data_root=synthetic_root, progress=False)
     t.run_epochs(1)
     monkeypatch.setattr(ctrain, "soft_cross_entropy", lambda *a: torch.tensor(float("nan")))
-    with pytest.raises(ctrain.NonFiniteLossError, match=r"loss: became nan at epoch 2.*lower lr"):
-        t.run_epochs()
-    assert load_safe(tmp_path / "last.pt")["epoch"] == 1  # the finished epoch is kept
+    result = t.run()
+    assert re.fullmatch(r"training loss became nan at epoch 2, step 16; lower lr .*",
+                        result.diverged)
+    assert len(result.history) == 1 and not result.stopped_early
+    assert load_safe(tmp_path / "last.pt")["epoch"] == 1  # the unfinished epoch is not saved
+    assert result.test["acc"] == pytest.approx(_chance(synthetic_cifar10.test_labels))
+    assert result.test["loss"] == pytest.approx(math.log(10))  # uniform over 10 classes
+    assert result.val["val_loss"] == pytest.approx(math.log(10))
+
+
+def test_a_run_at_an_absurd_lr_diverges_into_a_finished_chance_result(tiny, synthetic_root,
+                                                                      tmp_path,
+                                                                      synthetic_cifar10):
+    """A real run: at lr 1e10 weight decay multiplies the weights by about -5e5 per step
+    (times the warm-up's 0.1), so they overflow within a few steps. The run cache keeps the
+    diverged run as a finished one with finite metrics, and a rerun fetches it."""
+    from cnnlib import runs
+
+    config = tiny(epochs=3, lr=1e10)
+    run = runs.run(config, "absurd lr", root=tmp_path, data_root=synthetic_root, progress=False)
+    assert run.result["diverged"].startswith("training loss became ")
+    row = run.row("test")
+    assert row["epochs_run"] < 3 and row["epochs_run"] == len(run.history)
+    assert row["test_acc"] == pytest.approx(_chance(synthetic_cifar10.test_labels))
+    assert math.isfinite(row["test_loss"]) and math.isfinite(row["val_acc"])
+    assert run.test_metrics(synthetic_root)["confusion"][:, 1:].sum() == 0  # all class 0
+    again = runs.run(config, "absurd lr", root=tmp_path, data_root=synthetic_root,
+                     progress=False)
+    assert again.result == run.result  # from the cache, not trained again
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -1,0 +1,91 @@
+"""Training speed per machine and the epochs of a wall-clock budget (cnnlib/budget.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cnnlib import budget, fileio
+from cnnlib.config import RunConfig
+
+# A tiny network and batch: a real measurement takes a fraction of a second.
+TINY = RunConfig(model="baseline", model_options={"width": 4, "depth": 2}, batch_size=8,
+                 train_subset=200, val_size=50, test_subset=100, device="cpu", precision="fp32",
+                 epochs=1)
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Replaces the timing by a fixed speed (1000 images/s) and counts the measurements."""
+    calls = []
+
+    def fake(config, device, precision):
+        calls.append(config.model)
+        return 1000.0
+
+    monkeypatch.setattr(budget, "_measure", fake)
+    return calls
+
+
+def test_a_real_measurement_is_kept_in_the_store(tmp_path):
+    store = tmp_path / "speeds.json"
+    speed = budget.images_per_second(TINY, store)
+    assert speed > 0 and math.isfinite(speed)
+    table = fileio.read_json(store)
+    (key,) = table  # read_json checks and drops the content hash
+    assert '"model": "baseline"' in key and '"batch": 8' in key and "fp32" in key
+    assert table[key] == speed
+
+
+def test_the_speed_is_measured_once_and_read_back(tmp_path, measured):
+    store = tmp_path / "speeds.json"
+    first = budget.epochs_for(TINY, 2.0, store)
+    # Another seed and epoch count: the same network shape, so the stored speed.
+    again = budget.epochs_for(TINY.replace(seed=3, epochs=5), 2.0, store)
+    assert first == again == 2.0 * 1000 / 200  # seconds x images/s / training images
+    assert measured == ["baseline"]
+    # Another shape is measured and added next to the first entry.
+    budget.epochs_for(TINY.replace(batch_size=16), 2.0, store)
+    assert measured == ["baseline", "baseline"]
+    assert len(fileio.read_json(store)) == 2
+
+
+def test_a_stored_speed_is_used_as_it_is(tmp_path, measured):
+    store = tmp_path / "speeds.json"
+    budget.images_per_second(TINY, store)
+    table = fileio.read_json(store)
+    (key,) = table
+    fileio.write_json({key: 250.0}, store)
+    assert budget.images_per_second(TINY, store) == 250.0
+    assert budget.epochs_for(TINY, 1.0, store) == 1.25
+    assert measured == ["baseline"]
+
+
+def test_epochs_round_down_and_fill_at_least_one_batch(tmp_path, measured):
+    store = tmp_path / "speeds.json"
+    assert budget.epochs_for(TINY, 0.123456, store) == 0.61  # 0.617... rounded down
+    tiny = budget.epochs_for(TINY, 1e-6, store)
+    assert tiny * budget.train_images(TINY) >= TINY.batch_size
+    assert tiny == 0.04  # 8 of 200 images
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, math.nan, math.inf])
+def test_a_bad_budget_is_refused(tmp_path, measured, seconds):
+    with pytest.raises(ValueError, match="budget"):
+        budget.epochs_for(TINY, seconds, tmp_path / "speeds.json")
+    assert measured == []  # refused before anything is timed
+
+
+def test_train_images_is_the_subset_or_the_split():
+    assert budget.train_images(TINY) == 200
+    assert budget.train_images(TINY.replace(train_subset=0, val_size=5000)) == 45000
+
+
+def test_estimate_grows_with_epochs_and_evaluation(tmp_path, measured):
+    store = tmp_path / "speeds.json"
+    one, two = (budget.estimate_seconds(TINY.replace(epochs=e), store) for e in (1, 2))
+    assert 0 < one < two
+    assert two - one == pytest.approx(200 / 1000 + 50 / (budget.EVAL_SPEEDUP * 1000))
+    with_tta = budget.estimate_seconds(TINY.replace(tta=2), store)
+    assert with_tta > one  # six forward passes per test image instead of one
