@@ -10,6 +10,11 @@
 #   ./run_all.sh --setup-only         only create/refresh .venv and obtain the data
 #   ./run_all.sh --nproc 4            train each run on 4 local processes with torchrun (DDP;
 #                                     one per GPU, gloo on CPU); default $CNNLIB_NPROC or 1
+#   ./run_all.sh --jobs 4             train 4 runs at once (one per GPU, or cores/4 threads each);
+#                                     default $CNNLIB_JOBS or 1
+#   ./run_all.sh --jobs 8 --executor ray
+#                                     each run a Ray task, on $RAY_ADDRESS or a Ray started here
+#                                     (pip install '.[cluster]'); default $CNNLIB_EXECUTOR or local
 #
 # Writes (under $CNNLIB_OUTPUTS, default outputs/): notebooks/<name>.ipynb (executed),
 # reports/<name>.html, results.csv, results.md, the figures; models/cnn_cifar10{,0}.pth;

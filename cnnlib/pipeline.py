@@ -6,6 +6,8 @@
     --only NB       one notebook: 01, 01_baseline or notebooks/01_baseline.ipynb
     --force         execute notebooks again even when already done
     --nproc N       train each run on N local processes with torchrun (default $CNNLIB_NPROC or 1)
+    --jobs N        train N runs at once (default $CNNLIB_JOBS or 1; cnnlib.executors)
+    --executor E    local (N worker processes here) or ray (default $CNNLIB_EXECUTOR or local)
 
 Each notebook is executed with papermill (parameter PROFILE, kernel python3, cwd the project
 root) into <outputs>/notebooks/, exported to <outputs>/reports/<name>.html without code and
@@ -34,7 +36,7 @@ from bs4 import BeautifulSoup  # nbconvert's own HTML parser
 from nbconvert import HTMLExporter
 from traitlets.config import Config
 
-from . import runs
+from . import executors, runs
 from .obtain import DATASETS, obtain
 from .results import collect_results
 
@@ -64,12 +66,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="execute notebooks again even when done")
     p.add_argument("--nproc", default=os.environ.get(NPROC_ENV) or "1",
                    help="processes per training run (torchrun; default $CNNLIB_NPROC or 1)")
+    p.add_argument("--jobs", default=os.environ.get(executors.JOBS_ENV) or "1",
+                   help="training runs at once (default $CNNLIB_JOBS or 1)")
+    p.add_argument("--executor", default=os.environ.get(executors.EXECUTOR_ENV) or "local",
+                   help="local or ray (default $CNNLIB_EXECUTOR or local)")
     args = p.parse_args(argv)
     if args.profile not in PROFILE_CHOICES:
         p.error(f"--profile '{args.profile}' is not allowed; allowed: {', '.join(PROFILE_CHOICES)}")
     if not (args.nproc.isdigit() and int(args.nproc) >= 1):
         p.error(f"--nproc '{args.nproc}' is not allowed; give a whole number >= 1")
     args.nproc = int(args.nproc)
+    try:
+        args.jobs = executors.count(args.jobs, "--jobs")
+        args.executor = executors.executor_name(args.executor, "--executor")
+    except ValueError as e:
+        p.error(str(e))
+    if args.jobs > 1 and args.nproc > 1:
+        p.error(f"--jobs {args.jobs} with --nproc {args.nproc} is not allowed; choose one: "
+                "several runs at once, or one run on several processes")
     return args
 
 
@@ -183,6 +197,9 @@ def run_notebooks(notebooks: list[Path], out: Path, profile: str, force: bool = 
         try:
             execute(nb, executed, profile)
         except papermill.PapermillExecutionError as e:
+            if e.ename == executors.RunsFailed.__name__:  # each failure was reported as it came
+                print(f"{PREFIX} FAILED: notebook {name}: {e.evalue}", file=sys.stderr)
+                return 1
             print(e, file=sys.stderr)  # the cell's traceback
             return _failed(name, profile, executed)
         except Exception:  # noqa: BLE001 - the kernel died or did not start: same advice
@@ -239,6 +256,8 @@ def main(argv=None) -> int:
         print(f"run_all: {e}", file=sys.stderr)
         return 2
     os.environ[NPROC_ENV] = str(args.nproc)
+    os.environ[executors.JOBS_ENV] = str(args.jobs)  # the kernels' executors.run_all reads them
+    os.environ[executors.EXECUTOR_ENV] = args.executor
     os.environ[runs.PROFILE_ENV] = profile  # the notebooks' "auto" resolves to it as well
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # as papermill's command does
     logging.basicConfig(format="%(message)s")
@@ -246,7 +265,7 @@ def main(argv=None) -> int:
 
     out = runs.outputs_root()
     print(f"{PREFIX} profile {profile}; outputs in {out}/; {len(notebooks)} notebook(s); "
-          "training runs:")
+          f"{args.jobs} run(s) at once ({args.executor}); training runs, one at a time:")
     for line in runs.plan_lines(profile):
         print(f"{PREFIX}   {line}")
     start = time.monotonic()

@@ -293,6 +293,11 @@ def _finished(path: Path, repair: bool = False) -> dict | None:
         return None
 
 
+def is_finished(path: Path) -> bool:
+    """True when the run folder `path` holds a finished run (result.json and model.pt intact)."""
+    return _finished(Path(path)) is not None
+
+
 def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, data_root=None,
         force: bool = False, progress: bool = True) -> Run:
     """Return the finished run for `config`: from the cache, resumed, or trained now.

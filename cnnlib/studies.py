@@ -13,7 +13,7 @@ CIFAR-100 >= 55% mean test accuracy on the cpu profile) for a change to show. Th
 is the overfitting sub-study, which trains the simple CNN on a small subset without
 augmentation for a long schedule, where the train-validation gap opens on purpose.
 
-Every function returns a list of (label, RunConfig); notebooks pass it to `runs.run_all`
+Every function returns a list of (label, RunConfig); notebooks pass it to `executors.run_all`
 and plot what comes back.
 """
 

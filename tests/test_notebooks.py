@@ -71,7 +71,7 @@ def test_only_check_cells_carry_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebooks_are_thin_and_portable(path):
     """No functions or classes (the logic lives in cnnlib), no absolute paths; every notebook
-    starts through report.start and gets its runs from the run cache (runs.run_all)."""
+    starts through report.start and gets its runs through the executors (executors.run_all)."""
     nb = _read(path)
     calls = set()
     for cell in _code(nb):
@@ -81,7 +81,7 @@ def test_notebooks_are_thin_and_portable(path):
         calls |= {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     text = path.read_text()
     assert not re.search(r'"(/home|/work|/tmp|/Users|[A-Z]:\\\\)', text)
-    assert {"report.start", "runs.run_all"} <= calls, path.name
+    assert {"report.start", "executors.run_all"} <= calls, path.name
 
 
 def test_results_checks_name_every_column():

@@ -38,12 +38,17 @@ def test_a_bad_flag_stops_the_command_with_one_line_and_status_2(tmp_path):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--nproc", "0"], "--nproc '0' is not allowed; give a whole number >= 1"),
     (["--nproc", "two"], "--nproc 'two' is not allowed; give a whole number >= 1"),
+    (["--jobs", "0"], "--jobs '0' is not allowed; give a whole number >= 1"),
+    (["--executor", "dask"], "--executor 'dask' is not allowed; allowed: local, ray"),
+    (["--jobs", "2", "--nproc", "2"], "--jobs 2 with --nproc 2 is not allowed; choose one: "
+                                      "several runs at once, or one run on several processes"),
     (["--profile"], "argument --profile: expected one argument"),
     (["--prof", "smoke"], "unrecognized arguments: --prof smoke"),  # no abbreviations
     (["--setup-only"], "unrecognized arguments: --setup-only"),  # the shell script's flag
 ])
 def test_parse_args_rejects(flags, message, capsys, monkeypatch):
-    monkeypatch.delenv("CNNLIB_NPROC", raising=False)
+    for name in ("CNNLIB_NPROC", "CNNLIB_JOBS", "CNNLIB_EXECUTOR"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit) as stop:
         pipeline.parse_args(flags)
     assert stop.value.code == 2
@@ -57,6 +62,13 @@ def test_parse_args_defaults_come_from_the_environment(monkeypatch):
     assert (args.profile, args.nproc, args.only, args.force) == ("smoke", 3, None, False)
     args = pipeline.parse_args(["--profile=cpu", "--nproc", "2", "--only", "03", "--force"])
     assert (args.profile, args.nproc, args.only, args.force) == ("cpu", 2, "03", True)
+    monkeypatch.setenv("CNNLIB_NPROC", "1")
+    monkeypatch.setenv("CNNLIB_JOBS", "4")
+    monkeypatch.setenv("CNNLIB_EXECUTOR", "ray")
+    args = pipeline.parse_args([])
+    assert (args.jobs, args.executor) == (4, "ray")
+    args = pipeline.parse_args(["--jobs", "2", "--executor", "local"])
+    assert (args.jobs, args.executor) == (2, "local")
     monkeypatch.setenv("CNNLIB_PROFILE", "tiny")
     with pytest.raises(SystemExit):
         pipeline.parse_args([])

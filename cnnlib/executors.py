@@ -1,0 +1,437 @@
+"""Many runs at once: the runs a notebook asks for, trained in parallel into the one run cache.
+
+`run_all(configs, profile=...)` is what the notebooks call. It finds the runs that are not in
+the cache yet, hands them to an executor, waits for all of them, then reads every run from the
+cache with `runs.run_all`: a notebook gets the same Run objects, and results.csv the same rows,
+whichever executor trained them.
+
+- one job, local (the default): `runs.run_all` itself, in this process;
+- `local`, N jobs: N worker processes on this machine (`python -m cnnlib.executors worker`),
+  each training one run at a time. With GPUs, worker i sees only GPU i mod G
+  (CUDA_VISIBLE_DEVICES); on a CPU each gets cores // N threads;
+- `ray`: each run a Ray task, on the cluster at $RAY_ADDRESS or on a Ray started on this
+  machine, asking for one GPU where the cluster has GPUs, else for its share of the CPUs;
+  at most N at once.
+
+Settings: `./run_all.sh --jobs N --executor local|ray`, or $CNNLIB_JOBS and $CNNLIB_EXECUTOR
+(what a JupyterLab kernel sees); $CNNLIB_THREADS sets the threads per run instead.
+
+Ray tasks write into the run cache themselves, so on a cluster $CNNLIB_RUNS must be a folder
+that every node mounts at the same path (each task checks it before training). Shipping the
+results back to the driver instead would lose what the cache gives a killed run: its epoch
+checkpoints, from which any node resumes it.
+
+Failures: a failed run is reported with its config and its error, the other runs go on, and
+`run_all` then raises RunsFailed, one line naming the failed runs. A worker killed by a signal
+is dispatched again once (Ray: retried once) and its run resumes from its last epoch
+checkpoint. Two executors never train one run at once: `runs.run` holds the run folder's lock;
+the second waits, then finds the run finished.
+
+Threads and results: on a CPU the thread count changes the order of floating-point sums, so a
+run trained on 1 thread differs from the same run on 2 threads in the last digits, and training
+can grow that. Results match bit for bit when the threads per run match ($CNNLIB_THREADS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import runs
+from .config import RunConfig
+from .fileio import first_line
+
+JOBS_ENV = "CNNLIB_JOBS"
+EXECUTOR_ENV = "CNNLIB_EXECUTOR"
+THREADS_ENV = "CNNLIB_THREADS"
+EXECUTORS = ("local", "ray")
+KILL_RETRIES = 1  # a worker killed by a signal is dispatched again this many times
+LOG_NAME = "train.log"  # in the run folder: every dispatch's output, appended
+SHARED_CHECK = ".shared-check"  # in the run cache: written by the driver, read by Ray tasks
+TAIL = 40  # lines of a failed run's log shown with its error
+
+
+class RunsFailed(RuntimeError):
+    """Some runs failed; the message names them (the others are finished and cached)."""
+
+
+def count(text, name: str) -> int:
+    """`text` as a whole number >= 1, else ValueError naming `name` and what is allowed."""
+    text = str(text).strip()
+    if not (text.isdigit() and int(text) >= 1):
+        raise ValueError(f"{name} '{text}' is not allowed; give a whole number >= 1")
+    return int(text)
+
+
+def executor_name(text, name: str) -> str:
+    """`text` if it names an executor, else ValueError naming `name` and the allowed ones."""
+    if text not in EXECUTORS:
+        raise ValueError(f"{name} '{text}' is not allowed; allowed: {', '.join(EXECUTORS)}")
+    return text
+
+
+@dataclass(frozen=True)
+class Settings:
+    jobs: int  # runs at once
+    executor: str  # local or ray
+    threads: int | None  # per run on a CPU; None: cores // jobs
+
+
+def settings() -> Settings:
+    """The executor settings from $CNNLIB_JOBS, $CNNLIB_EXECUTOR and $CNNLIB_THREADS."""
+    threads = os.environ.get(THREADS_ENV)
+    return Settings(jobs=count(os.environ.get(JOBS_ENV) or "1", JOBS_ENV),
+                    executor=executor_name(os.environ.get(EXECUTOR_ENV) or "local", EXECUTOR_ENV),
+                    threads=count(threads, THREADS_ENV) if threads else None)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run to train: its label, config and run folder."""
+
+    label: str
+    config: RunConfig
+    path: Path
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        return f"{c.dataset} {self.label or c.model} (seed {c.seed}) {self.path.name}"
+
+    def config_json(self) -> str:
+        return json.dumps(self.config.to_dict(), default=str, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Failure:
+    job: Job
+    error: str
+
+
+def run_all(configs: list[tuple[str, RunConfig]], *, profile: str = "", root=None,
+            data_root=None, progress: bool = True) -> list[runs.Run]:
+    """`runs.run_all(configs, ...)`, with the runs not yet cached trained first by the executor
+    the settings choose. Raises RunsFailed, after every other run finished, if any failed."""
+    s = settings()
+    if s.jobs > 1 or s.executor == "ray":
+        todo = pending(configs, root, data_root)
+        if todo:
+            execute = _ray if s.executor == "ray" else _local
+            failures = execute(todo, s, profile=profile, root=runs.runs_root(root).resolve(),
+                               data_root=data_root, progress=progress)
+            if failures:
+                names = "; ".join(f"{f.job.name}: {f.error}" for f in failures)
+                raise RunsFailed(f"{len(failures)} of {len(todo)} runs failed: {names}")
+    with _threads(s.threads):
+        return runs.run_all(configs, profile=profile, root=root, data_root=data_root,
+                            progress=progress)
+
+
+def pending(configs, root=None, data_root=None) -> list[Job]:
+    """The runs of `configs` not in the cache, each once."""
+    out, seen = [], set()
+    for label, config in configs:
+        path = runs.run_dir(config, root, data_root).resolve()
+        if path not in seen and not runs.is_finished(path):
+            seen.add(path)
+            out.append(Job(label, config, path))
+    return out
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def threads_per_run(s: Settings, cores: int | None = None) -> int:
+    """$CNNLIB_THREADS, else the cores split between the jobs (at least 1)."""
+    return s.threads or max(1, (cores or os.cpu_count() or 1) // s.jobs)
+
+
+class _Board:
+    """The progress lines: one per started and finished run, with the overall count."""
+
+    def __init__(self, total: int, executor: str, progress: bool):
+        self.total, self.done, self.failed = total, 0, 0
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.start = {}
+        if progress:
+            print(f"[{executor}] {total} runs to train", flush=True)
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            with self.lock:
+                print(text, flush=True)
+
+    def started(self, job: Job, where: str) -> None:
+        self.start[job.path] = time.monotonic()
+        self.say(f"[started] {job.name} on {where}")
+
+    def finished(self, job: Job, failure: Failure | None = None) -> Failure | None:
+        with self.lock:
+            if failure:
+                self.failed += 1
+            else:
+                self.done += 1
+            tally = f"{self.done + self.failed}/{self.total} done, {self.failed} failed"
+        seconds = time.monotonic() - self.start.get(job.path, time.monotonic())
+        if failure:
+            # Always shown: the config and the error are what a failed run leaves behind.
+            print(f"[failed] {job.name} after {seconds:.0f} s: {failure.error} ({tally})\n"
+                  f"  config: {job.config_json()}\n  log: {job.path / LOG_NAME}", flush=True)
+        else:
+            self.say(f"[finished] {job.name} in {seconds:.0f} s ({tally})")
+        return failure
+
+
+def _plural(n, word: str) -> str:
+    return f"{n} {word}" + ("" if int(n) == 1 else "s")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _log_tail(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-TAIL:])
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# local: N worker processes
+
+
+def _gpu_ids() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them."""
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_env(slot: int, s: Settings, gpus: list[str]) -> dict[str, str]:
+    """The environment of worker `slot`: its GPU, or its share of the CPU threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run(s))}
+    env.pop(JOBS_ENV, None)  # a worker trains its one run itself
+    env.pop(EXECUTOR_ENV, None)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def worker_command(job: Job, *, profile: str, root: Path, data_root=None,
+                   threads: int) -> list[str]:
+    cmd = [sys.executable, "-m", "cnnlib.executors", "worker", job.config_json(),
+           "--label", job.label, "--profile", profile, "--root", str(root),
+           "--threads", str(threads)]
+    if data_root is not None:
+        cmd += ["--data-root", str(data_root)]
+    return cmd
+
+
+def _local(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
+           progress: bool) -> list[Failure]:
+    board = _Board(len(todo), f"local, {s.jobs} workers", progress)
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(s.jobs):
+        slots.put(slot)
+    gpus = _gpu_ids()
+
+    def one(job: Job) -> Failure | None:
+        slot = slots.get()
+        try:
+            env = worker_env(slot, s, gpus)
+            where = f"worker {slot + 1} " + (f"(GPU {env['CUDA_VISIBLE_DEVICES']})" if gpus
+                                             else f"({_plural(env['OMP_NUM_THREADS'], 'thread')})")
+            cmd = worker_command(job, profile=profile, root=root, data_root=data_root,
+                                 threads=int(env["OMP_NUM_THREADS"]))
+            for attempt in range(KILL_RETRIES + 1):
+                board.started(job, where)
+                code = _train_in_process(cmd, env, job.path / LOG_NAME)
+                if code == 0:
+                    return board.finished(job)
+                if code < 0 and attempt < KILL_RETRIES:
+                    board.say(f"[killed] {job.name}: worker stopped by signal {-code}; "
+                              "dispatched again, it resumes from its last epoch checkpoint")
+                    continue
+                why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                error = _last_line(_log_tail(job.path / LOG_NAME)) if code > 0 else why
+                return board.finished(job, Failure(job, error))
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=s.jobs) as pool:
+        return [f for f in pool.map(one, todo) if f]
+
+
+def _train_in_process(cmd: list[str], env: dict, log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}\n")
+        out.flush()
+        return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """`python -m cnnlib.executors worker CONFIG_JSON ...`: train one run into the cache."""
+    p = argparse.ArgumentParser(prog="python -m cnnlib.executors worker")
+    p.add_argument("config", help="a RunConfig as JSON")
+    p.add_argument("--label", default="")
+    p.add_argument("--profile", default="")
+    p.add_argument("--root", required=True, help="the run cache")
+    p.add_argument("--data-root")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = RunConfig.from_dict(json.loads(args.config))
+    runs.run(config, args.label, profile=args.profile, root=args.root, data_root=args.data_root)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# ray: one task per run
+
+
+def _ray_module():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(f"{EXECUTOR_ENV} 'ray': the ray package is not installed; install the "
+                         "cluster extra: pip install '.[cluster]'") from None
+    return ray
+
+
+def _forwarded_env() -> dict[str, str]:
+    """The settings a Ray worker needs from this process (data mirror, locations, profile)."""
+    keep = {k: v for k, v in os.environ.items() if k.startswith("CNNLIB_")}
+    for k in (JOBS_ENV, EXECUTOR_ENV):
+        keep.pop(k, None)
+    return keep
+
+
+def ray_init():
+    """Connect to $RAY_ADDRESS, or start Ray on this machine; once per process."""
+    ray = _ray_module()
+    if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):  # a Ray of our own reports nothing anywhere
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": _forwarded_env()})
+    return ray
+
+
+def ray_resources(ray, s: Settings) -> dict:
+    """What each task asks for: one GPU where the cluster has GPUs, else its CPU share
+    (cluster CPUs // jobs, no more than the largest node has)."""
+    total = ray.cluster_resources()
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    largest = int(max(nodes, default=total.get("CPU", 1)))
+    threads = min(largest, threads_per_run(s, int(total.get("CPU", 1))))
+    if total.get("GPU", 0) >= 1:
+        return {"num_gpus": 1, "num_cpus": 1, "threads": threads}
+    return {"num_cpus": threads, "threads": threads}
+
+
+def check_shared(root: Path, token: str) -> None:
+    """Raise unless `root` is the driver's run cache (the token it wrote there)."""
+    try:
+        seen = (Path(root) / SHARED_CHECK).read_text().strip()
+    except OSError:
+        seen = ""
+    if seen != token:
+        raise RuntimeError(f"run cache {root} is not the driver's on node {socket.gethostname()}: "
+                           "put CNNLIB_RUNS on a folder every node mounts at the same path")
+
+
+def ray_task(config_json: str, label: str, profile: str, root: str, data_root, threads: int,
+             token: str, project: str) -> str:
+    """One run in a Ray worker: train it into the shared run cache; returns its folder name."""
+    if Path(project).is_dir():
+        os.chdir(project)  # data/, git commit: as in the driver
+    check_shared(Path(root), token)
+    torch.set_num_threads(threads)
+    config = RunConfig.from_dict(json.loads(config_json))
+    path = runs.run_dir(config, root, data_root)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOG_NAME, "a") as out, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(out):
+        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} "
+              f"(Ray, {threads} threads)", flush=True)
+        runs.run(config, label, profile=profile, root=root, data_root=data_root)
+    return path.name
+
+
+def _ray(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
+         progress: bool) -> list[Failure]:
+    ray = ray_init()
+    want = ray_resources(ray, s)
+    threads = want.pop("threads")
+    token = uuid.uuid4().hex
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SHARED_CHECK).write_text(token + "\n")
+    task = ray.remote(ray_task).options(max_retries=KILL_RETRIES, retry_exceptions=False, **want)
+    project = str(runs.project_root(chdir=False))
+    where = f"Ray ({'1 GPU' if 'num_gpus' in want else _plural(threads, 'CPU')})"
+    board = _Board(len(todo), f"ray, {s.jobs} at once", progress)
+    waiting, running, failures = list(todo), {}, []
+    while waiting or running:
+        while waiting and len(running) < s.jobs:
+            job = waiting.pop(0)
+            ref = task.remote(job.config_json(), job.label, profile, str(root),
+                              None if data_root is None else str(data_root), threads, token,
+                              project)
+            running[ref] = job
+            board.started(job, where)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        job = running.pop(ready[0])
+        try:
+            name = ray.get(ready[0])
+            error = None if name == job.path.name else (
+                f"trained into {name}, not {job.path.name}: the node's data or code differ")
+        except Exception as e:  # noqa: BLE001 - a task's error, or its worker lost twice
+            cause = getattr(e, "cause", None) or e
+            error = f"{type(cause).__name__}: {first_line(cause)}"
+        failure = board.finished(job, Failure(job, error) if error else None)
+        if failure:
+            failures.append(failure)
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["worker"]:
+        print("usage: python -m cnnlib.executors worker CONFIG_JSON --root RUNS [...]",
+              file=sys.stderr)
+        return 2
+    return worker_main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
