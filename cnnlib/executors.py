@@ -5,7 +5,7 @@ the cache yet, hands them to an executor, waits for all of them, then reads ever
 cache with `runs.run_all`: a notebook gets the same Run objects, and results.csv the same rows,
 whichever executor trained them.
 
-- one job, local (the default): `runs.run_all` itself, in this process;
+- one job, local (the default): this process trains the runs one after the other;
 - `local`, N jobs: N worker processes on this machine (`python -m cnnlib.executors worker`),
   each training one run at a time. With GPUs, worker i sees only GPU i mod G
   (CUDA_VISIBLE_DEVICES); on a CPU each gets cores // N threads;
@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ import torch
 from . import runs
 from .config import RunConfig
 from .fileio import first_line
+from .launch import NPROC_ENV, nproc_from_env
 
 JOBS_ENV = "CNNLIB_JOBS"
 EXECUTOR_ENV = "CNNLIB_EXECUTOR"
@@ -94,9 +96,14 @@ class Settings:
 def settings() -> Settings:
     """The executor settings from $CNNLIB_JOBS, $CNNLIB_EXECUTOR and $CNNLIB_THREADS."""
     threads = os.environ.get(THREADS_ENV)
-    return Settings(jobs=count(os.environ.get(JOBS_ENV) or "1", JOBS_ENV),
-                    executor=executor_name(os.environ.get(EXECUTOR_ENV) or "local", EXECUTOR_ENV),
-                    threads=count(threads, THREADS_ENV) if threads else None)
+    s = Settings(jobs=count(os.environ.get(JOBS_ENV) or "1", JOBS_ENV),
+                 executor=executor_name(os.environ.get(EXECUTOR_ENV) or "local", EXECUTOR_ENV),
+                 threads=count(threads, THREADS_ENV) if threads else None)
+    if s.jobs > 1 and nproc_from_env() > 1:
+        raise ValueError(f"{JOBS_ENV} {s.jobs} with {NPROC_ENV} {nproc_from_env()} is not "
+                         "allowed; choose one: several runs at once, or one run on several "
+                         "processes")
+    return s
 
 
 @dataclass(frozen=True)
@@ -127,16 +134,15 @@ def run_all(configs: list[tuple[str, RunConfig]], *, profile: str = "", root=Non
     """`runs.run_all(configs, ...)`, with the runs not yet cached trained first by the executor
     the settings choose. Raises RunsFailed, after every other run finished, if any failed."""
     s = settings()
-    if s.jobs > 1 or s.executor == "ray":
+    with _threads(s.threads):
         todo = pending(configs, root, data_root)
         if todo:
-            execute = _ray if s.executor == "ray" else _local
+            execute = _ray if s.executor == "ray" else _local if s.jobs > 1 else _here
             failures = execute(todo, s, profile=profile, root=runs.runs_root(root).resolve(),
                                data_root=data_root, progress=progress)
             if failures:
                 names = "; ".join(f"{f.job.name}: {f.error}" for f in failures)
                 raise RunsFailed(f"{len(failures)} of {len(todo)} runs failed: {names}")
-    with _threads(s.threads):
         return runs.run_all(configs, profile=profile, root=root, data_root=data_root,
                             progress=progress)
 
@@ -218,6 +224,28 @@ def _log_tail(path: Path) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-TAIL:])
     return ""
+
+
+# ---------------------------------------------------------------------------
+# one job: this process
+
+
+def _here(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
+          progress: bool) -> list[Failure]:
+    board = _Board(len(todo), "this process", progress)
+    failures = []
+    for job in todo:
+        board.started(job, f"this process ({_plural(torch.get_num_threads(), 'thread')})")
+        try:
+            runs.run(job.config, job.label, profile=profile, root=root, data_root=data_root,
+                     progress=progress)
+        except Exception as e:  # noqa: BLE001 - reported with its config; the other runs go on
+            traceback.print_exc()
+            failures.append(board.finished(job, Failure(job, f"{type(e).__name__}: "
+                                                             f"{first_line(e)}")))
+        else:
+            board.finished(job)
+    return failures
 
 
 # ---------------------------------------------------------------------------

@@ -105,10 +105,10 @@ def test_the_smoke_study_gives_one_results_csv_whatever_the_executor(tmp_path, u
     assert len(configs) == 4 and tables[1] == tables[0] and tables[2] == tables[0]
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
-def test_a_failed_run_is_reported_and_the_others_finish(executor, synthetic_root, tmp_path, use,
-                                                         capsys):
-    use(2, executor)
+@pytest.mark.parametrize("jobs, executor", EXECUTORS, ids=["one", "local", "ray"])
+def test_a_failed_run_is_reported_and_the_others_finish(jobs, executor, synthetic_root, tmp_path,
+                                                         use, capsys):
+    use(jobs, executor)
     bad = ("bad", _config(model_options={"bogus": 1}))  # valid config, fails when training
     with pytest.raises(executors.RunsFailed) as failed:
         executors.run_all([*CONFIGS[:2], bad], profile="smoke", root=tmp_path,
@@ -184,8 +184,11 @@ def test_two_executors_at_once_train_each_run_once(synthetic_root, tmp_path):
     (executors.JOBS_ENV, "0", "CNNLIB_JOBS '0' is not allowed; give a whole number >= 1"),
     (executors.EXECUTOR_ENV, "dask", "CNNLIB_EXECUTOR 'dask' is not allowed; allowed: local, ray"),
     (executors.THREADS_ENV, "x", "CNNLIB_THREADS 'x' is not allowed; give a whole number >= 1"),
+    ("CNNLIB_NPROC", "2", "CNNLIB_JOBS 3 with CNNLIB_NPROC 2 is not allowed; choose one: "
+                          "several runs at once, or one run on several processes"),
 ])
 def test_bad_settings_stop_before_any_run(name, value, message, monkeypatch, tmp_path):
+    monkeypatch.setenv(executors.JOBS_ENV, "3")
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError) as bad:
         executors.run_all(CONFIGS, root=tmp_path)
