@@ -1,35 +1,25 @@
 """Many runs at once: the runs a notebook asks for, trained in parallel into the one run cache.
 
-`run_all(configs, profile=...)` is what the notebooks call. It finds the runs that are not in
-the cache yet, hands them to an executor, waits for all of them, then reads every run from the
-cache with `runs.run_all`: a notebook gets the same Run objects, and results.csv the same rows,
-whichever executor trained them.
+`run_all(configs, profile=...)` (what the notebooks call) hands the runs not in the cache yet
+to an executor, waits for them, then reads every run from the cache with `runs.run_all`, so a
+notebook gets the same Runs, and results.csv the same rows, whichever executor trained them:
+- one job (the default): this process, one run after the other;
+- `local`, N jobs: N worker processes here (`python -m cnnlib.executors worker`); with GPUs
+  worker i sees only GPU i mod G, on a CPU each gets cores // N threads;
+- `ray`: a Ray task per run, at most N at once, on $RAY_ADDRESS's cluster or a Ray started
+  here, asking for one GPU where there are GPUs, else for its share of the CPUs.
+Settings: `./run_all.sh --jobs N --executor local|ray`, or $CNNLIB_JOBS, $CNNLIB_EXECUTOR
+(and $CNNLIB_THREADS, threads per run), which a JupyterLab kernel sees too.
 
-- one job, local (the default): this process trains the runs one after the other;
-- `local`, N jobs: N worker processes on this machine (`python -m cnnlib.executors worker`),
-  each training one run at a time. With GPUs, worker i sees only GPU i mod G
-  (CUDA_VISIBLE_DEVICES); on a CPU each gets cores // N threads;
-- `ray`: each run a Ray task, on the cluster at $RAY_ADDRESS or on a Ray started on this
-  machine, asking for one GPU where the cluster has GPUs, else for its share of the CPUs;
-  at most N at once.
+Ray tasks write into the run cache themselves: on a cluster $CNNLIB_RUNS must be a folder
+every node mounts at the same path (each task checks). Shipping results back to the driver
+would lose what the cache gives a killed run: epoch checkpoints any node resumes from.
 
-Settings: `./run_all.sh --jobs N --executor local|ray`, or $CNNLIB_JOBS and $CNNLIB_EXECUTOR
-(what a JupyterLab kernel sees); $CNNLIB_THREADS sets the threads per run instead.
-
-Ray tasks write into the run cache themselves, so on a cluster $CNNLIB_RUNS must be a folder
-that every node mounts at the same path (each task checks it before training). Shipping the
-results back to the driver instead would lose what the cache gives a killed run: its epoch
-checkpoints, from which any node resumes it.
-
-Failures: a failed run is reported with its config and its error, the other runs go on, and
-`run_all` then raises RunsFailed, one line naming the failed runs. A worker killed by a signal
-is dispatched again once (Ray: retried once) and its run resumes from its last epoch
-checkpoint. Two executors never train one run at once: `runs.run` holds the run folder's lock;
-the second waits, then finds the run finished.
-
-Threads and results: on a CPU the thread count changes the order of floating-point sums, so a
-run trained on 1 thread differs from the same run on 2 threads in the last digits, and training
-can grow that. Results match bit for bit when the threads per run match ($CNNLIB_THREADS).
+A failed run is reported with its config and error, the others go on, and `run_all` then
+raises RunsFailed naming the failed runs. A worker killed by a signal is dispatched again once
+(Ray retries once) and resumes from its last epoch checkpoint. An interrupted driver ends its
+workers or tasks; a worker whose driver died stops by itself. The run folder's lock
+(`runs.run`) keeps two executors from training one run at once.
 """
 
 from __future__ import annotations
@@ -64,7 +54,6 @@ EXECUTORS = ("local", "ray")
 KILL_RETRIES = 1  # a worker killed by a signal is dispatched again this many times
 LOG_NAME = "train.log"  # in the run folder: every dispatch's output, appended
 SHARED_CHECK = ".shared-check"  # in the run cache: written by the driver, read by Ray tasks
-TAIL = 40  # lines of a failed run's log shown with its error
 
 
 class RunsFailed(RuntimeError):
@@ -215,15 +204,11 @@ def _plural(n, word: str) -> str:
     return f"{n} {word}" + ("" if int(n) == 1 else "s")
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def _log_tail(path: Path) -> str:
+def _last_log_line(path: Path) -> str:
     with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-TAIL:])
-    return ""
+        lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
+        return lines[-1] if lines else "no output"
+    return "no log"
 
 
 # ---------------------------------------------------------------------------
@@ -290,6 +275,8 @@ def _local(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
         slots.put(slot)
     gpus = _gpu_ids()
 
+    workers = _Workers()
+
     def one(job: Job) -> Failure | None:
         slot = slots.get()
         try:
@@ -300,7 +287,9 @@ def _local(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
                                  threads=int(env["OMP_NUM_THREADS"]))
             for attempt in range(KILL_RETRIES + 1):
                 board.started(job, where)
-                code = _train_in_process(cmd, env, job.path / LOG_NAME)
+                code = workers.train(cmd, env, job.path / LOG_NAME)
+                if code is None:  # the driver is stopping: no report, no second try
+                    return None
                 if code == 0:
                     return board.finished(job)
                 if code < 0 and attempt < KILL_RETRIES:
@@ -308,39 +297,65 @@ def _local(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
                               "dispatched again, it resumes from its last epoch checkpoint")
                     continue
                 why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                error = _last_line(_log_tail(job.path / LOG_NAME)) if code > 0 else why
+                error = _last_log_line(job.path / LOG_NAME) if code > 0 else why
                 return board.finished(job, Failure(job, error))
         finally:
             slots.put(slot)
 
-    with ThreadPoolExecutor(max_workers=s.jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=s.jobs)
+    try:
         return [f for f in pool.map(one, todo) if f]
+    except BaseException:  # interrupted (Ctrl-C, a stopped kernel): end the workers too
+        workers.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _train_in_process(cmd: list[str], env: dict, log: Path) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as out:
-        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}\n")
-        out.flush()
-        return subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
+class _Workers:
+    """The worker processes running now. Each starts in a session of its own, so a Ctrl-C
+    meant for the driver reaches them only through `stop`, which ends them all (each run
+    keeps its last epoch checkpoint); a worker whose driver died stops by itself."""
+
+    def __init__(self):
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def train(self, cmd: list[str], env: dict, log: Path) -> int | None:
+        """The worker's exit status (negative: the signal that ended it); None once stopped."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}\n")
+            out.flush()
+            with self.lock:
+                if self.stopped:
+                    return None
+                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                self.live.add(proc)
+            code = proc.wait()
+            with self.lock:
+                self.live.discard(proc)
+                return None if self.stopped else code
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            for proc in self.live:
+                proc.terminate()
 
 
-def worker_main(argv: list[str] | None = None) -> int:
-    """`python -m cnnlib.executors worker CONFIG_JSON ...`: train one run into the cache."""
-    p = argparse.ArgumentParser(prog="python -m cnnlib.executors worker")
-    p.add_argument("config", help="a RunConfig as JSON")
-    p.add_argument("--label", default="")
-    p.add_argument("--profile", default="")
-    p.add_argument("--root", required=True, help="the run cache")
-    p.add_argument("--data-root")
-    p.add_argument("--threads", type=int)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = RunConfig.from_dict(json.loads(args.config))
-    runs.run(config, args.label, profile=args.profile, root=args.root, data_root=args.data_root)
-    return 0
+def _exit_with_parent(poll: float = 1.0) -> None:
+    """End this worker when the process that started it is gone (its driver was killed)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 # ---------------------------------------------------------------------------
@@ -428,37 +443,51 @@ def _ray(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
     project = str(runs.project_root(chdir=False))
     where = f"Ray ({'1 GPU' if 'num_gpus' in want else _plural(threads, 'CPU')})"
     board = _Board(len(todo), f"ray, {s.jobs} at once", progress)
+    args = (profile, str(root), None if data_root is None else str(data_root), threads, token,
+            project)
     waiting, running, failures = list(todo), {}, []
-    while waiting or running:
-        while waiting and len(running) < s.jobs:
-            job = waiting.pop(0)
-            ref = task.remote(job.config_json(), job.label, profile, str(root),
-                              None if data_root is None else str(data_root), threads, token,
-                              project)
-            running[ref] = job
-            board.started(job, where)
-        ready, _ = ray.wait(list(running), num_returns=1)
-        job = running.pop(ready[0])
-        try:
-            name = ray.get(ready[0])
-            error = None if name == job.path.name else (
-                f"trained into {name}, not {job.path.name}: the node's data or code differ")
-        except Exception as e:  # noqa: BLE001 - a task's error, or its worker lost twice
-            cause = getattr(e, "cause", None) or e
-            error = f"{type(cause).__name__}: {first_line(cause)}"
-        failure = board.finished(job, Failure(job, error) if error else None)
-        if failure:
-            failures.append(failure)
+    try:
+        while waiting or running:
+            while waiting and len(running) < s.jobs:
+                job = waiting.pop(0)
+                running[task.remote(job.config_json(), job.label, *args)] = job
+                board.started(job, where)
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            job = running.pop(ready)
+            try:
+                name = ray.get(ready)
+                error = None if name == job.path.name else (
+                    f"trained into {name}, not {job.path.name}: the node's data or code differ")
+            except Exception as e:  # noqa: BLE001 - a task's error, or its worker lost twice
+                cause = getattr(e, "cause", None) or e
+                error = f"{type(cause).__name__}: {first_line(cause)}"
+            failure = board.finished(job, Failure(job, error) if error else None)
+            if failure:
+                failures.append(failure)
+    except BaseException:  # interrupted: the tasks stop too (each run keeps its checkpoint)
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
     return failures
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["worker"]:
-        print("usage: python -m cnnlib.executors worker CONFIG_JSON --root RUNS [...]",
-              file=sys.stderr)
-        return 2
-    return worker_main(argv[1:])
+    """`python -m cnnlib.executors worker CONFIG_JSON ...`: train one run into the cache."""
+    p = argparse.ArgumentParser(prog="python -m cnnlib.executors")
+    p.add_argument("command", choices=["worker"])
+    p.add_argument("config", help="a RunConfig as JSON")
+    p.add_argument("--label", default="")
+    p.add_argument("--profile", default="")
+    p.add_argument("--root", required=True, help="the run cache")
+    p.add_argument("--data-root")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    _exit_with_parent()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = RunConfig.from_dict(json.loads(args.config))
+    runs.run(config, args.label, profile=args.profile, root=args.root, data_root=args.data_root)
+    return 0
 
 
 if __name__ == "__main__":

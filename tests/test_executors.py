@@ -34,6 +34,29 @@ def _config(**changes) -> RunConfig:
 CONFIGS = [("a", _config()), ("b", _config(seed=1)), ("c", _config(dataset="cifar100"))]
 
 
+SLOW = [("slow", _config(epochs=12, train_subset=0, val_size=100))]
+
+
+def _worker_of(path: Path) -> int:
+    """The pid of the worker training in run folder `path`, once it saved an epoch."""
+    deadline = time.monotonic() + 120
+    while not ((path / "last.pt").exists() and fileio.lock_holder(path).isdigit()):
+        assert time.monotonic() < deadline, "the worker never saved an epoch checkpoint"
+        time.sleep(0.02)
+    return int(fileio.lock_holder(path))
+
+
+def _gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.fixture
 def use(monkeypatch):
     """use(jobs, executor): the settings run_all reads, one thread per run (results match
@@ -131,17 +154,13 @@ def test_a_failed_run_is_reported_and_the_others_finish(jobs, executor, syntheti
 def test_a_killed_worker_resumes_its_run_from_the_last_epoch(executor, synthetic_root, tmp_path,
                                                             use, capsys):
     use(2, executor)
-    config = _config(epochs=12, train_subset=0, val_size=100)
+    config = SLOW[0][1]
     path = runs.run_dir(config, tmp_path / "runs", synthetic_root)
     found = {}
     driver = threading.Thread(target=lambda: found.update(run=executors.run_all(
-        [("slow", config)], profile="smoke", root=tmp_path / "runs", data_root=synthetic_root)))
+        SLOW, profile="smoke", root=tmp_path / "runs", data_root=synthetic_root)))
     driver.start()
-    deadline = time.monotonic() + 120
-    while not ((path / "last.pt").exists() and fileio.lock_holder(path).isdigit()):
-        assert time.monotonic() < deadline, "the worker never saved an epoch checkpoint"
-        time.sleep(0.02)
-    worker = int(fileio.lock_holder(path))
+    worker = _worker_of(path)
     assert worker != os.getpid()
     os.kill(worker, signal.SIGKILL)
     driver.join(timeout=300)
@@ -155,22 +174,46 @@ def test_a_killed_worker_resumes_its_run_from_the_last_epoch(executor, synthetic
             in capsys.readouterr().out
 
     use(1, "local")  # resumed from epoch k: the same result as without the kill
-    uninterrupted = executors.run_all([("slow", config)], profile="smoke",
+    uninterrupted = executors.run_all(SLOW, profile="smoke",
                                       root=tmp_path / "again", data_root=synthetic_root)
     assert finished.result["test"] == uninterrupted[0].result["test"]
 
 
-def test_two_executors_at_once_train_each_run_once(synthetic_root, tmp_path):
-    """Two drivers (two notebooks, two machines on one cache) ask for the same runs together."""
-    code = ("import sys; from cnnlib import executors; from test_executors import CONFIGS; "
-            "r = executors.run_all(CONFIGS, root=sys.argv[1], data_root=sys.argv[2]); "
+def _driver(configs: str, root: Path, data_root: Path) -> subprocess.Popen:
+    """A process calling executors.run_all(<configs of this module>) with 2 local workers."""
+    code = (f"import sys; from cnnlib import executors; from test_executors import {configs}; "
+            f"r = executors.run_all({configs}, root=sys.argv[1], data_root=sys.argv[2]); "
             "print('ACC', [x.test_acc for x in r])")
     env = {**os.environ, executors.JOBS_ENV: "2", executors.EXECUTOR_ENV: "local",
            executors.THREADS_ENV: "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(synthetic_root)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    return subprocess.Popen([sys.executable, "-c", code, str(root), str(data_root)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_a_stopped_driver_ends_its_workers_and_the_run_resumes_later(sig, synthetic_root,
+                                                                     tmp_path, use):
+    """Ctrl-C: the driver ends its workers and dispatches nothing again; killed outright, its
+    workers notice and stop by themselves. Either way the run resumes on the next call."""
+    path = runs.run_dir(SLOW[0][1], tmp_path, synthetic_root)
+    driver = _driver("SLOW", tmp_path, synthetic_root)
+    worker = _worker_of(path)
+    driver.send_signal(sig)
+    out = driver.communicate(timeout=60)[0]
+    assert driver.returncode != 0
+    assert _gone(worker), "the worker outlived its driver"
+    assert out.count("[started]") == 1 and "[killed]" not in out, out
+    assert not runs.is_finished(path)
+    use(1, "local")
+    [finished] = executors.run_all(SLOW, root=tmp_path, data_root=synthetic_root)
+    assert len(finished.history) == 12
+    assert (path / executors.LOG_NAME).read_text().count("[training]") == 1
+
+
+def test_two_executors_at_once_train_each_run_once(synthetic_root, tmp_path):
+    """Two drivers (two notebooks, two machines on one cache) ask for the same runs together."""
+    procs = [_driver("CONFIGS", tmp_path, synthetic_root) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     accs = [next(x for x in out.splitlines() if x.startswith("ACC")) for out in outs]
