@@ -181,7 +181,10 @@ def test_a_killed_worker_resumes_its_run_from_the_last_epoch(executor, synthetic
 
 def _driver(configs: str, root: Path, data_root: Path) -> subprocess.Popen:
     """A process calling executors.run_all(<configs of this module>) with 2 local workers."""
-    code = (f"import sys; from cnnlib import executors; from test_executors import {configs}; "
+    # SIGINT raises KeyboardInterrupt as in a terminal, even where the test runs in the
+    # background (which starts processes with SIGINT ignored).
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from cnnlib import executors; from test_executors import {configs}; "
             f"r = executors.run_all({configs}, root=sys.argv[1], data_root=sys.argv[2]); "
             "print('ACC', [x.test_acc for x in r])")
     env = {**os.environ, executors.JOBS_ENV: "2", executors.EXECUTOR_ENV: "local",
