@@ -169,9 +169,8 @@ def test_a_killed_worker_resumes_its_run_from_the_last_epoch(executor, synthetic
     log = (path / executors.LOG_NAME).read_text()
     assert log.count("[training]") == 1 and log.count("[resuming]") == 1, log
     assert len(finished.history) == 12
-    if executor == "local":
-        assert f"[killed] cifar10 slow (seed 0) {path.name}: worker stopped by signal 9" \
-            in capsys.readouterr().out
+    said = f"[killed] cifar10 slow (seed 0) {path.name}: worker stopped by signal 9"
+    assert (said in capsys.readouterr().out) == (executor == "local")  # Ray retries silently
 
     use(1, "local")  # resumed from epoch k: the same result as without the kill
     uninterrupted = executors.run_all(SLOW, profile="smoke",
