@@ -88,11 +88,15 @@ def settings() -> Settings:
     s = Settings(jobs=count(os.environ.get(JOBS_ENV) or "1", JOBS_ENV),
                  executor=executor_name(os.environ.get(EXECUTOR_ENV) or "local", EXECUTOR_ENV),
                  threads=count(threads, THREADS_ENV) if threads else None)
-    if s.jobs > 1 and nproc_from_env() > 1:
-        raise ValueError(f"{JOBS_ENV} {s.jobs} with {NPROC_ENV} {nproc_from_env()} is not "
-                         "allowed; choose one: several runs at once, or one run on several "
-                         "processes")
+    exclusive(s.jobs, nproc_from_env(), JOBS_ENV, NPROC_ENV)
     return s
+
+
+def exclusive(jobs: int, nproc: int, jobs_name: str, nproc_name: str) -> None:
+    """Several runs at once and one run on several processes (DDP) do not mix."""
+    if jobs > 1 and nproc > 1:
+        raise ValueError(f"{jobs_name} {jobs} with {nproc_name} {nproc} is not allowed; choose "
+                         "one: several runs at once, or one run on several processes")
 
 
 @dataclass(frozen=True)

@@ -73,17 +73,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.profile not in PROFILE_CHOICES:
         p.error(f"--profile '{args.profile}' is not allowed; allowed: {', '.join(PROFILE_CHOICES)}")
-    if not (args.nproc.isdigit() and int(args.nproc) >= 1):
-        p.error(f"--nproc '{args.nproc}' is not allowed; give a whole number >= 1")
-    args.nproc = int(args.nproc)
     try:
+        args.nproc = executors.count(args.nproc, "--nproc")
         args.jobs = executors.count(args.jobs, "--jobs")
         args.executor = executors.executor_name(args.executor, "--executor")
+        executors.exclusive(args.jobs, args.nproc, "--jobs", "--nproc")
     except ValueError as e:
         p.error(str(e))
-    if args.jobs > 1 and args.nproc > 1:
-        p.error(f"--jobs {args.jobs} with --nproc {args.nproc} is not allowed; choose one: "
-                "several runs at once, or one run on several processes")
     return args
 
 
