@@ -94,7 +94,8 @@ def load_model(path: str | os.PathLike, device="cpu", *, loaders=None) -> nn.Mod
     """A ready model (eval mode) from a checkpoint; its metadata is in `model.meta`.
 
     `model.meta` holds classes, mean, std, config and metrics: what `evaluate`
-    and `predict` need besides the weights. This reads fp32 checkpoints; `loaders`
+    and `predict` need besides the weights. This reads fp32 checkpoints (also those whose
+    weights `compact` stored in bf16: loaded into fp32 parameters); `loaders`
     maps other kinds to their rebuild function (`cnnlib.load_model`, from
     `cnnlib.compress`, passes the compressed kinds).
     """
@@ -116,6 +117,23 @@ def load_model(path: str | os.PathLike, device="cpu", *, loaders=None) -> nn.Mod
     model.meta = {k: ckpt[k] for k in ("classes", "mean", "std", "config", "metrics", "kind")}
     model.meta["evaluation"] = evaluation_settings(ckpt)
     return model
+
+
+def compact(ckpt: dict) -> dict:
+    """`ckpt` with the weights bf16 evaluation rounds to bf16 anyway stored in bf16.
+
+    Under bf16 autocast a convolution or linear layer casts its fp32 weight to bf16 (round
+    to nearest even) before use, so storing that bf16 value gives bit-identical predictions
+    at the precision the metrics were measured with, in about half the bytes; loading turns
+    it back into fp32 parameters. Those weights are the float tensors of 2 or more
+    dimensions; normalization parameters and buffers stay fp32. Checkpoints measured in
+    another precision, and compressed kinds, are returned unchanged.
+    """
+    if ckpt.get("kind", "fp32") != "fp32" or evaluation_settings(ckpt)["precision"] != "bf16":
+        return ckpt
+    state = {k: v.to(torch.bfloat16) if v.is_floating_point() and v.dim() >= 2 else v
+             for k, v in ckpt["state_dict"].items()}
+    return {**ckpt, "state_dict": state, "stored_weights": "bf16"}
 
 
 def evaluation_settings(ckpt: dict) -> dict:

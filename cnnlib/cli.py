@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import data as cdata
+from . import fileio, report, runs, studies
 from .checkpoint import evaluation_settings
 from .compress import load_model
 from .device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
@@ -149,6 +150,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_records(args) -> int:
+    source, dest = runs.runs_root(args.runs), Path(args.dest)
+    if not source.is_dir():
+        raise ValueError(f"--runs: {source} is not a folder (the run cache to record)")
+    if dest.resolve() == source.resolve():
+        raise ValueError(f"{dest}: that is the run cache itself; give another folder")
+    profile = runs.resolve_profile(args.profile)
+    # The models notebooks 01, 04 and 05 load, once the baseline study is finished.
+    baseline = [runs.cached(c, label, root=source, data_root=args.data_root)
+                for label, c in studies.baseline_runs(profile)]
+    finished = [r for r in baseline if r is not None]
+    with_model = ({r.path.name for r in report.model_runs(finished)}
+                  if len(finished) == len(baseline) else set())
+    recorded, left = [], 0
+    for folder in sorted(f for f in source.iterdir() if f.is_dir()):
+        if runs.is_finished(folder):
+            recorded.append(runs.save_record(folder, dest, with_model=folder.name in with_model))
+        else:
+            left += 1
+    speeds = source / "speeds.json"
+    if speeds.exists():  # so that notebook 06 builds the same configs on this machine kind
+        fileio.copy_file(speeds, dest / "speeds.json")
+    size = sum(f.stat().st_size for r in recorded for f in r.iterdir())
+    models = (f"with the models of {', '.join(sorted(with_model))}" if with_model else
+              f"without models: {len(finished)} of the {len(baseline)} baseline runs "
+              f"({profile}) are finished")
+    print(f"{len(recorded)} runs recorded in {dest} ({size / 1e6:.2f} MB), {models}; "
+          f"{left} unfinished left out")
+    return 0
+
+
 def load_image(path: str, size: int = 32) -> torch.Tensor:
     """Any PNG/JPEG as uint8 [3, size, size]: RGB, resized with antialiasing."""
     import warnings
@@ -255,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=0, choices=(0, 1, 2))
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("records", help="copy the run cache's finished runs as records (result.json, "
+                                       "and the models the notebooks load), to resume the study "
+                                       "on another machine")
+    p.add_argument("dest", help="folder for the records, e.g. outputs/runs of another checkout")
+    p.add_argument("--runs", help="the run cache (default: env CNNLIB_RUNS or outputs/runs)")
+    p.add_argument("--profile", default="auto",
+                   help="the profile whose baseline models are carried (default: auto)")
+    p.set_defaults(func=cmd_records)
 
     p = sub.add_parser("lr-find", help="LR range test; last line suggested_lr=<float>")
     _add_config_flags(p)

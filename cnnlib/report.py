@@ -237,6 +237,13 @@ def pick(runs, dataset: str, label: str, seed: int | None = None):
     return min(found, key=lambda r: r.config.seed)
 
 
+def model_runs(runs) -> list:
+    """The runs whose models or test metrics notebooks 01, 04 and 05 load: per dataset of
+    the baseline study, the reference's first seed and the validation-chosen best."""
+    datasets = sorted({r.config.dataset for r in runs})
+    return [r for ds in datasets for r in (pick(runs, ds, "reference"), best_run(runs, ds))]
+
+
 def best_run(runs, dataset: str, label: str = "best"):
     """Of the runs of `label` on `dataset`, the one with the highest validation accuracy.
 

@@ -5,7 +5,10 @@ the code that trains it (`code_version`). A finished run (metrics, history,
 checkpoint, test predictions) lives in `outputs/runs/<dataset>-<model>-<key>/`
 and is reused by every notebook and rerun; an unfinished one resumes from its
 last epoch checkpoint. While a run trains, a lock file in its folder keeps a
-second process from training it too.
+second process from training it too. A folder holding only result.json (no
+checkpoint at all) is a *record*: a run finished on another machine whose small
+files were carried over (`save_record`), so that a study resumes there; its row
+and history are read, its model is not there.
 
 Locations (all relative to the project root, which `project_root()` makes the
 working directory):
@@ -182,16 +185,25 @@ class Run:
     def checkpoint(self) -> Path:
         return self.path / "model.pt"
 
+    def model_file(self) -> Path:
+        """model.pt; for a record carried without its model, RecordOnlyError."""
+        if not self.checkpoint.exists():
+            raise RecordOnlyError(f"{self.path}: a record of a run finished elsewhere (its "
+                                  "results, not its model); copy its model.pt from the cache "
+                                  "that trained it, or delete the folder to train it again")
+        return self.checkpoint
+
     def load_model(self, device="cpu"):
         from .checkpoint import load_model
 
-        return load_model(self.checkpoint, device=device)
+        return load_model(self.model_file(), device=device)
 
     def test_metrics(self, data_root=None) -> dict:
         """Full test metrics of the final model (confusion, per-class accuracy, preds, probs).
 
-        Saved by `run` when the run trains; for an older run they are computed once
-        from the checkpoint (same test subset and TTA as training) and saved. The
+        Saved by `run` when the run trains; for an older run or a record carried with
+        its model they are computed once from the checkpoint (same test subset, TTA and
+        precision as training) and saved. The
         dict also holds the test split's `labels` and `coarse` labels and the data's
         `classes`, `superclasses` and `fine_to_coarse`.
         """
@@ -269,19 +281,26 @@ def _metric_tensors(metrics: dict) -> dict:
     return {k: metrics[k].detach().cpu() for k in _METRIC_KEYS if k in metrics}
 
 
+class RecordOnlyError(FileNotFoundError):
+    """The model of a record (a run finished elsewhere, carried without it) was asked for."""
+
+
 def _finished(path: Path, repair: bool = False) -> dict | None:
     """The summary of a finished run in `path`, else None.
 
-    result.json must match its content hash and model.pt its CRCs. With `repair` (under
-    the run's lock) a damaged one is set aside, so that the run resumes from last.pt,
-    which evaluates again and rewrites both.
+    result.json must match its content hash and model.pt its CRCs; a record (result.json
+    and no checkpoint at all) has no model.pt to check. With `repair` (under the run's
+    lock) a damaged one is set aside, so that the run resumes from last.pt, which
+    evaluates again and rewrites both (a record without last.pt trains again).
     """
     done, model = path / "result.json", path / "model.pt"
     if not done.exists():
         return None
+    record = not model.exists() and not (path / "last.pt").exists()
     try:
         summary = fileio.read_json(done)
-        fileio.verify_zip(model, "checkpoint")
+        if not record:
+            fileio.verify_zip(model, "checkpoint")
         return summary
     except (fileio.DamagedFileError, FileNotFoundError) as e:
         if repair:
@@ -294,8 +313,16 @@ def _finished(path: Path, repair: bool = False) -> dict | None:
 
 
 def is_finished(path: Path) -> bool:
-    """True when the run folder `path` holds a finished run (result.json and model.pt intact)."""
+    """True when the run folder `path` holds a finished run (intact result.json, and
+    model.pt unless it is a record)."""
     return _finished(Path(path)) is not None
+
+
+def cached(config: RunConfig, label: str = "", *, root=None, data_root=None) -> Run | None:
+    """The finished run of `config` in the cache (a record included), else None; never trains."""
+    path = run_dir(config, root, data_root)
+    summary = _finished(path)
+    return None if summary is None else Run(config, label, summary, path)
 
 
 def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, data_root=None,
@@ -367,8 +394,34 @@ def run_all(configs: list[tuple[str, RunConfig]], **kwargs) -> list[Run]:
 
 
 def export_model(run: Run, path) -> Path:
-    """Copy a run's final checkpoint (model.pt) to `path` atomically; it loads with `load_model`."""
-    return fileio.copy_file(run.checkpoint, path)
+    """Write a run's final model to `path` atomically; it loads with `load_model`.
+
+    Stored compact (`checkpoint.compact`): a model whose metrics were measured in bf16
+    keeps its convolution and linear weights in bf16, which predicts bit for bit the same
+    at that precision in half the bytes.
+    """
+    return _write_compact(run.model_file(), path)
+
+
+def _write_compact(checkpoint: Path, path) -> Path:
+    from .checkpoint import compact, load_safe, save_atomic
+
+    return save_atomic(compact(load_safe(checkpoint)), path)
+
+
+def save_record(folder, dest, *, with_model: bool = False) -> Path:
+    """Copy the finished run in `folder` into `dest` as a record: its result.json, and with
+    `with_model` its model (compact, as `export_model` writes it; notebooks that load it
+    then run where the record goes). Never its epoch checkpoints: a record is finished."""
+    folder = Path(folder)
+    summary = _finished(folder)
+    if summary is None:
+        raise ValueError(f"{folder}: not a finished run (no intact result.json)")
+    out = Path(dest) / folder.name
+    fileio.copy_file(folder / "result.json", out / "result.json")
+    if with_model:
+        _write_compact(folder / "model.pt", out / "model.pt")
+    return out
 
 
 def speeds_path() -> Path:

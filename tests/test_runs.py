@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +13,9 @@ import pytest
 import torch
 from cifar_files import write_synthetic
 
-from cnnlib import budget, report, results, runs, studies
+from cnnlib import budget, checkpoint, cli, report, results, runs, studies
+from cnnlib.evaluate import predict_logits
+from cnnlib.models import create_model, list_models
 from cnnlib.train import RunConfig, Trainer
 
 REQUIRED_COLUMNS = ["dataset", "model", "options", "augmentations", "seed", "epochs", "val_acc",
@@ -121,6 +124,136 @@ def test_export_model_loads_with_load_model(synthetic_root, cache, tmp_path):
     path = runs.export_model(run, tmp_path / "models" / "cnn_cifar10.pth")
     model = cnnlib.load_model(path)
     assert model.meta["config"]["model"] == "baseline" and len(model.meta["classes"]) == 10
+
+
+def test_a_record_resumes_a_study_elsewhere_without_training_or_its_model(synthetic_root, tmp_path,
+                                                                         monkeypatch):
+    first = _run(_config(epochs=1), tmp_path / "here", synthetic_root)
+    record = runs.save_record(first.path, tmp_path / "there")
+    assert sorted(f.name for f in record.iterdir()) == ["result.json"]
+    assert runs.is_finished(record)  # the executors leave it alone
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(runs, "train_or_launch", no_training)
+    there = _run(_config(epochs=1), tmp_path / "there", synthetic_root)
+    assert there.path == record and there.row("s") == first.row("s")
+    assert runs.cached(_config(epochs=1), "tiny", root=tmp_path / "there", data_root=synthetic_root).row() \
+        == first.row()
+    with pytest.raises(runs.RecordOnlyError, match="record of a run finished elsewhere"):
+        there.load_model()
+    with pytest.raises(runs.RecordOnlyError):
+        there.test_metrics(data_root=synthetic_root)
+    with pytest.raises(runs.RecordOnlyError):
+        runs.export_model(there, tmp_path / "cnn.pth")
+    # Not a record: a folder that lost model.pt but kept last.pt resumes (and evaluates) again.
+    monkeypatch.undo()
+    (first.path / "model.pt").unlink()
+    assert runs.cached(_config(epochs=1), root=tmp_path / "here", data_root=synthetic_root) is None
+    assert _run(_config(epochs=1), tmp_path / "here", synthetic_root).checkpoint.exists()
+
+
+def test_a_record_with_its_compact_model_gives_the_same_predictions(synthetic_root, tmp_path):
+    run = _run(_config(epochs=1, precision="bf16"), tmp_path / "here", synthetic_root)
+    record = runs.save_record(run.path, tmp_path / "there", with_model=True)
+    assert sorted(f.name for f in record.iterdir()) == ["model.pt", "result.json"]
+    assert checkpoint.load_safe(record / "model.pt")["stored_weights"] == "bf16"
+    there = runs.cached(run.config, root=tmp_path / "there", data_root=synthetic_root)
+    mine, carried = run.test_metrics(data_root=synthetic_root), there.test_metrics(data_root=synthetic_root)
+    assert (there.path / runs.TEST_METRICS).exists()  # computed once from the carried model
+    assert torch.equal(mine["preds"], carried["preds"]) and torch.equal(mine["probs"], carried["probs"])
+    assert abs(float(carried["confusion"].diag().sum()) / 100 - there.test_acc) < 1e-9
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_compact_weights_predict_bit_for_bit_the_same_under_bf16(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval()
+    config = {"dataset": "cifar10", "model": name, "model_options": {}}
+    full = checkpoint.model_checkpoint(model, config, classes=[str(i) for i in range(10)],
+                                       mean=[0.5] * 3, std=[0.25] * 3,
+                                       evaluation={"precision": "bf16", "tta": 0})
+    small = checkpoint.compact(full)
+    assert {v.dtype for v in small["state_dict"].values() if v.dim() >= 2} == {torch.bfloat16}
+    assert checkpoint.compact({**full, "evaluation": {"precision": "fp32"}})["state_dict"] \
+        is full["state_dict"]
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    logits = []
+    for what, ckpt in (("full", full), ("small", small)):
+        checkpoint.save_atomic(ckpt, tmp_path / f"{what}.pt")
+        loaded = checkpoint.load_model(tmp_path / f"{what}.pt")
+        assert all(p.dtype == torch.float32 for p in loaded.parameters())
+        logits.append(predict_logits(loaded, images, [0.5] * 3, [0.25] * 3,
+                                     autocast_dtype=torch.bfloat16))
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_records_command_carries_finished_runs_and_the_models_notebooks_load(
+        synthetic_root, tmp_path, monkeypatch, capsys):
+    cache, dest = tmp_path / "runs", tmp_path / "carried"
+    plan = [("reference", _config(seed=0)), ("reference", _config(seed=1)),
+            ("best", _config(seed=0, epochs=3)), ("best", _config(seed=1, epochs=3))]
+    monkeypatch.setattr(studies, "baseline_runs", lambda profile: plan)
+    done = [runs.run(c, label, root=cache, data_root=synthetic_root, progress=False)
+            for label, c in plan]
+    unfinished = runs.run_dir(_config(seed=5), cache, synthetic_root)
+    Trainer(_config(seed=5), unfinished, data_root=synthetic_root, progress=False).run_epochs(limit=1)
+    (cache / "speeds.json").write_text("{}")
+    argv = ["--data-root", str(synthetic_root), "records", str(dest), "--runs", str(cache),
+            "--profile", "smoke"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 runs recorded" in out and "1 unfinished left out" in out
+    best = report.best_run(done, "cifar10")
+    carried = {f.name: sorted(x.name for x in f.iterdir()) for f in dest.iterdir() if f.is_dir()}
+    assert carried == {r.path.name: ["model.pt", "result.json"] if r in (done[0], best)
+                       else ["result.json"] for r in done}
+    assert (dest / "speeds.json").read_text() == "{}"
+
+    # An unfinished baseline study carries no models (the best one is not chosen yet).
+    shutil.rmtree(dest)
+    shutil.rmtree(done[3].path)
+    assert cli.main(argv) == 0
+    assert "without models: 3 of the 4 baseline runs" in capsys.readouterr().out
+    assert not list(dest.glob("*/model.pt"))
+
+    for bad, problem in ((["records", str(cache), "--runs", str(cache)], "the run cache itself"),
+                         (["records", str(dest), "--runs", str(tmp_path / "none")], "--runs")):
+        assert cli.main(["--data-root", str(synthetic_root), *bad]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1
+
+
+def test_rerun_best_places_a_new_seed_in_the_published_band(synthetic_root, tmp_path, monkeypatch,
+                                                            capsys):
+    spec = importlib.util.spec_from_file_location(
+        "rerun_best", Path(__file__).parent.parent / "benchmarks" / "rerun_best.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
+    results = tmp_path / "results.csv"
+
+    def publish(accs, *argv):
+        pd.DataFrame({"study": "01_baseline", "label": "best", "dataset": "cifar10",
+                      "profile": "smoke", "seed": range(len(accs)), "test_acc": accs}
+                     ).to_csv(results, index=False)
+        return bench.main(["--profile", "smoke", "--results", str(results), *argv],
+                          data_root=synthetic_root)
+
+    assert publish([0.0, 1.0]) == 0  # a band of [-91%, 191%] holds any accuracy
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "inside_2sd=true" and out[-2].startswith("new seed 2: ")
+    new = [f for f in (tmp_path / "runs").iterdir() if f.is_dir()]
+    assert len(new) == 1 and json.loads((new[0] / "result.json").read_text())["config"]["seed"] == 2
+    assert publish([0.0, 1e-6]) == 0  # the same run (cached), far above this band
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "inside_2sd=false"
+
+    for accs, argv, problem in (([0.5], [], "a band needs at least 2 seeds"),
+                                ([0.5, 0.6], ["--seed", "1"], "is one of the published seeds")):
+        assert publish(accs, *argv) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1
 
 
 # -- results tables -------------------------------------------------------------------------------
