@@ -151,14 +151,21 @@ def run_dir(config: RunConfig, root=None, data_root=None) -> Path:
     return runs_root(root) / f"{config.dataset}-{config.model}-{run_key(config, fp)}"
 
 
+# What a study writes itself (figures, tables, results, exported models, committed records,
+# the README's tables): a study that rewrites them while it runs has not changed its code.
+GENERATED = ("outputs", "models", "README.md")
+
+
 def git_commit() -> str:
-    """The short commit of the project, with `-dirty` when tracked files differ from it."""
+    """The short commit of the project, with `-dirty` when a tracked file other than the
+    GENERATED ones differs from it."""
     try:
         def git(*args):
             return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
                                   check=True).stdout.strip()
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                    *(f":(top,exclude){path}" for path in GENERATED))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -414,8 +421,7 @@ def save_record(folder, dest, *, with_model: bool = False) -> Path:
     `with_model` its model (compact, as `export_model` writes it; notebooks that load it
     then run where the record goes). Never its epoch checkpoints: a record is finished."""
     folder = Path(folder)
-    summary = _finished(folder)
-    if summary is None:
+    if not is_finished(folder):
         raise ValueError(f"{folder}: not a finished run (no intact result.json)")
     out = Path(dest) / folder.name
     fileio.copy_file(folder / "result.json", out / "result.json")

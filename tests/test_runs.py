@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -254,6 +255,28 @@ def test_rerun_best_places_a_new_seed_in_the_published_band(synthetic_root, tmp_
         assert publish(accs, *argv) == 2
         err = capsys.readouterr().err
         assert problem in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_commit_is_dirty_for_code_not_for_what_a_study_writes(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    for path in ("cnnlib/x.py", "outputs/runs/a/result.json", "models/m.pth", "README.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    monkeypatch.chdir(tmp_path / "outputs")  # from a subfolder too
+    clean = runs.git_commit()
+    assert len(clean) >= 7 and not clean.endswith("-dirty")
+    for path in ("outputs/runs/a/result.json", "models/m.pth", "README.md"):
+        (tmp_path / path).write_text("1\n")
+    (tmp_path / "outputs" / "new.png").write_text("untracked")
+    assert runs.git_commit() == clean
+    (tmp_path / "cnnlib" / "x.py").write_text("1\n")
+    assert runs.git_commit() == f"{clean}-dirty"
 
 
 # -- results tables -------------------------------------------------------------------------------
