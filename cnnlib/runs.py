@@ -370,7 +370,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
         t0 = time.time()
         result: TrainResult = train_or_launch(config, path, resume=True,
                                               data_root=data_root, progress=progress)
-        summary = result.summary()
+        summary = _portable(result.summary())
         summary.update(profile=profile, commit=git_commit(), finished=time.time(), label=label,
                        train_images=_train_images(config, data_root),
                        call_seconds=time.time() - t0, hardware=hardware(summary["device"]))
@@ -410,6 +410,13 @@ def export_model(run: Run, path) -> Path:
     return _write_compact(run.model_file(), path)
 
 
+def _portable(summary: dict) -> dict:
+    """The summary with its checkpoint named inside the run folder, not by this machine's path."""
+    if summary.get("checkpoint"):
+        summary["checkpoint"] = Path(summary["checkpoint"]).name
+    return summary
+
+
 def _write_compact(checkpoint: Path, path) -> Path:
     from .checkpoint import compact, load_safe, save_atomic
 
@@ -424,7 +431,7 @@ def save_record(folder, dest, *, with_model: bool = False) -> Path:
     if not is_finished(folder):
         raise ValueError(f"{folder}: not a finished run (no intact result.json)")
     out = Path(dest) / folder.name
-    fileio.copy_file(folder / "result.json", out / "result.json")
+    fileio.write_json(_portable(fileio.read_json(folder / "result.json")), out / "result.json")
     if with_model:
         _write_compact(folder / "model.pt", out / "model.pt")
     return out

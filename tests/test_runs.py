@@ -132,6 +132,7 @@ def test_a_record_resumes_a_study_elsewhere_without_training_or_its_model(synthe
     first = _run(_config(epochs=1), tmp_path / "here", synthetic_root)
     record = runs.save_record(first.path, tmp_path / "there")
     assert sorted(f.name for f in record.iterdir()) == ["result.json"]
+    assert str(tmp_path) not in (record / "result.json").read_text()  # no path of this machine
     assert runs.is_finished(record)  # the executors leave it alone
 
     def no_training(*args, **kwargs):
