@@ -38,7 +38,7 @@ from traitlets.config import Config
 
 from . import executors, runs
 from .obtain import DATASETS, obtain
-from .results import collect_results
+from .results import collect_results, training_time
 
 PREFIX = "[run_all]"
 PROFILE_CHOICES = ("auto", *runs.PROFILES)
@@ -232,12 +232,13 @@ def obtain_data() -> None:
         obtain(name)
 
 
-def collect(out: Path) -> None:
+def collect(out: Path):
     """results.csv and results.md; the README's table only for the default outputs folder."""
     default = Path("outputs")  # runs.outputs_root() without $CNNLIB_OUTPUTS
     readme = "README.md" if out.resolve() == default.resolve() else None
     df = collect_results(out, readme)
     print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
+    return df
 
 
 def main(argv=None) -> int:
@@ -274,12 +275,13 @@ def main(argv=None) -> int:
     if status:
         return status
     try:
-        collect(out)
+        df = collect(out)
     except (ValueError, OSError) as e:  # e.g. a results file that cannot be read or written
         print(f"{PREFIX} FAILED: collecting the results in {out}: {e}", file=sys.stderr)
         return 1
+    # The clock covers this sitting only; a resumed study's runs keep their own wall times.
     print(f"{PREFIX} finished in {int(time.monotonic() - start)} s: reports in {out}/reports/, "
-          f"results in {out / 'results.csv'}")
+          f"results in {out / 'results.csv'}; {training_time(df)}")
     return 0
 
 

@@ -102,6 +102,19 @@ def key_results(df) -> str:
     return markdown_table(pd.DataFrame(rows))
 
 
+def training_time(df) -> str:
+    """The study's training, summed over its runs (one row each) with the machines they ran on.
+
+    A study resumed across sittings or machines keeps each run's own wall time, so this is
+    the time the results cost, whatever the pipeline's own clock says about the last sitting.
+    """
+    if not len(df):
+        return "no runs"
+    per = df.groupby("hardware", sort=False)["wall_seconds"].agg(["size", "sum"])
+    where = "; ".join(f"{int(n)} on {hw}" for hw, (n, _) in per.iterrows())
+    return f"{len(df)} runs trained for {df['wall_seconds'].sum() / 3600:.1f} h in all ({where})"
+
+
 def plus_minus(values, digits: int = 1) -> str:
     """A pandas Series as "mean ± std" over its non-missing values ("mean" for one, "" for none)."""
     values = values.dropna()

@@ -316,6 +316,14 @@ def test_update_readme_replaces_between_markers_only(tmp_path):
     assert path.read_text() == "no markers here\n"
 
 
+def test_training_time_sums_each_runs_own_wall_time_per_machine():
+    # A study resumed on a second machine: three runs here, one there.
+    df = pd.DataFrame({"wall_seconds": [1800.0, 1800.0, 3600.0, 5400.0],
+                       "hardware": ["cpu A", "cpu A", "cpu A", "gpu B"]})
+    assert results.training_time(df) == "4 runs trained for 3.5 h in all (3 on cpu A; 1 on gpu B)"
+    assert results.training_time(df.iloc[:0]) == "no runs"
+
+
 def test_key_results_without_rows():
     assert "No results" in results.key_results(pd.DataFrame(columns=results.RESULT_COLUMNS))
 
