@@ -430,6 +430,13 @@ def confusion_sentence(pairs, dataset: str, top: int = 3) -> str:
 # -- the README's findings section ------------------------------------------------------------------
 
 
+def _readme_lines(df, sweep: Sweep) -> list[str]:
+    """A sweep's README lines; early stopping's also says what it saved (as notebook 03 does)."""
+    if sweep.name == "early stopping":
+        return epochs_saved(df, stopped=sweep.labels[1], full=sweep.reference).splitlines()
+    return sweep_lines(df, sweep)
+
+
 def readme_section(out) -> str:
     """The README's findings, from <out>/results/<study>.csv and <out>/tables/confused_pairs_*."""
     import pandas as pd
@@ -450,7 +457,7 @@ def readme_section(out) -> str:
                      + reference_check(studies["01_baseline"]))
     for study, sweeps in SWEEPS.items():
         if study in studies:
-            lines = [x for s in sweeps for x in sweep_lines(studies[study], s)]
+            lines = [x for s in sweeps for x in _readme_lines(studies[study], s)]
             title = study.split("_", 1)[1].replace("_", " ")
             parts.append(f"**{title[0].upper()}{title[1:]}**\n\n" + "\n".join(lines))
     confusions = []

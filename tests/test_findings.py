@@ -103,18 +103,25 @@ def test_an_unchanged_rerun_leaves_the_readme_as_it_is(tmp_path):
     assert readme.read_text() == first and f"improves: `{CUTMIX}`" in first
 
 
-def test_epochs_saved_per_seed_and_paired_with_the_full_run():
+def _early_stopping_frame():
     # (epochs run, best epoch, test acc without, test acc with) per seed, a 30-epoch schedule;
     # seed 1 never stopped. Saved 18 / 0 / 15 epochs; deltas +2.0 / 0.0 / +2.5 pp.
     per_seed = [(12, 7, 0.60, 0.62), (30, 28, 0.61, 0.61), (15, 10, 0.59, 0.615)]
     rows = []
     for seed, (run, best, without, with_) in enumerate(per_seed):
         rows += [{"dataset": "cifar10", "seed": seed, "epochs": 30, "label": "no early stopping",
-                  "epochs_run": 30, "best_epoch": None, "test_acc": without},
+                  "epochs_run": 30, "best_epoch": None, "test_acc": without,
+                  "run_key": f"full-{seed}"},
                  {"dataset": "cifar10", "seed": seed, "epochs": 30, "label": "early stopping",
-                  "epochs_run": run, "best_epoch": best, "test_acc": with_}]
-    rows.append({**rows[0], "label": "depth 2", "test_acc": 0.5})  # other labels are ignored
-    df = pd.DataFrame(rows)
+                  "epochs_run": run, "best_epoch": best, "test_acc": with_,
+                  "run_key": f"stopped-{seed}"}]
+    rows.append({**rows[0], "label": "depth 2", "test_acc": 0.5,  # other labels are ignored
+                 "run_key": "depth-2"})
+    return pd.DataFrame(rows).assign(profile="cpu", hardware="test CPU")
+
+
+def test_epochs_saved_per_seed_and_paired_with_the_full_run():
+    df = _early_stopping_frame()
     table = findings.early_stopping_table(df)
     assert list(table["epochs saved"]) == [18, 0, 15] and list(table["best epoch"]) == [7, 28, 10]
     assert list(table["Δ pp"]) == [2.0, 0.0, 2.5]
@@ -126,6 +133,15 @@ def test_epochs_saved_per_seed_and_paired_with_the_full_run():
     assert text.endswith("test accuracy 61.5% with, 60.0% without: no detectable difference "
                          "with 3 seeds, +1.5 ± 1.3 pp (95% CI -1.8 to +4.8).")
     assert findings.epochs_saved(df[df["label"] != "early stopping"]) == ""
+
+
+def test_the_readme_says_what_early_stopping_saved(tmp_path):
+    out = tmp_path / "outputs"
+    (out / "results").mkdir(parents=True)
+    _early_stopping_frame().to_csv(out / "results" / "03_depth_study.csv", index=False)
+    section = findings.readme_section(out)
+    assert "- **early stopping, cifar10** (3 seeds): 11.0 of 30 epochs saved on average" in section
+    assert section.count("early stopping, cifar10") == 1  # instead of the plain sweep line
 
 
 def test_a_ranking_of_the_gap_names_percentage_points():
