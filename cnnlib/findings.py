@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "CONFIDENCE", "REFERENCE_TARGETS", "Delta", "Ranking", "SWEEPS", "Sweep", "answer",
+    "BEST_TARGETS", "CONFIDENCE", "REFERENCE_TARGETS", "Delta", "Ranking", "SWEEPS", "Sweep", "answer", "best_check",
     "baseline_answer", "compare", "reference_check",
     "compression_answer", "confusion_sentence", "early_stopping_table", "epochs_saved", "lines", "rank", "readme_section", "sweep_lines",
 ]
@@ -291,6 +291,38 @@ def baseline_answer(df) -> str:
     return "\n".join(lines)
 
 
+# The project's targets for its published best models: mean test accuracy over >= 3 seeds,
+# each run within about this many minutes on the machine that trained it.
+BEST_TARGETS = {"cifar10": 0.94, "cifar100": 0.72}
+BEST_MINUTES = 15
+
+
+def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -> str:
+    """Notebook 01: per dataset, the `best` runs' mean test accuracy and wall time per run
+    against the project's targets (two decimals: a target can be missed by a tenth)."""
+    targets = BEST_TARGETS if targets is None else targets
+    lines = []
+    for dataset, part in df.groupby("dataset", sort=False):
+        best = part[(part["label"] == "best") & part["test_acc"].notna()]
+        if dataset not in targets or not len(best):
+            continue
+        acc, bar = best["test_acc"] * 100, targets[dataset] * 100
+        spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
+        gap = acc.mean() - bar
+        verdict = ("meets" if gap >= 0 else f"is {-gap:.2f} pp short of") + f" the target of {bar:g}%"
+        if len(acc) < 3:
+            verdict += f" (which asks for 3 seeds, not {len(acc)})"
+        low, high = best["wall_seconds"].min() / 60, best["wall_seconds"].max() / 60
+        took = f"{low:.1f}" if len(best) == 1 else f"{low:.1f} to {high:.1f}"
+        pace = "within" if high <= minutes else f"{high - minutes:.1f} min over"
+        hardware = "; ".join(best["hardware"].dropna().unique())
+        lines.append(f"- **{dataset}**: the best model reaches {acc.mean():.2f}{spread}% test "
+                     f"accuracy (mean{' ± sd' if spread else ''} over {_seeds(len(acc))}): it "
+                     f"{verdict}; a run took {took} min on {hardware} ({pace} the target of "
+                     f"about {minutes:g} min).")
+    return "\n".join(lines)
+
+
 # The bar the study sets its reference network (mean test accuracy over seeds, cpu profile):
 # below it, most changes a sweep makes would vanish in an undertrained network's noise.
 REFERENCE_TARGETS = {"cifar10": 0.85, "cifar100": 0.55}
@@ -454,6 +486,7 @@ def readme_section(out) -> str:
     if "01_baseline" in studies:
         parts.append("**The sweeps' reference network against the best model**\n\n"
                      + baseline_answer(studies["01_baseline"]) + "\n"
+                     + best_check(studies["01_baseline"]) + "\n"
                      + reference_check(studies["01_baseline"]))
     for study, sweeps in SWEEPS.items():
         if study in studies:

@@ -195,6 +195,23 @@ def test_reference_check_holds_each_dataset_against_its_bar():
     assert findings.reference_check(_baseline_frame().query("label == 'best'")) == ""
 
 
+def test_best_check_holds_the_best_models_against_the_targets():
+    df = _baseline_frame()
+    df.loc[df["label"] == "best", "wall_seconds"] = [780.0, 840.0, 810.0, 960.0, 1080.0, 1000.0]
+    text = findings.best_check(df)
+    assert ("- **cifar10**: the best model reaches 93.00 ± 0.50% test accuracy (mean ± sd over "
+            "3 seeds): it is 1.00 pp short of the target of 94%; a run took 13.0 to 14.0 min on "
+            "test CPU (within the target of about 15 min).") in text
+    assert ("- **cifar100**: the best model reaches 71.00 ± 1.00% test accuracy (mean ± sd over "
+            "3 seeds): it is 1.00 pp short of the target of 72%; a run took 16.0 to 18.0 min on "
+            "test CPU (3.0 min over the target of about 15 min).") in text
+    one = findings.best_check(df.query("seed == 0"), {"cifar10": 0.92})
+    assert one == ("- **cifar10**: the best model reaches 93.00% test accuracy (mean over 1 seed): "
+                   "it meets the target of 92% (which asks for 3 seeds, not 1); a run took 13.0 "
+                   "min on test CPU (within the target of about 15 min).")
+    assert findings.best_check(df.query("label == 'reference'")) == ""
+
+
 def test_readme_section_states_the_reference_bar(tmp_path):
     out = tmp_path / "outputs"
     (out / "results").mkdir(parents=True)
@@ -202,6 +219,7 @@ def test_readme_section_states_the_reference_bar(tmp_path):
     section = findings.readme_section(out)
     assert "paired by seed: improves" in section and "it meets the study's bar of 85%" in section
     assert "4.0 pp short of the study's bar of 55%" in section
+    assert "it is 1.00 pp short of the target of 94%" in section  # best_check's lines
 
 
 # -- choosing a run never reads the test set ------------------------------------------------------

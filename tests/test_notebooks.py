@@ -127,7 +127,8 @@ def test_reference_runs_are_the_augmentation_sweeps_reference_on_every_dataset()
         theirs = {c.key() for label, c in studies.augmentation_runs(profile) if label == reference}
         assert ours == theirs and len(ours) == 2 * len(studies.settings(profile)["seeds"])
     nb = _read(ROOT / "notebooks" / "01_baseline.ipynb")
-    assert "findings.reference_check(df)" in _code(nb)[2].source  # the answer states the bar
+    answer = _code(nb)[2].source
+    assert "findings.reference_check(df)" in answer and "findings.best_check(df)" in answer
 
 
 def test_architecture_checks_print_nothing_that_depends_on_the_machine():
