@@ -1,8 +1,9 @@
 """CIFAR-10 test accuracy against wall-clock time on this machine, with seeds.
 
 Each point is a complete run with its own schedule (a 2-epoch schedule is not the
-first two epochs of a 6-epoch one) on the full 50,000 training images: the fast
-recipe (fastnet) at several epoch budgets, and the baseline CNN for contrast.
+first two epochs of a 6-epoch one) on the 50,000 training images (less ``--val-size``
+held out): the fast recipe (fastnet) at several epoch budgets, and the baseline CNN
+for contrast.
 Every budget runs with several seeds (``--seeds``; the longest fastnet budget with
 ``--seeds-longest``), so each point is a mean with its standard deviation. Runs go
 through the run cache: an interrupted benchmark resumes and finished runs are reused.
@@ -11,6 +12,9 @@ unless ``--precision`` forces one.
 
     python benchmarks/time_to_accuracy.py                       # fastnet 1,2,3 epochs + baseline
     python benchmarks/time_to_accuracy.py --fast-epochs 2 4 8 --seeds 2 --seeds-longest 3
+    # the cpu profile's best CIFAR-10 model at 10 epochs (its runs come from notebook 01's
+    # cache: same config, 2,000 images held out) and shorter budgets of the same recipe
+    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 6 10 --baseline-epochs --val-size 2000
 
 Writes <outputs>/time_to_accuracy.csv (mean and std per point, with the machine),
 time_to_accuracy_runs.csv (one row per run and seed) and time_to_accuracy.png. The last
@@ -54,6 +58,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(seeds=("seed", lambda s: " ".join(map(str, s))), n=("seed", "size"),
                 minutes_mean=("minutes", "mean"), minutes_std=("minutes", "std"),
                 test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+                train_images=("train_images", "first"),
                 hardware=("hardware", "first"), precision=("precision", "first"),
                 commit=("commit", lambda s: " ".join(sorted(set(s)))))
     return out.reset_index()
@@ -71,16 +76,22 @@ def main() -> None:
     p.add_argument("--seeds-longest", type=int, default=3,
                    help="seeds for the longest fastnet budget (default 3)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--val-size", type=int, default=0,
+                   help="training images held out of fastnet's runs (default 0; notebook 01's "
+                        "best model holds out 2000)")
     p.add_argument("--out", default=os.environ.get("CNNLIB_OUTPUTS", "outputs"))
     args = p.parse_args()
     if args.seeds < 1 or args.seeds_longest < 1:
         p.error("--seeds and --seeds-longest must be >= 1")
+    if not 0 <= args.val_size < 50_000:
+        p.error(f"--val-size {args.val_size} is not allowed; give 0 to 49999")
 
     longest = max(args.fast_epochs)
     points = []
     for e in args.fast_epochs:
         n = args.seeds_longest if e == longest else args.seeds
-        points += [("fastnet", recipe("fastnet", epochs=e, seed=s, precision=args.precision))
+        points += [("fastnet", recipe("fastnet", epochs=e, seed=s, precision=args.precision,
+                                      val_size=args.val_size))
                    for s in range(n)]
     points += [("baseline", recipe("baseline", epochs=e, val_size=0, seed=s,
                                    precision=args.precision))
@@ -91,6 +102,7 @@ def main() -> None:
         r = runs.run(config, f"{name} {config.epochs:g} ep", profile=runs.resolve_profile())
         rows.append({"recipe": name, "epochs": config.epochs, "seed": config.seed,
                      "minutes": r.result["wall_seconds"] / 60, "test_acc": r.test_acc,
+                     "train_images": r.row()["train_images"],
                      "precision": r.row()["precision"], "hardware": r.row()["hardware"],
                      "commit": r.result.get("commit", ""), "run_key": r.path.name})
     df = pd.DataFrame(rows)
@@ -102,7 +114,7 @@ def main() -> None:
     machine = f"{summary['hardware'].iloc[0]}, {summary['precision'].iloc[0]}"
     plots.plot_time_to_accuracy(summary, path=out / "time_to_accuracy.png",
                                 title=f"Time to accuracy: {machine}")
-    cols = ["recipe", "epochs", "n", "minutes_mean", "minutes_std", "test_acc_mean", "test_acc_std",
+    cols = ["recipe", "epochs", "n", "train_images", "minutes_mean", "minutes_std", "test_acc_mean", "test_acc_std",
             "precision"]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"machine: {machine}")
