@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -81,10 +82,12 @@ def main() -> None:
                         "best model holds out 2000)")
     p.add_argument("--out", default=os.environ.get("CNNLIB_OUTPUTS", "outputs"))
     args = p.parse_args()
-    if args.seeds < 1 or args.seeds_longest < 1:
-        p.error("--seeds and --seeds-longest must be >= 1")
-    if not 0 <= args.val_size < 50_000:
-        p.error(f"--val-size {args.val_size} is not allowed; give 0 to 49999")
+    problem = ("--seeds and --seeds-longest must be >= 1" if min(args.seeds, args.seeds_longest) < 1
+               else f"--val-size {args.val_size} is not allowed; give 0 to 49999"
+               if not 0 <= args.val_size < 50_000 else None)
+    if problem:  # one line, before anything trains
+        print(f"time_to_accuracy: error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
     longest = max(args.fast_epochs)
     points = []
