@@ -20,6 +20,7 @@ Writes <outputs>/time_to_accuracy.csv (mean and std per point, with the machine)
 time_to_accuracy_runs.csv (one row per run and seed) and time_to_accuracy.png. The last
 two lines are ``minutes_to_90=<x>`` and ``minutes_to_94=<x>``: where the mean fastnet
 curve first reaches the target, interpolated between budgets (``n/a`` when it does not).
+``python -m cnnlib.results collect`` then writes the table into the README.
 """
 
 from __future__ import annotations
@@ -33,18 +34,8 @@ import pandas as pd
 
 from cnnlib import plots, runs
 from cnnlib.device import PRECISIONS
+from cnnlib.results import minutes_to
 from cnnlib.train import recipe
-
-
-def minutes_to(points: pd.DataFrame, target: float) -> float | None:
-    """Minutes at which the mean accuracy curve first reaches `target` (linear interpolation)."""
-    pts = points.sort_values("minutes_mean")[["minutes_mean", "test_acc_mean"]].to_numpy()
-    if len(pts) and pts[0][1] >= target:
-        return float(pts[0][0])
-    for (m0, a0), (m1, a1) in zip(pts, pts[1:], strict=False):
-        if a1 >= target > a0:
-            return float(m0 + (target - a0) * (m1 - m0) / (a1 - a0))
-    return None
 
 
 def epochs_arg(text: str) -> float | int:

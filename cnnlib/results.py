@@ -3,7 +3,7 @@
 A notebook writes its study's rows to `<outputs>/results/<study>.csv` (`save_results`);
 `python -m cnnlib.results collect` (the pipeline's last step) merges them into
 `<outputs>/results.csv` and `results.md` and rewrites the README between its markers: the
-Key Results table and the findings (`findings.readme_section`).
+Key Results table, the findings (`findings.readme_section`) and the benchmarks' tables.
 """
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ def collect_results(out=None, readme: str | None = "README.md"):
     fileio.write_text(results_markdown(df), out / "results.md")
     if readme:
         path = Path(readme)
-        for text, (begin, end) in ((key_results(df), (BEGIN, END)),
-                                   (findings.readme_section(out), FINDINGS)):
+        sections = [(key_results(df), (BEGIN, END)), (findings.readme_section(out), FINDINGS)]
+        # The benchmarks' tables, once their files exist (else the README keeps what it has).
+        sections += [(text, markers) for text, markers in
+                     ((compression_section(out), COMPRESSION),
+                      (time_to_accuracy_section(out), TIME_TO_ACCURACY)) if text]
+        for text, (begin, end) in sections:
             if not path.exists() or not update_readme(path, text, begin, end):
                 print(f"results: {readme} has no {begin} ... {end} markers; left as it is")
     return df
@@ -115,14 +119,90 @@ def training_time(df) -> str:
     return f"{len(df)} runs trained for {df['wall_seconds'].sum() / 3600:.1f} h in all ({where})"
 
 
+def _machine(df) -> str:
+    """Where a benchmark's rows ran: hardware, precision and commits, as one phrase (files
+    written before they recorded these columns say so)."""
+    def values(column, sep):
+        return sep.join(df[column].dropna().astype(str).unique()) if column in df else ""
+
+    commits = sorted({c for c in values("commit", " ").split()})
+    parts = [values("hardware", "; ") or "hardware not recorded", values("precision", "/"),
+             f"commit {', '.join(commits)}" if commits else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def compression_section(out) -> str | None:
+    """The README's compression table from <out>/compression.csv (notebook 05); None without it."""
+    import pandas as pd
+
+    path = Path(out) / "compression.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path)
+    table = pd.DataFrame({
+        "model": df["model"], "variant": df["variant"], "size MB": df["size_mb"].map("{:.2f}".format),
+        "test acc %": (df["test_acc"] * 100).map("{:.2f}".format),
+        "Δ pp": df["acc_change_pp"].map("{:+.2f}".format),
+        "ms / image (b1)": df["latency_ms_b1"].map("{:.2f}".format),
+        "images/s (b256)": df["throughput_b256"].map("{:,.0f}".format),
+        "speedup b256": df["speedup_b256"].map("{:.1f}x".format)})
+    return (f"Machine: {_machine(df)}, {int(df['threads'].iloc[0])} threads.\n\n"
+            + markdown_table(table))
+
+
+def minutes_to(points, target: float) -> float | None:
+    """Minutes at which a mean accuracy curve (minutes_mean, test_acc_mean) first reaches
+    `target`, interpolated linearly between budgets; None when it never does."""
+    pts = points.sort_values("minutes_mean")[["minutes_mean", "test_acc_mean"]].to_numpy()
+    if len(pts) and pts[0][1] >= target:
+        return float(pts[0][0])
+    for (m0, a0), (m1, a1) in zip(pts, pts[1:], strict=False):
+        if a1 >= target > a0:
+            return float(m0 + (target - a0) * (m1 - m0) / (a1 - a0))
+    return None
+
+
+def time_to_accuracy_section(out, targets=(0.90, 0.94)) -> str | None:
+    """The README's time-to-accuracy table from <out>/time_to_accuracy.csv
+    (benchmarks/time_to_accuracy.py) and where the fast recipe reaches each target."""
+    import pandas as pd
+
+    path = Path(out) / "time_to_accuracy.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path)
+    table = pd.DataFrame({
+        "recipe": df["recipe"], "epochs": df["epochs"].map(_num), "seeds": df["n"],
+        "train images": df["train_images"] if "train_images" in df else "",
+        "minutes per run": [mean_sd(m, s, 2) for m, s in zip(df["minutes_mean"],
+                                                              df["minutes_std"], strict=True)],
+        "test acc %": [mean_sd(100 * a, 100 * s, 2) for a, s in zip(df["test_acc_mean"],
+                                                                    df["test_acc_std"], strict=True)]})
+    fast = df[df["recipe"] == "fastnet"]
+    reach = []
+    for target in targets if len(fast) else ():
+        m = minutes_to(fast, target)
+        top = fast.loc[fast["test_acc_mean"].idxmax()]
+        reach.append(f"- {target:.0%}: " + (
+            f"after {m:.1f} min (between budgets: interpolated)" if m is not None else
+            f"not reached; the best budget gives {top['test_acc_mean'] * 100:.2f}% in "
+            f"{top['minutes_mean']:.1f} min"))
+    return (f"Machine: {_machine(df)}.\n\n" + markdown_table(table)
+            + ("\n\nWhere the fast recipe's mean curve reaches each target:\n\n" + "\n".join(reach)
+               if reach else ""))
+
+
+def mean_sd(mean: float, sd: float, digits: int = 1) -> str:
+    """"mean ± sd", or the mean alone when there is no sd (NaN: one value)."""
+    return f"{mean:.{digits}f}" if sd != sd else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
 def plus_minus(values, digits: int = 1) -> str:
     """A pandas Series as "mean ± std" over its non-missing values ("mean" for one, "" for none)."""
     values = values.dropna()
     if not len(values):
         return ""
-    if len(values) == 1:
-        return f"{values.mean():.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+    return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else float("nan"), digits)
 
 
 def _num(x) -> str:
@@ -147,6 +227,8 @@ def markdown_table(df) -> str:
 
 BEGIN, END = "<!-- key-results:begin -->", "<!-- key-results:end -->"
 FINDINGS = ("<!-- findings:begin -->", "<!-- findings:end -->")
+COMPRESSION = ("<!-- compression:begin -->", "<!-- compression:end -->")
+TIME_TO_ACCURACY = ("<!-- time-to-accuracy:begin -->", "<!-- time-to-accuracy:end -->")
 
 
 def update_readme(path: Path, table: str, begin: str = BEGIN, end: str = END) -> bool:

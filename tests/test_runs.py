@@ -324,6 +324,40 @@ def test_training_time_sums_each_runs_own_wall_time_per_machine():
     assert results.training_time(df.iloc[:0]) == "no runs"
 
 
+def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    machine = dict(hardware="test CPU", precision="bf16", commit="abc1234")
+    # time_to_accuracy.csv: 90% is crossed between the 2- and 4-epoch budgets, 94% never.
+    pd.DataFrame([dict(recipe="fastnet", epochs=e, seeds="0 1", n=2, minutes_mean=m,
+                       minutes_std=0.1, test_acc_mean=a, test_acc_std=0.002, train_images=48000,
+                       **machine) for e, m, a in ((2, 3.0, 0.86), (4, 6.0, 0.92))]
+                 ).to_csv(out / "time_to_accuracy.csv", index=False)
+    pd.DataFrame([dict(model="best", variant=v, size_mb=s, test_acc=a, acc_change_pp=d,
+                       latency_ms_b1=2.0, throughput_b256=t, speedup_b256=t / 500, threads=2,
+                       **machine)
+                  for v, s, a, d, t in (("fp32", 7.9, 0.93, 0.0, 500.0),
+                                        ("int8", 2.0, 0.9281, -0.19, 2300.0))]
+                 ).to_csv(out / "compression.csv", index=False)
+    readme = tmp_path / "README.md"
+    markers = [results.TIME_TO_ACCURACY, results.COMPRESSION]
+    readme.write_text("".join(f"{a}\nold numbers\n{b}\n" for a, b in markers))
+    results.collect_results(out, readme)
+    text = readme.read_text()
+    assert "old numbers" not in text
+    assert "Machine: test CPU, bf16, commit abc1234." in text
+    assert "| fastnet | 4 | 2 | 48000 | 6.00 ± 0.10 | 92.00 ± 0.20 |" in text
+    assert "- 90%: after 5.0 min (between budgets: interpolated)" in text  # 3 + (0.04/0.06) * 3
+    assert "- 94%: not reached; the best budget gives 92.00% in 6.0 min" in text
+    assert "Machine: test CPU, bf16, commit abc1234, 2 threads." in text
+    assert "| best | int8 | 2.00 | 92.81 | -0.19 | 2.00 | 2,300 | 4.6x |" in text
+    # Without the benchmarks' files the README keeps what it has.
+    (out / "compression.csv").unlink()
+    readme.write_text(f"{results.COMPRESSION[0]}\nkept\n{results.COMPRESSION[1]}\n")
+    results.collect_results(out, readme)
+    assert "kept" in readme.read_text()
+
+
 def test_key_results_without_rows():
     assert "No results" in results.key_results(pd.DataFrame(columns=results.RESULT_COLUMNS))
 
