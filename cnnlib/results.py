@@ -114,7 +114,8 @@ def training_time(df) -> str:
     """
     if not len(df):
         return "no runs"
-    per = df.groupby("hardware", sort=False)["wall_seconds"].agg(["size", "sum"])
+    hardware = df["hardware"].fillna("hardware not recorded")
+    per = df.groupby(hardware, sort=False)["wall_seconds"].agg(["size", "sum"])
     where = "; ".join(f"{int(n)} on {hw}" for hw, (n, _) in per.iterrows())
     return f"{len(df)} runs trained for {df['wall_seconds'].sum() / 3600:.1f} h in all ({where})"
 
