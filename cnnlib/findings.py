@@ -291,10 +291,8 @@ def baseline_answer(df) -> str:
     return "\n".join(lines)
 
 
-# The project's targets for its published best models: mean test accuracy over >= 3 seeds,
-# each run within about this many minutes on the machine that trained it.
-BEST_TARGETS = {"cifar10": 0.94, "cifar100": 0.72}
-BEST_MINUTES = 15
+# The published best models' targets: mean test accuracy over >= 3 seeds, about 15 min a run.
+BEST_TARGETS, BEST_MINUTES = {"cifar10": 0.94, "cifar100": 0.72}, 15
 
 
 def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -> str:
@@ -307,8 +305,7 @@ def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -
         if dataset not in targets or not len(best):
             continue
         acc, bar = best["test_acc"] * 100, targets[dataset] * 100
-        spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
-        gap = acc.mean() - bar
+        spread, gap = f" ± {acc.std():.2f}" if len(acc) > 1 else "", acc.mean() - bar
         verdict = ("meets" if gap >= 0 else f"is {-gap:.2f} pp short of") + f" the target of {bar:g}%"
         if len(acc) < 3:
             verdict += f" (which asks for 3 seeds, not {len(acc)})"
