@@ -15,19 +15,16 @@ Run it only when nothing else uses the CPU.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
 from cnnlib import compress
+from cnnlib.flags import Parser
 
 
-def load_all(folder: Path) -> dict[str, torch.nn.Module]:
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".onnx"))
-    if not files:
-        raise SystemExit(f"compression benchmark: no .pt or .onnx files in {folder}")
-    return {p.stem: compress.load_model(p) for p in files}  # checkpoints of every kind, and .onnx
+def model_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".onnx")) if folder.is_dir() else []
 
 
 def with_speedups(results: dict[str, dict]) -> list[dict]:
@@ -44,16 +41,19 @@ def with_speedups(results: dict[str, dict]) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--folder", default="outputs/compression")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=1.0, help="per file, batch size and round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--csv", help="also write the table here")
     args = p.parse_args()
+    files = model_files(Path(args.folder))
+    if not files:  # one line, before anything loads
+        p.error(f"--folder {args.folder}: no .pt or .onnx files there (notebook 05 writes them)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = load_all(Path(args.folder))
+    models = {f.stem: compress.load_model(f) for f in files}  # checkpoints of every kind, and .onnx
     print(f"{len(models)} files, {torch.get_num_threads()} threads, {args.rounds} rounds",
           flush=True)
     rows = with_speedups(compress.time_models(models, seconds=args.seconds,

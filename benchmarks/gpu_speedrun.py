@@ -13,12 +13,12 @@ Last line: seconds_to_94=<mean training seconds> (or "n/a" when the mean accurac
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 
+from cnnlib.flags import Parser
 from cnnlib.train import Trainer, recipe
 
 
@@ -34,7 +34,7 @@ def timed_run(config, data_root=None) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=float, default=10.0)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--device", default="cuda")

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from cnnlib.augment import BatchLoader  # noqa: E402
 from cnnlib.config import RunConfig  # noqa: E402
+from cnnlib.flags import Parser
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -182,7 +183,7 @@ def cnnlib_next(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=40, help="timed batches per repeat")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the fastest is shown")

@@ -16,7 +16,6 @@ The last line is ``inside_2sd=true`` or ``inside_2sd=false``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pandas as pd
 
 from cnnlib import runs, studies
 from cnnlib.device import hardware
+from cnnlib.flags import Parser
 
 
 def published(results: Path, dataset: str, profile: str) -> pd.Series:
@@ -40,7 +40,7 @@ def published(results: Path, dataset: str, profile: str) -> pd.Series:
 
 
 def main(argv=None, data_root=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=studies.DATASETS, default="cifar10")
     p.add_argument("--seed", type=int, help="default: one above the study's largest seed")
     p.add_argument("--profile", default="auto", help="the profile whose best model is checked")

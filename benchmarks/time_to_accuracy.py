@@ -25,7 +25,6 @@ curve first reaches the target, interpolated between budgets (``n/a`` when it do
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ import pandas as pd
 
 from cnnlib import plots, runs
 from cnnlib.device import PRECISIONS
+from cnnlib.flags import Parser
 from cnnlib.results import minutes_to
 from cnnlib.train import recipe
 
@@ -61,7 +61,7 @@ def fmt(value: float | None) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--fast-epochs", type=epochs_arg, nargs="+", default=[1, 2, 3])
     p.add_argument("--baseline-epochs", type=epochs_arg, nargs="*", default=[6])
     p.add_argument("--seeds", type=int, default=2, help="seeds per budget (default 2)")

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from cnnlib.flags import Parser
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("plain", "channels_last", "cl+bf16", "compile")
 # Huge models get a smaller batch and fewer steps so the whole table takes minutes, not hours.
@@ -128,7 +130,7 @@ def run_one(spec: dict, timeout: float) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", help="comma-separated model names (default: all registered)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     p.add_argument("--compile-models", default="fastnet,baseline", help="models to compile")
@@ -139,7 +141,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="per-run limit in seconds")
     p.add_argument("--quick", action="store_true", help="batch 32, 1+2 steps, no compile")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.worker:  # one line, before anything is timed
+        from cnnlib.models import list_models
+
+        unknown = [m for m in (args.models or "").split(",") if m and m not in list_models()]
+        if unknown:
+            p.error(f"--models: unknown {unknown[0]!r}; allowed: {', '.join(list_models())}")
+        if any(c not in CONFIGS for c in args.configs.split(",")):
+            p.error(f"--configs: allowed: {', '.join(CONFIGS)}; got {args.configs!r}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,12 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from cnnlib.models import list_models
 
     models = args.models.split(",") if args.models else list_models()
-    unknown = [m for m in models if m not in list_models()]
-    if unknown:
-        raise SystemExit(f"--models: unknown {unknown[0]!r}; allowed: {', '.join(list_models())}")
     configs = args.configs.split(",")
-    if any(c not in CONFIGS for c in configs):
-        raise SystemExit(f"--configs: allowed: {', '.join(CONFIGS)}; got {args.configs!r}")
     compile_models = set(args.compile_models.split(",")) if args.compile_models else set()
     if args.quick:
         configs = [c for c in configs if c != "compile"]

@@ -27,9 +27,9 @@ from . import fileio
 from .config import RunConfig
 from .device import AUTOCAST_DTYPES, hardware, resolve_precision
 from .models import create_model
+from .obtain import NUM_CLASSES
 
 TRAIN_IMAGES = 50000  # both official training sets
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per test image at each TTA level
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 WARMUP_STEPS = 2  # the first steps pay for kernel selection and allocation

@@ -19,6 +19,7 @@ from .device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
 from .distributed import is_main
 from .evaluate import evaluate, predict_logits
 from .fileio import FolderInUseError, first_line
+from .flags import Parser
 from .launch import LaunchError, guard
 from .models import count_parameters, create_model, list_models
 from .obtain import DATASETS
@@ -248,7 +249,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnlib", description=__doc__)
+    parser = Parser(prog="cnnlib", description=__doc__)
     parser.add_argument("--data-root", help="dataset folder (default: env CNNLIB_DATA_ROOT or ./data)")
     sub = parser.add_subparsers(dest="command", required=True)
 

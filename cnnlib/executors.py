@@ -24,7 +24,6 @@ workers or tasks; a worker whose driver died stops by itself. The run folder's l
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -45,6 +44,7 @@ import torch
 from . import runs
 from .config import RunConfig
 from .fileio import first_line
+from .flags import Parser
 from .launch import NPROC_ENV, nproc_from_env
 
 JOBS_ENV = "CNNLIB_JOBS"
@@ -477,7 +477,7 @@ def _ray(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m cnnlib.executors worker CONFIG_JSON ...`: train one run into the cache."""
-    p = argparse.ArgumentParser(prog="python -m cnnlib.executors")
+    p = Parser(prog="python -m cnnlib.executors")
     p.add_argument("command", choices=["worker"])
     p.add_argument("config", help="a RunConfig as JSON")
     p.add_argument("--label", default="")

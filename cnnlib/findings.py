@@ -1,13 +1,10 @@
 """Findings: the sentences about the results, computed from the results tables.
 
-One rule for every comparison. A comparison is a study table (the rows of
-`outputs/results/<study>.csv`), a reference label and a metric: each variant's run
-is paired with the reference run of the same seed and dataset, and the per-seed
-deltas (percentage points) give a mean, a standard deviation and a 95% confidence
-interval (t distribution, n - 1 degrees of freedom). A variant "improves" or
-"hurts" only when the interval excludes 0; otherwise there is "no detectable
-difference with n seeds" (one seed gives no interval). A ranking names the top
-label and its paired margin over the runner-up under the same rule.
+Every comparison follows one rule, `paired`'s: each variant's run is paired with the
+reference run of the same seed and dataset, and a difference counts only when the 95%
+confidence interval of the per-seed differences excludes 0. A sweep's line also says when
+it ran outside a regime that can answer it: labels whose runs stayed at chance level, and
+budgets that bought the networks different epochs.
 
 The notebooks print these sentences (the answer at the top of each report) and
 `python -m cnnlib.results collect` writes them into the README's findings section.
@@ -19,170 +16,25 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .obtain import NUM_CLASSES
+from .paired import (
+    CONFIDENCE,
+    NAMES,
+    Delta,
+    Ranking,
+    compare,
+    grouped,
+    metric_values,
+    n_seeds,
+    rank,
+)
+
 __all__ = [
-    "BEST_TARGETS", "CONFIDENCE", "REFERENCE_TARGETS", "Delta", "Ranking", "SWEEPS", "Sweep", "answer", "best_check",
-    "baseline_answer", "compare", "reference_check",
-    "compression_answer", "confusion_sentence", "early_stopping_table", "epochs_saved", "lines", "rank", "readme_section", "sweep_lines",
+    "BEST_TARGETS", "CHANCE_FACTOR", "CONFIDENCE", "REFERENCE_TARGETS", "Delta", "Ranking", "SWEEPS",
+    "Sweep", "answer", "at_chance", "baseline_answer", "best_check", "compare", "compression_answer",
+    "confusion_sentence", "early_stopping_table", "epochs_saved", "lines", "rank", "readme_section",
+    "reference_check", "regime_notes", "sweep_lines",
 ]
-
-CONFIDENCE = 0.95
-# Words for a detectable positive / negative delta; accuracy unless named here.
-_WORDS = {"gap": ("raises the gap", "lowers the gap"), "test_loss": ("hurts", "improves")}
-
-
-def _signed(x: float) -> str:
-    text = f"{x:+.1f}"
-    return "+0.0" if text == "-0.0" else text
-
-
-def _seeds(n: int) -> str:
-    return f"{n} seed{'s' if n != 1 else ''}"
-
-
-@dataclass(frozen=True)
-class Delta:
-    """A variant minus the reference, per seed, in percentage points (metric x 100)."""
-
-    dataset: str
-    label: str
-    reference: str
-    metric: str
-    deltas: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.deltas)
-
-    @property
-    def mean(self) -> float:
-        return sum(self.deltas) / self.n if self.n else math.nan
-
-    @property
-    def sd(self) -> float:
-        if self.n < 2:
-            return math.nan
-        return math.sqrt(sum((d - self.mean) ** 2 for d in self.deltas) / (self.n - 1))
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        """The 95% confidence interval of the mean delta (NaNs below two seeds)."""
-        if self.n < 2:
-            return math.nan, math.nan
-        from scipy.stats import t
-
-        half = t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.sd / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
-
-    @property
-    def detectable(self) -> bool:
-        low, high = self.interval
-        return self.n >= 2 and (low > 0 or high < 0)
-
-    @property
-    def verdict(self) -> str:
-        """'improves', 'hurts' (or the metric's words), else 'no detectable difference ...'."""
-        if not self.detectable:
-            return f"no detectable difference with {_seeds(self.n)}"
-        up, down = _WORDS.get(self.metric, ("improves", "hurts"))
-        return up if self.mean > 0 else down
-
-    def change(self) -> str:
-        """'+4.3 ± 0.2' (mean ± sd of the deltas, pp); '+4.3' for one seed."""
-        return _signed(self.mean) + (f" ± {self.sd:.1f}" if self.n > 1 else "")
-
-    def interval_text(self) -> str:
-        """'+2.5 to +6.1'; '' below two seeds."""
-        low, high = self.interval
-        return "" if self.n < 2 else f"{_signed(low)} to {_signed(high)}"
-
-    def numbers(self) -> str:
-        """'+4.3 ± 0.2 pp (95% CI +2.5 to +6.1)'; one seed: '+4.3 pp (1 seed, no interval)'."""
-        if self.n < 2:
-            return f"{self.change()} pp (no interval)"
-        return f"{self.change()} pp ({CONFIDENCE:.0%} CI {self.interval_text()})"
-
-
-def _metric(df, metric: str):
-    if metric == "gap":  # train minus validation accuracy: the overfitting measure
-        return df["train_acc"] - df["val_acc"]
-    return df[metric]
-
-
-def _per_seed(df, label: str, metric: str):
-    part = df[df["label"] == label]
-    return _metric(part, metric).groupby(part["seed"]).mean().dropna()
-
-
-def compare(df, reference: str, labels=None, metric: str = "test_acc") -> list[Delta]:
-    """Every label (or those in `labels`) against `reference`, per dataset, paired by seed.
-
-    A dataset without a `reference` run is left out (nothing to pair with).
-    """
-    out = []
-    for dataset, part in df.groupby("dataset", sort=False):
-        ref = _per_seed(part, reference, metric)
-        if not len(ref):
-            continue
-        names = labels if labels is not None else part["label"].unique()
-        for label in names:
-            if label == reference or label not in set(part["label"]):
-                continue
-            value = _per_seed(part, label, metric)
-            both = value.index.intersection(ref.index)
-            deltas = tuple(float(d) for d in (value[both] - ref[both]) * 100)
-            out.append(Delta(dataset, label, reference, metric, deltas))
-    return out
-
-
-@dataclass(frozen=True)
-class Ranking:
-    dataset: str
-    means: dict  # label -> mean of the metric over seeds (fraction), in the sweep's order
-    margin: Delta | None  # top label minus the runner-up, paired by seed
-    metric: str = "test_acc"
-
-    @property
-    def top(self) -> str:
-        return max(self.means, key=self.means.get)
-
-    def sentence(self, prefix: str = "highest") -> str:
-        unit = _NAMES.get(self.metric, ("", "%"))[1]  # the gap is in pp, not %
-        top = f"{prefix}: `{self.top}` ({self.means[self.top] * 100:.1f}{unit})"
-        if self.margin is None:
-            return top
-        m = self.margin
-        lead = "a detectable lead" if m.detectable else \
-            f"a lead not detectable with {_seeds(m.n)}"
-        return f"{top}, ahead of `{m.reference}` by {m.numbers()}: {lead}"
-
-
-def rank(df, labels=None, metric: str = "test_acc") -> list[Ranking]:
-    """Per dataset: mean `metric` per label, the top one and its paired margin over the next."""
-    out = []
-    for dataset, part in df.groupby("dataset", sort=False):
-        names = [x for x in (labels if labels is not None else part["label"].unique())
-                 if x in set(part["label"])]
-        means = {x: float(_per_seed(part, x, metric).mean()) for x in names}
-        means = {k: v for k, v in means.items() if not math.isnan(v)}
-        if not means:
-            continue
-        order = sorted(means, key=means.get, reverse=True)
-        margin = compare(part, order[1], [order[0]], metric)[0] if len(order) > 1 else None
-        out.append(Ranking(dataset, means, margin, metric))
-    return out
-
-
-def _grouped(deltas: list[Delta], short: bool = False) -> str:
-    """'improves: a ...; hurts: b ...; no detectable difference with 2 seeds: c ...'.
-
-    `short`: each label with its mean change only (the full numbers are in the tables).
-    """
-    groups: dict[str, list[str]] = {}
-    for d in sorted(deltas, key=lambda d: 2 if not d.detectable else int(d.mean < 0)):
-        numbers = f"{_signed(d.mean)} pp" if short else d.numbers()
-        groups.setdefault(d.verdict, []).append(f"`{d.label}` {numbers}")
-    return "; ".join(f"{verdict}: {', '.join(items)}" for verdict, items in groups.items())
-
 
 # -- the study's sweeps ---------------------------------------------------------------------------
 
@@ -240,22 +92,59 @@ SWEEPS = {
 }
 
 
-_NAMES = {"test_acc": ("test accuracy", "%"), "val_acc": ("validation accuracy", "%"),
-          "gap": ("train − validation gap", " pp")}
+
+
+# A label whose runs' mean validation accuracy stays below this multiple of guessing did not
+# learn. Such a run can keep a finite loss (label smoothing bounds it), so the trainer's
+# divergence check, which looks for a non-finite loss, does not catch it.
+CHANCE_FACTOR = 1.5
+
+
+def at_chance(part) -> dict[str, float]:
+    """One dataset's labels whose runs stayed at chance level: label -> mean validation accuracy.
+
+    Validation, not test accuracy: the flag reads no test image.
+    """
+    dataset = part["dataset"].iloc[0]
+    if dataset not in NUM_CLASSES or "val_acc" not in part:
+        return {}
+    acc = part.groupby("label", sort=False)["val_acc"].mean().dropna()
+    return {k: float(v) for k, v in acc.items() if v < CHANCE_FACTOR / NUM_CLASSES[dataset]}
+
+
+def regime_notes(part, members) -> list[str]:
+    """What one dataset's sweep ran under that its numbers alone do not show: labels at chance
+    level, and the epochs a wall-clock budget bought each label when they differ."""
+    notes = []
+    chance = {k: v for k, v in at_chance(part).items() if k in members}
+    if chance:
+        guess = 100 / NUM_CLASSES[part["dataset"].iloc[0]]
+        notes.append(f"At chance level (mean validation accuracy below {CHANCE_FACTOR:g}× the "
+                     f"{guess:g}% of guessing): "
+                     + ", ".join(f"`{k}` ({v * 100:.1f}%)" for k, v in chance.items())
+                     + "; these runs did not learn, so their differences measure a failed run")
+    epochs = part[part["label"].isin(members)].groupby("label", sort=False)["epochs"].mean()
+    if epochs.nunique() > 1:  # a wall-clock budget: each label trained the epochs it could afford
+        short = [f"`{k}`" for k in members if epochs[k] < 1]
+        notes.append("Epochs the budget bought: "
+                     + ", ".join(f"`{k}` {epochs[k]:.2f}" for k in members if k in epochs)
+                     + (f"; {', '.join(short)} saw each training image less than once" if short
+                        else ""))
+    return notes
 
 
 def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
     """Markdown bullets, one per dataset: values, the ranking (if asked), the comparisons."""
-    name, unit = _NAMES.get(metric, (metric, ""))
+    name, unit = NAMES.get(metric, (metric, ""))
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
         members = sweep.members(part)
         if not members:
             continue
         part = part[part["label"].isin(members) | (part["label"] == sweep.standard)]
-        means = _metric(part, metric).groupby(part["label"], sort=False).mean() * 100
+        means = metric_values(part, metric).groupby(part["label"], sort=False).mean() * 100
         n = part[part["label"].isin(members)].groupby("label")["seed"].nunique()
-        seeds = _seeds(int(n.min())) if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
+        seeds = n_seeds(int(n.min())) if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
         text = (f"- **{sweep.name}, {dataset}** ({seeds}): {name} "
                 f"{' / '.join(f'`{x}`' for x in members)}: "
                 f"{' / '.join(f'{means[x]:.1f}' for x in members)}{unit}")
@@ -263,10 +152,10 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
             text += f"; {rank(part, members, metric)[0].sentence()}"
         reference = sweep.reference_label(part)
         if reference is not None and reference in members:
-            text += f". Against `{reference}`: {_grouped(compare(part, reference, members, metric))}"
+            text += f". Against `{reference}`: {grouped(compare(part, reference, members, metric))}"
         else:
             text += f" (no `{sweep.reference or sweep.standard}` run here to compare with)"
-        lines.append(text + ".")
+        lines.append(". ".join([text, *regime_notes(part, members)]) + ".")
     return lines
 
 
@@ -283,9 +172,9 @@ def baseline_answer(df) -> str:
             continue
         model = part.loc[part["label"] == "best", "model"].iloc[0]
         d = compare(part, "reference", ["best"])[0]
-        lines.append(f"- **{dataset}**: the best model ({model}, {_seeds(int(n['best']))}) "
+        lines.append(f"- **{dataset}**: the best model ({model}, {n_seeds(int(n['best']))}) "
                      f"reaches {acc.mean()['best'] * 100:.1f}% test accuracy, the sweeps' "
-                     f"reference network ({_seeds(int(n['reference']))}) "
+                     f"reference network ({n_seeds(int(n['reference']))}) "
                      f"{acc.mean()['reference'] * 100:.1f}%; "
                      f"paired by seed: {d.verdict}, {d.numbers()}.")
     return "\n".join(lines)
@@ -314,7 +203,7 @@ def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -
         pace = "within" if high <= minutes else f"{high - minutes:.1f} min over"
         hardware = "; ".join(best["hardware"].dropna().unique())
         lines.append(f"- **{dataset}**: the best model reaches {acc.mean():.2f}{spread}% test "
-                     f"accuracy (mean{' ± sd' if spread else ''} over {_seeds(len(acc))}): it "
+                     f"accuracy (mean{' ± sd' if spread else ''} over {n_seeds(len(acc))}): it "
                      f"{verdict}; a run took {took} min on {hardware} ({pace} the target of "
                      f"about {minutes:g} min).")
     return "\n".join(lines)
@@ -336,7 +225,7 @@ def reference_check(df, targets: dict | None = None) -> str:
         bar = targets[dataset] * 100
         spread = f" ± {acc.std():.1f}" if len(acc) > 1 else ""
         text = (f"- **{dataset}**: the reference network reaches {acc.mean():.1f}{spread}% test "
-                f"accuracy (mean{' ± sd' if spread else ''} over {_seeds(len(acc))}): ")
+                f"accuracy (mean{' ± sd' if spread else ''} over {n_seeds(len(acc))}): ")
         if acc.mean() >= bar:
             text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {dataset} run in "
                      "the regime the study asks for.")
@@ -352,19 +241,20 @@ def answer(df, sweeps: list[Sweep]) -> str:
     verdict (mean changes only), and the rankings the sweeps ask for."""
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
-        deltas, ranks, refs = [], [], {}
+        deltas, ranks, refs, marks = [], [], {}, {}
         for sweep in sweeps:
             members = sweep.members(part)
             reference = sweep.reference_label(part)
             if reference is not None and reference in members:
                 deltas += compare(part, reference, members)
+                marks.update({k: "at chance" for k in at_chance(part) if k in members})
                 refs[f"`{sweep.reference}`" if sweep.reference else "the standard network"] = 1
             if sweep.rank and members:
                 ranks.append(rank(part, members)[0].sentence(f"highest {sweep.name}"))
         if deltas or ranks:
             refs = list(refs)
             refs = ", ".join(refs[:-1]) + " and " + refs[-1] if len(refs) > 1 else "".join(refs)
-            text = f"- **{dataset}**" + (f", against {refs}: {_grouped(deltas, short=True)}"
+            text = f"- **{dataset}**" + (f", against {refs}: {grouped(deltas, short=True, marks=marks)}"
                                          if deltas else "")
             lines.append("; ".join([text, *ranks]) + ".")
     return "\n".join(lines)
@@ -413,7 +303,7 @@ def epochs_saved(df, stopped: str = "early stopping", full: str = "no early stop
             + f", weights of epoch {r['best epoch']} restored" for _, r in part.iterrows())
         share = part["epochs saved"].sum() / part["schedule"].sum()
         d = compare(df[df["dataset"] == dataset], full, [stopped])[0]
-        lines.append(f"- **early stopping, {dataset}** ({_seeds(len(part))}): "
+        lines.append(f"- **early stopping, {dataset}** ({n_seeds(len(part))}): "
                      f"{part['epochs saved'].mean():.1f} of {part['schedule'].iloc[0]} epochs "
                      f"saved on average ({share:.0%} of the schedule; {per_seed}); test accuracy "
                      f"{part['test acc % with'].mean():.1f}% with, "

@@ -22,6 +22,7 @@ from typing import NamedTuple
 log = logging.getLogger(__name__)
 
 DATASETS = ("cifar10", "cifar100")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 DEFAULT_ROOT = "data"
 ROOT_ENV = "CNNLIB_DATA_ROOT"
 MIRROR_ENV = "CNNLIB_DATA_MIRROR"

@@ -37,6 +37,7 @@ from nbconvert import HTMLExporter
 from traitlets.config import Config
 
 from . import executors, runs
+from .flags import Parser
 from .obtain import DATASETS, obtain
 from .results import collect_results, training_time
 
@@ -48,15 +49,9 @@ REMOVE_OUTPUT_TAG = "remove_output"  # training logs: kept in the executed noteb
 NPROC_ENV = "CNNLIB_NPROC"  # read by the run cache: >1 trains each run through torchrun
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line (argparse would print the usage first)
-        print(f"run_all: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, checked: a bad one exits with status 2 and one line naming the allowed values."""
-    p = _Parser(prog="run_all.sh", allow_abbrev=False,
+    p = Parser(prog="run_all.sh", error_prefix="run_all:", allow_abbrev=False,
                 description="Execute the notebooks, export their HTML reports, rebuild the "
                             "results tables (./run_all.sh sets up .venv first).")
     p.add_argument("--profile", default=os.environ.get(runs.PROFILE_ENV) or "auto",

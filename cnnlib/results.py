@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import fileio, findings
+from .flags import Parser
 from .runs import Run, outputs_root
 
 # The keys of `Run.row`, in table order.
@@ -147,8 +148,9 @@ def compression_section(out) -> str | None:
         "ms / image (b1)": df["latency_ms_b1"].map("{:.2f}".format),
         "images/s (b256)": df["throughput_b256"].map("{:,.0f}".format),
         "speedup b256": df["speedup_b256"].map("{:.1f}x".format)})
-    return (f"Machine: {_machine(df)}, {int(df['threads'].iloc[0])} threads.\n\n"
-            + markdown_table(table))
+    machine = _machine(df)  # hardware written by `device.hardware` names its threads already
+    threads = "" if "threads" in machine else f", {int(df['threads'].iloc[0])} threads"
+    return f"Machine: {machine}{threads}.\n\n" + markdown_table(table)
 
 
 def minutes_to(points, target: float) -> float | None:
@@ -245,9 +247,7 @@ def update_readme(path: Path, table: str, begin: str = BEGIN, end: str = END) ->
 
 def main(argv=None) -> int:
     """`python -m cnnlib.results collect`: rebuild the results table (the pipeline's last step)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m cnnlib.results")
+    p = Parser(prog="python -m cnnlib.results")
     p.add_argument("command", choices=["collect"],
                    help="merge the studies' results and refresh the README's tables")
     p.add_argument("--out", default=None, help="outputs folder (default: $CNNLIB_OUTPUTS or outputs)")

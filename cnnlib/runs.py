@@ -38,6 +38,7 @@ from . import fileio
 from .budget import estimate_seconds
 from .config import RunConfig
 from .device import AUTOCAST_DTYPES, hardware, resolve_precision
+from .flags import Parser
 from .launch import train_or_launch  # one process unless $CNNLIB_NPROC > 1
 from .studies import plan
 from .train import TrainResult
@@ -467,9 +468,7 @@ def plan_lines(profile: str) -> list[str]:
 
 def main(argv=None) -> int:
     """`python -m cnnlib.runs profile|plan`: the profile a run would use; the runs per notebook."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m cnnlib.runs")
+    p = Parser(prog="python -m cnnlib.runs")
     p.add_argument("command", choices=["profile", "plan"],
                    help="profile: print the resolved profile; plan: runs and estimated time "
                         "per notebook")

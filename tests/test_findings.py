@@ -303,3 +303,46 @@ def test_cost_table_and_parameters_of_each_network():
     # The same network with a 100-class head: 90 more rows of the last linear layer.
     params = table["parameters"]
     assert params[("cifar100", "baseline")] - params[("cifar10", "baseline")] == 90 * (128 + 1)
+
+
+def test_a_budget_sweep_names_the_epochs_each_network_got():
+    frame = _architecture_frame()
+    frame.loc[frame["label"] == "resnet20", "epochs"] = 0.6
+    lines = findings.lines(frame, "06_architectures", ("architecture",)).splitlines()
+    assert lines[0].endswith("Epochs the budget bought: `baseline` 4.50, `resnet20` 0.60, "
+                             "`fastnet` 2.00; `resnet20` saw each training image less than once.")
+    # One network on cifar100: nothing to contrast, so no epochs note there.
+    assert "Epochs" not in lines[1]
+
+
+# An optimizer sweep in which `adam @ reference lr` collapsed: validation accuracy at the 10%
+# of guessing on cifar10. `sgd @ reference lr` is poor on validation (16%, above 1.5 x 10%)
+# and `adamw @ reference lr` scores 10% on test but not on validation: neither is flagged,
+# since the flag reads validation accuracy only.
+OPT = {"nesterov @ reference lr": ((0.80, 0.81, 0.80), (0.80, 0.81, 0.80)),
+       "sgd @ reference lr": ((0.16, 0.16, 0.16), (0.16, 0.17, 0.16)),
+       "adam @ reference lr": ((0.10, 0.10, 0.101), (0.80, 0.80, 0.80)),
+       "adamw @ reference lr": ((0.70, 0.71, 0.70), (0.10, 0.10, 0.10))}
+
+
+def _optimizer_frame():
+    rows = _rows("03_depth_study", "cifar10", {k: v[0] for k, v in OPT.items()})
+    df = pd.DataFrame(rows)
+    test = {(k, s): t for k, v in OPT.items() for s, t in enumerate(v[1])}
+    df["test_acc"] = [test[(r.label, r.seed)] for r in df.itertuples()]
+    return df
+
+
+def test_runs_at_chance_level_are_named_from_validation_accuracy():
+    df = _optimizer_frame()
+    assert findings.at_chance(df) == {"adam @ reference lr": pytest.approx(0.10033, abs=1e-4)}
+    line = findings.lines(df, "03_depth_study", ("optimizer",))
+    assert line.endswith("At chance level (mean validation accuracy below 1.5× the 10% of "
+                         "guessing): `adam @ reference lr` (10.0%); these runs did not learn, so "
+                         "their differences measure a failed run.")
+    answer = findings.answer(df, findings.SWEEPS["03_depth_study"])
+    assert "`adam @ reference lr` -0.3 pp (at chance)" in answer
+    for unflagged in ("`adamw @ reference lr` -70.3 pp", "`sgd @ reference lr` -64.0 pp"):
+        assert unflagged in answer and f"{unflagged} (at chance)" not in answer
+    # On cifar100 guessing is 1%: 10% is not chance there.
+    assert findings.at_chance(df.assign(dataset="cifar100")) == {}

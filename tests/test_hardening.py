@@ -335,3 +335,33 @@ def test_flipped_pixels_in_the_real_data_are_found(tmp_path):
     flip(folder / "data_batch_3")
     with pytest.raises(ValueError, match="cifar10: the images or labels .* differ"):
         data.read_cifar(folder, "cifar10")
+
+
+# ----------------------------------------------------------------------------- command lines
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-m", "cnnlib", "train", "--epochs", "two"],
+     "cnnlib train: error: argument --epochs: invalid float value: 'two'"),
+    (["-m", "cnnlib", "evaluate"], "cnnlib evaluate: error: the following arguments are required"),
+    (["-m", "cnnlib.results", "collect", "--bogus"],
+     "python -m cnnlib.results: error: unrecognized arguments: --bogus"),
+    (["benchmarks/time_to_accuracy.py", "--seeds", "x"],
+     "time_to_accuracy.py: error: argument --seeds: invalid int value: 'x'"),
+    (["benchmarks/compression.py", "--folder", "no-such-folder"],
+     "compression.py: error: --folder no-such-folder: no .pt or .onnx files there"),
+    (["benchmarks/train_throughput.py", "--models", "vgg99"],
+     "train_throughput.py: error: --models: unknown 'vgg99'; allowed: "),
+    (["benchmarks/rerun_best.py", "--dataset", "mnist"],
+     "rerun_best.py: error: argument --dataset: invalid choice: 'mnist'"),
+])
+def test_every_command_line_answers_a_bad_flag_with_one_line(argv, words, tmp_path):
+    env = {**os.environ, "CNNLIB_OUTPUTS": str(tmp_path / "out"), "CNNLIB_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.splitlines()  # no usage, no traceback
+    assert line.startswith(words), line
+    assert proc.stdout == "" and not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

@@ -351,6 +351,13 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
     assert "- 94%: not reached; the best budget gives 92.00% in 6.0 min" in text
     assert "Machine: test CPU, bf16, commit abc1234, 2 threads." in text
     assert "| best | int8 | 2.00 | 92.81 | -0.19 | 2.00 | 2,300 | 4.6x |" in text
+    # Hardware as `device.hardware` writes it names its threads: the header says them once.
+    compression = pd.read_csv(out / "compression.csv")
+    compression.assign(hardware="test CPU (AVX2), 2 threads, torch 2.0").to_csv(
+        out / "compression.csv", index=False)
+    results.collect_results(out, readme)
+    assert ("Machine: test CPU (AVX2), 2 threads, torch 2.0, bf16, commit abc1234.\n"
+            in readme.read_text())
     # Without the benchmarks' files the README keeps what it has.
     (out / "compression.csv").unlink()
     readme.write_text(f"{results.COMPRESSION[0]}\nkept\n{results.COMPRESSION[1]}\n")

@@ -22,6 +22,7 @@ from nbclient import NotebookClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from cnnlib import report, runs  # noqa: E402
+from cnnlib.flags import Parser  # noqa: E402
 
 
 def _is_check(cell) -> bool:
@@ -85,7 +86,7 @@ def _execute_smoke(path: Path, scratch: Path, timeout: int):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tools/store_check_outputs.py", description=__doc__,
+    p = Parser(prog="tools/store_check_outputs.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("notebooks", nargs="+")
     p.add_argument("--from", dest="executed", default=None,
