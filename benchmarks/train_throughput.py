@@ -142,14 +142,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="batch 32, 1+2 steps, no compile")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if not args.worker:  # one line, before anything is timed
+    if not args.worker:  # one line, before anything is timed; main gets the checked lists
         from cnnlib.models import list_models
 
-        unknown = [m for m in (args.models or "").split(",") if m and m not in list_models()]
+        args.models = args.models.split(",") if args.models else list_models()
+        unknown = [m for m in args.models if m not in list_models()]
         if unknown:
             p.error(f"--models: unknown {unknown[0]!r}; allowed: {', '.join(list_models())}")
-        if any(c not in CONFIGS for c in args.configs.split(",")):
-            p.error(f"--configs: allowed: {', '.join(CONFIGS)}; got {args.configs!r}")
+        args.configs = args.configs.split(",")
+        if any(c not in CONFIGS for c in args.configs):
+            p.error(f"--configs: allowed: {', '.join(CONFIGS)}; got {','.join(args.configs)!r}")
     return args
 
 
@@ -161,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     from cnnlib.device import cpu_model, precision_note, resolve_precision
-    from cnnlib.models import list_models
-
-    models = args.models.split(",") if args.models else list_models()
-    configs = args.configs.split(",")
+    models, configs = args.models, args.configs
     compile_models = set(args.compile_models.split(",")) if args.compile_models else set()
     if args.quick:
         configs = [c for c in configs if c != "compile"]

@@ -95,8 +95,8 @@ SWEEPS = {
 
 
 # A label whose runs' mean validation accuracy stays below this multiple of guessing did not
-# learn. Such a run can keep a finite loss (label smoothing bounds it), so the trainer's
-# divergence check, which looks for a non-finite loss, does not catch it.
+# learn. Such a run can keep a finite loss, so the trainer's divergence check, which looks
+# for a non-finite loss, does not catch it.
 CHANCE_FACTOR = 1.5
 
 
@@ -127,7 +127,7 @@ def regime_notes(part, members) -> list[str]:
     if epochs.nunique() > 1:  # a wall-clock budget: each label trained the epochs it could afford
         short = [f"`{k}`" for k in members if epochs[k] < 1]
         notes.append("Epochs the budget bought: "
-                     + ", ".join(f"`{k}` {epochs[k]:.2f}" for k in members if k in epochs)
+                     + ", ".join(f"`{k}` {epochs[k]:.2f}" for k in members)
                      + (f"; {', '.join(short)} saw each training image less than once" if short
                         else ""))
     return notes

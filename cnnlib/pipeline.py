@@ -52,8 +52,8 @@ NPROC_ENV = "CNNLIB_NPROC"  # read by the run cache: >1 trains each run through 
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, checked: a bad one exits with status 2 and one line naming the allowed values."""
     p = Parser(prog="run_all.sh", error_prefix="run_all:", allow_abbrev=False,
-                description="Execute the notebooks, export their HTML reports, rebuild the "
-                            "results tables (./run_all.sh sets up .venv first).")
+               description="Execute the notebooks, export their HTML reports, rebuild the "
+                           "results tables (./run_all.sh sets up .venv first).")
     p.add_argument("--profile", default=os.environ.get(runs.PROFILE_ENV) or "auto",
                    help=f"one of {', '.join(PROFILE_CHOICES)} (default $CNNLIB_PROFILE or auto)")
     p.add_argument("--only", metavar="NOTEBOOK",

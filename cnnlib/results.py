@@ -148,9 +148,7 @@ def compression_section(out) -> str | None:
         "ms / image (b1)": df["latency_ms_b1"].map("{:.2f}".format),
         "images/s (b256)": df["throughput_b256"].map("{:,.0f}".format),
         "speedup b256": df["speedup_b256"].map("{:.1f}x".format)})
-    machine = _machine(df)  # hardware written by `device.hardware` names its threads already
-    threads = "" if "threads" in machine else f", {int(df['threads'].iloc[0])} threads"
-    return f"Machine: {machine}{threads}.\n\n" + markdown_table(table)
+    return f"Machine: {_machine(df)}.\n\n" + markdown_table(table)  # hardware names the threads
 
 
 def minutes_to(points, target: float) -> float | None:

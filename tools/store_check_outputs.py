@@ -87,7 +87,7 @@ def _execute_smoke(path: Path, scratch: Path, timeout: int):
 
 def main(argv=None) -> int:
     p = Parser(prog="tools/store_check_outputs.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("notebooks", nargs="+")
     p.add_argument("--from", dest="executed", default=None,
                    help="folder of smoke-profile executions of these notebooks (by name) to take "
