@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's main command. Sets up .venv (idempotent), then runs `python -m cnnlib.pipeline`
+# The project's main command. Sets up .venv (idempotent), then runs `python -m cnnlib.study.pipeline`
 # with the same flags: it obtains the data, executes the notebooks with papermill, exports HTML
 # reports and rebuilds the results tables.
 #
@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
-# Only the two flags handled here are looked at; cnnlib.pipeline checks all of them.
+# Only the two flags handled here are looked at; cnnlib.study.pipeline checks all of them.
 SETUP_ONLY=0
 for arg in "$@"; do
   case "$arg" in
@@ -66,4 +66,4 @@ if [ "$SETUP_ONLY" = 1 ]; then
   exit 0
 fi
 # The pipeline checks the flags first (exit 2 on a bad one), then obtains the data.
-exec .venv/bin/python -m cnnlib.pipeline "$@"
+exec .venv/bin/python -m cnnlib.study.pipeline "$@"

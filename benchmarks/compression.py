@@ -3,7 +3,7 @@
 The notebook times one variant after the other; on a shared machine a burst of other
 work can land on one variant only. This script loads every file of a folder once
 (checkpoints through ``cnnlib.load_model``, ``.onnx`` through onnxruntime), then times
-them in rounds, each round visiting every file (``compress.time_models``), and reports per
+them in rounds, each round visiting every file (``bench.time_models``), and reports per
 file the median over rounds: latency at batch 1, throughput at batch 256, and both relative
 to the fp32 file of the same model.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlib import compress
+from cnnlib.compress import bench, saving
 from cnnlib.flags import Parser
 
 
@@ -53,10 +53,10 @@ def main() -> None:
         p.error(f"--folder {args.folder}: no .pt or .onnx files there (notebook 05 writes them)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {f.stem: compress.load_model(f) for f in files}  # checkpoints of every kind, and .onnx
+    models = {f.stem: saving.load_model(f) for f in files}  # checkpoints of every kind, and .onnx
     print(f"{len(models)} files, {torch.get_num_threads()} threads, {args.rounds} rounds",
           flush=True)
-    rows = with_speedups(compress.time_models(models, seconds=args.seconds,
+    rows = with_speedups(bench.time_models(models, seconds=args.seconds,
                                               rounds=args.rounds))
     print(f"{'file':<28} {'ms @b1':>8} {'img/s @b256':>12} {'x b1':>6} {'x b256':>7}")
     for r in rows:

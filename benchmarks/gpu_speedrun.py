@@ -19,7 +19,8 @@ import time
 import torch
 
 from cnnlib.flags import Parser
-from cnnlib.train import Trainer, recipe
+from cnnlib.training.config import recipe
+from cnnlib.training.loop import Trainer
 
 
 def timed_run(config, data_root=None) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
     python benchmarks/loader_throughput.py [--batches 40] [--batch-size 512] [--repeats 3]
 
-Uses the real CIFAR-10 training images when they can be read (``cnnlib.data.load_cifar``,
+Uses the real CIFAR-10 training images when they can be read (``cnnlib.data.cifar.load_cifar``,
 which honours ``CNNLIB_DATA_ROOT``; else the official pickles under the data root), otherwise
 random uint8 images of the same shape (and says so).  Each pipeline is timed over ``--batches``
 batches after a warm-up, ``--repeats`` times; the fastest repeat is reported, as the one least
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from cnnlib.augment import BatchLoader  # noqa: E402
-from cnnlib.config import RunConfig  # noqa: E402
+from cnnlib.data.augment import BatchLoader  # noqa: E402
 from cnnlib.flags import Parser
+from cnnlib.training.config import RunConfig  # noqa: E402
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -55,10 +55,10 @@ def _read_pickles(root: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
 def load_train_images() -> tuple[torch.Tensor, torch.Tensor, str]:
     """(images uint8 [N,3,32,32], labels, description of the source)."""
     try:
-        from cnnlib.data import load_cifar
+        from cnnlib.data.cifar import load_cifar
 
         data = load_cifar("cifar10", download=False)
-        return data.train_images, data.train_labels, "real CIFAR-10 train (cnnlib.data)"
+        return data.train_images, data.train_labels, "real CIFAR-10 train (cnnlib.data.cifar)"
     except Exception as exc:  # any failure falls back to the next source
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     root = Path(os.environ.get("CNNLIB_DATA_ROOT") or "data")

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnlib import runs, studies
-from cnnlib.device import hardware
 from cnnlib.flags import Parser
+from cnnlib.study import cache as runs
+from cnnlib.study import definitions as studies
+from cnnlib.study import locations
+from cnnlib.training.device import hardware
 
 
 def published(results: Path, dataset: str, profile: str) -> pd.Series:
@@ -47,8 +49,8 @@ def main(argv=None, data_root=None) -> int:
     p.add_argument("--results", help="the published table (default: <outputs>/results.csv)")
     args = p.parse_args(argv)
     try:
-        profile = runs.resolve_profile(args.profile)
-        accs = published(Path(args.results or runs.outputs_root() / "results.csv"), args.dataset,
+        profile = locations.resolve_profile(args.profile)
+        accs = published(Path(args.results or locations.outputs_root() / "results.csv"), args.dataset,
                          profile)
         seed = max(accs.index) + 1 if args.seed is None else args.seed
         if seed in accs.index:

@@ -63,7 +63,7 @@ def worker(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cnnlib.models import count_parameters, create_model
+    from cnnlib.models.registry import count_parameters, create_model
 
     base_mb = _rss_mb()
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.worker:  # one line, before anything is timed; main gets the checked lists
-        from cnnlib.models import list_models
+        from cnnlib.models.registry import list_models
 
         args.models = args.models.split(",") if args.models else list_models()
         unknown = [m for m in args.models if m not in list_models()]
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from cnnlib.device import cpu_model, precision_note, resolve_precision
+    from cnnlib.training.device import cpu_model, precision_note, resolve_precision
     models, configs = args.models, args.configs
     compile_models = set(args.compile_models.split(",")) if args.compile_models else set()
     if args.quick:

@@ -1,10 +1,16 @@
-"""cnnlib: CIFAR-10/100 data, batched augmentation, a model zoo, a trainer and evaluation."""
+"""cnnlib: CIFAR-10/100 data, batched augmentation, a model zoo, a trainer and evaluation.
 
-from .compress import load_model  # every kind: fp32, pruned, int8, ONNX
-from .data import CifarData, channel_stats, load_cifar, test_split, train_split
-from .evaluate import evaluate, predict_logits
-from .models import count_parameters, create_model, list_models
-from .train import RECIPES, RunConfig, TrainResult, lr_find, recipe, train
+The core (`data`, `models`, `training`, `compress`) knows nothing of the study; the study
+layer (`study`, and `viz` for its figures) sits above it. This module is the public API of
+the core, exported once here.
+"""
+
+from cnnlib.compress.saving import load_model  # every kind: fp32, pruned, int8, ONNX
+from cnnlib.data.cifar import CifarData, channel_stats, load_cifar, test_split, train_split
+from cnnlib.models.registry import count_parameters, create_model, list_models
+from cnnlib.training.config import RECIPES, RunConfig, recipe
+from cnnlib.training.evaluate import evaluate, predict_logits
+from cnnlib.training.loop import TrainResult, lr_find, train
 
 __version__ = "0.1.0"
 

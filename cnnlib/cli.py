@@ -11,19 +11,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data as cdata
-from . import fileio, report, runs, studies
-from .checkpoint import evaluation_settings
-from .compress import load_model
-from .device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
-from .distributed import is_main
-from .evaluate import evaluate, predict_logits
-from .fileio import FolderInUseError, first_line
-from .flags import Parser
-from .launch import LaunchError, guard
-from .models import count_parameters, create_model, list_models
-from .obtain import DATASETS
-from .train import RECIPES, RunConfig, lr_find, train
+from cnnlib import _fileio as fileio
+from cnnlib._fileio import FolderInUseError, first_line
+from cnnlib.compress.saving import load_model
+from cnnlib.data import cifar as cdata
+from cnnlib.data.obtain import DATASETS
+from cnnlib.flags import Parser
+from cnnlib.models.registry import count_parameters, create_model, list_models
+from cnnlib.study import cache as runs
+from cnnlib.study import definitions as studies
+from cnnlib.study import locations, records, report
+from cnnlib.training.checkpoint import evaluation_settings
+from cnnlib.training.config import RECIPES, RunConfig
+from cnnlib.training.device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
+from cnnlib.training.distributed import is_main
+from cnnlib.training.evaluate import evaluate, predict_logits
+from cnnlib.training.launch import LaunchError, guard
+from cnnlib.training.loop import lr_find, train
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _READS_AS = {bool: "true or false", int: "an integer", float: "a number", dict: "a JSON object",
@@ -152,12 +156,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_records(args) -> int:
-    source, dest = runs.runs_root(args.runs), Path(args.dest)
+    source, dest = locations.runs_root(args.runs), Path(args.dest)
     if not source.is_dir():
         raise ValueError(f"--runs: {source} is not a folder (the run cache to record)")
     if dest.resolve() == source.resolve():
         raise ValueError(f"{dest}: that is the run cache itself; give another folder")
-    profile = runs.resolve_profile(args.profile)
+    profile = locations.resolve_profile(args.profile)
     # The models notebooks 01, 04 and 05 load, once the baseline study is finished.
     baseline = [runs.cached(c, label, root=source, data_root=args.data_root)
                 for label, c in studies.baseline_runs(profile)]
@@ -167,7 +171,7 @@ def cmd_records(args) -> int:
     recorded, left = [], 0
     for folder in sorted(f for f in source.iterdir() if f.is_dir()):
         if runs.is_finished(folder):
-            recorded.append(runs.save_record(folder, dest, with_model=folder.name in with_model))
+            recorded.append(records.save_record(folder, dest, with_model=folder.name in with_model))
         else:
             left += 1
     speeds = source / "speeds.json"

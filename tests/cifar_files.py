@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlib.data import (
+from cnnlib.data.cifar import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_FINE_TO_COARSE,
     CIFAR100_SUPERCLASSES,
     ROW,
 )
-from cnnlib.obtain import _ARCHIVES, CIFAR10_TRAIN, DATASETS
+from cnnlib.data.obtain import _ARCHIVES, CIFAR10_TRAIN, DATASETS
 
 
 class _Py2Pickler(pickle._Pickler):

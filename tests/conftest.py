@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from cifar_files import write_synthetic
 
-from cnnlib.data import CifarData, load_cifar
+from cnnlib.data.cifar import CifarData, load_cifar
 
 SYNTHETIC_SIZES = {"cifar10": (1000, 200), "cifar100": (1000, 200)}  # (n_train, n_test)
 

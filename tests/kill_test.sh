@@ -80,7 +80,7 @@ unfinished() {
   .venv/bin/python -c '
 import sys
 from pathlib import Path
-from cnnlib.checkpoint import load_safe
+from cnnlib.training.checkpoint import load_safe
 for d in sorted(Path(sys.argv[1]).glob("*")):
     if (d / "result.json").exists():
         continue

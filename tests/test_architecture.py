@@ -117,17 +117,17 @@ def test_find_cycle_reports_the_path():
 
 def test_the_import_graph_is_acyclic():
     graph = import_graph()
-    assert {"cnnlib.train", "cnnlib.launch", "cnnlib.compress.saving"} <= set(graph)
-    assert "cnnlib.train" in graph["cnnlib.launch"]  # the launcher sits above the trainer
+    assert {"cnnlib.training.loop", "cnnlib.training.launch", "cnnlib.compress.saving"} <= set(graph)
+    assert "cnnlib.training.loop" in graph["cnnlib.training.launch"]  # the launcher sits above the trainer
     cycle = find_cycle(graph)
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
 @pytest.mark.parametrize(("lower", "higher"), [
-    ("cnnlib.checkpoint", "cnnlib.compress"),  # load_model's kinds come from above
-    ("cnnlib.distributed", "cnnlib.train"),
-    ("cnnlib.distributed", "cnnlib.launch"),
-    ("cnnlib.train", "cnnlib.runs"),
+    ("cnnlib.training.checkpoint", "cnnlib.compress"),  # load_model's kinds come from above
+    ("cnnlib.training.distributed", "cnnlib.training.loop"),
+    ("cnnlib.training.distributed", "cnnlib.training.launch"),
+    ("cnnlib.training.loop", "cnnlib.study.cache"),
 ])
 def test_lower_modules_do_not_reach_up(lower, higher):
     graph = import_graph()

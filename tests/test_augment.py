@@ -1,4 +1,4 @@
-"""cnnlib.augment and cnnlib.policies: parsing, exact pixel semantics of each op, soft targets, reproducibility,
+"""cnnlib.data.augment and cnnlib.data.policies: parsing, exact pixel semantics of each op, soft targets, reproducibility,
 sharding and output format, on small random uint8 image sets."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlib.augment import BatchLoader, normalize, parse_augment
-from cnnlib.config import RunConfig
-from cnnlib.policies import PolicyAugment
+from cnnlib.data.augment import BatchLoader, normalize, parse_augment
+from cnnlib.data.policies import PolicyAugment
+from cnnlib.training.config import RunConfig
 
 MEAN = (0.49, 0.48, 0.45)
 STD = (0.25, 0.24, 0.26)

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from cnnlib import budget, fileio
-from cnnlib.config import RunConfig
+from cnnlib import _fileio as fileio
+from cnnlib.study import budget
+from cnnlib.training.config import RunConfig
 
 # A tiny network and batch: a real measurement takes a fraction of a second.
 TINY = RunConfig(model="baseline", model_options={"width": 4, "depth": 2}, batch_size=8,

@@ -10,13 +10,18 @@ import torch
 from torch import nn
 
 import cnnlib
-from cnnlib import checkpoint, cli, compress, compression_study, plots, studies
-from cnnlib.augment import normalize
-from cnnlib.checkpoint import load_safe, model_checkpoint, save_atomic
-from cnnlib.data import channel_stats
-from cnnlib.evaluate import evaluate
-from cnnlib.models import count_parameters, create_model
-from cnnlib.train import recipe
+from cnnlib import cli
+from cnnlib.compress import bench, export, finetune, prune, quantize, saving
+from cnnlib.data.augment import normalize
+from cnnlib.data.cifar import channel_stats
+from cnnlib.models.registry import count_parameters, create_model
+from cnnlib.study import compression as compression_study
+from cnnlib.study import definitions as studies
+from cnnlib.training import checkpoint
+from cnnlib.training.checkpoint import load_safe, model_checkpoint, save_atomic
+from cnnlib.training.config import recipe
+from cnnlib.training.evaluate import evaluate
+from cnnlib.viz import charts as plots
 
 TINY = {
     "baseline": ("baseline", {"width": 4}),
@@ -48,7 +53,7 @@ def _trained(name: str, data, tmp_path_factory) -> tuple:
     model = create_model(family, 10, **options)
     if hasattr(model, "init_from_data"):
         model.init_from_data(normalize(d.train_images[:500], mean, std))
-    compress.fine_tune(model, d.train_images, d.train_labels, mean, std, steps=40, config=config,
+    finetune.fine_tune(model, d.train_images, d.train_labels, mean, std, steps=40, config=config,
                        batch_size=64, lr_scale=1.0)
     path = tmp_path_factory.mktemp(name) / "model.pt"
     save_atomic(model_checkpoint(model, config, classes=d.classes, mean=mean, std=std), path)
@@ -79,20 +84,20 @@ def _logits(model, data, n=200):
 def test_magnitude_prune_reaches_sparsity_and_fine_tuning_keeps_it(trained, data, amount):
     _, model = trained("baseline")
     d, mean, std = data
-    pruned = compress.magnitude_prune(copy.deepcopy(model), amount)
-    assert compress.sparsity(pruned) == pytest.approx(amount, abs=0.01)
-    compress.fine_tune(pruned, d.train_images, d.train_labels, mean, std, steps=3,
+    pruned = prune.magnitude_prune(copy.deepcopy(model), amount)
+    assert prune.sparsity(pruned) == pytest.approx(amount, abs=0.01)
+    finetune.fine_tune(pruned, d.train_images, d.train_labels, mean, std, steps=3,
                        config=model.meta["config"], batch_size=32)
-    compress.make_permanent(pruned)
-    assert compress.sparsity(pruned) == pytest.approx(amount, abs=0.01)
+    prune.make_permanent(pruned)
+    assert prune.sparsity(pruned) == pytest.approx(amount, abs=0.01)
     assert not any(k.endswith(("_orig", "_mask")) for k in pruned.state_dict())
-    assert compress.sparsity(model) < 0.01  # the original is untouched
+    assert prune.sparsity(model) < 0.01  # the original is untouched
 
 
 def test_magnitude_prune_rejects_bad_amount(trained):
     _, model = trained("baseline")
     with pytest.raises(ValueError, match="amount"):
-        compress.magnitude_prune(copy.deepcopy(model), 1.5)
+        prune.magnitude_prune(copy.deepcopy(model), 1.5)
 
 
 def test_sparse_checkpoint_is_smaller_and_round_trips(data, tmp_path):
@@ -101,13 +106,13 @@ def test_sparse_checkpoint_is_smaller_and_round_trips(data, tmp_path):
     model = create_model("baseline", 10, width=16)
     dense = save_atomic(model_checkpoint(model, config, classes=d.classes, mean=mean, std=std),
                         tmp_path / "dense.pt")
-    pruned = compress.make_permanent(compress.magnitude_prune(cnnlib.load_model(dense), 0.8))
-    out = compress.save_compressed(pruned, tmp_path / "sparse.pt")
+    pruned = prune.make_permanent(prune.magnitude_prune(cnnlib.load_model(dense), 0.8))
+    out = saving.save_compressed(pruned, tmp_path / "sparse.pt")
     # 0.2 x 4 bytes of values + 1/8 byte of mask per weight, plus the file's fixed overhead
-    assert compress.file_size_mb(out) < 0.4 * compress.file_size_mb(dense)
+    assert bench.file_size_mb(out) < 0.4 * bench.file_size_mb(dense)
     loaded = cnnlib.load_model(out)
     assert loaded.meta["kind"] == "pruned"
-    assert compress.sparsity(loaded) == pytest.approx(0.8, abs=0.01)
+    assert prune.sparsity(loaded) == pytest.approx(0.8, abs=0.01)
     torch.testing.assert_close(_logits(loaded, data), _logits(pruned, data))
 
 
@@ -119,8 +124,8 @@ def test_prune_channels_really_shrinks(trained, data, name):
     _, model = trained(name)
     d, mean, std = data
     before = {k: v.shape for k, v in model.state_dict().items()}
-    pruned = compress.prune_channels(model, 0.5, d.train_images[:128], mean, std)
-    widths, old = compress.channel_widths(pruned), compress.channel_widths(model)
+    pruned = prune.prune_channels(model, 0.5, d.train_images[:128], mean, std)
+    widths, old = prune.channel_widths(pruned), prune.channel_widths(model)
     assert widths and all(widths[k] < old[k] for k in old)
     assert count_parameters(pruned) < 0.8 * count_parameters(model)
     assert _logits(pruned, data, 16).shape == (16, 10)
@@ -135,7 +140,7 @@ def test_prune_channels_keeps_the_strongest_channels_in_order(trained, data):
     first = model.features[0][0]
     with torch.no_grad():
         first[1].bias[0] = -100.0  # BN output always negative: ReLU kills channel 0
-    pruned = compress.prune_channels(model, 0.5, d.train_images[:64], mean, std)
+    pruned = prune.prune_channels(model, 0.5, d.train_images[:64], mean, std)
     kept = pruned.features[0][0][0].weight
     assert kept.shape[0] == 3  # round(4 * sqrt(0.5))
     assert not any(torch.equal(w, first[0].weight[0]) for w in kept)
@@ -146,13 +151,13 @@ def test_prune_channels_keeps_the_strongest_channels_in_order(trained, data):
 def test_pruned_fine_tuned_checkpoint_round_trips(trained, data, tmp_path):
     path, model = trained("fastnet")
     d, mean, std = data
-    pruned = compress.prune_channels(model, 0.8, d.train_images[:128], mean, std)
-    compress.fine_tune(pruned, d.train_images, d.train_labels, mean, std, steps=3,
+    pruned = prune.prune_channels(model, 0.8, d.train_images[:128], mean, std)
+    finetune.fine_tune(pruned, d.train_images, d.train_labels, mean, std, steps=3,
                        config=model.meta["config"], batch_size=32)
-    out = compress.save_compressed(pruned, tmp_path / "channels.pt")
-    assert compress.file_size_mb(out) < compress.file_size_mb(path)
+    out = saving.save_compressed(pruned, tmp_path / "channels.pt")
+    assert bench.file_size_mb(out) < bench.file_size_mb(path)
     loaded = cnnlib.load_model(out)
-    assert compress.channel_widths(loaded) == compress.channel_widths(pruned)
+    assert prune.channel_widths(loaded) == prune.channel_widths(pruned)
     torch.testing.assert_close(_logits(loaded, data), _logits(pruned, data))
 
 
@@ -160,7 +165,7 @@ def test_prune_channels_refuses_other_families(data):
     d, mean, std = data
     model = create_model("resnet20", 10)
     with pytest.raises(ValueError, match="baseline and fastnet"):
-        compress.prune_channels(model, 0.5, d.train_images[:8], mean, std)
+        prune.prune_channels(model, 0.5, d.train_images[:8], mean, std)
 
 
 # -- int8 --------------------------------------------------------------------------------------
@@ -170,7 +175,7 @@ def test_prune_channels_refuses_other_families(data):
 def test_int8_agrees_with_fp32(trained, data, name):
     _, model = trained(name)
     d, mean, std = data
-    q = compress.quantize_int8(model, d.train_images[:256], mean, std)
+    q = quantize.quantize_int8(model, d.train_images[:256], mean, std)
     fp32, int8 = _logits(model, data), _logits(q, data)
     agree = (fp32.argmax(1) == int8.argmax(1)).double().mean().item()
     assert agree >= 0.85  # tiny, barely trained nets have many near ties
@@ -181,24 +186,24 @@ def test_int8_agrees_with_fp32(trained, data, name):
 def test_int8_checkpoint_round_trips_with_weights_only(trained, data, tmp_path, name):
     path, model = trained(name)
     d, mean, std = data
-    q = compress.quantize_int8(model, d.train_images[:128], mean, std)
-    out = compress.save_compressed(q, tmp_path / "int8.pt")
+    q = quantize.quantize_int8(model, d.train_images[:128], mean, std)
+    out = saving.save_compressed(q, tmp_path / "int8.pt")
     ckpt = load_safe(out)  # torch.load(weights_only=True)
     assert ckpt["kind"] == "int8" and ckpt["recipe"]["backend"] == "x86"
     assert not any(isinstance(v, torch.Tensor) and v.is_quantized for v in ckpt["state_dict"].values())
-    assert compress.file_size_mb(out) < compress.file_size_mb(path)
+    assert bench.file_size_mb(out) < bench.file_size_mb(path)
     loaded = cnnlib.load_model(out)
-    assert isinstance(loaded, compress.QuantizedModel) and loaded.meta["kind"] == "int8"
+    assert isinstance(loaded, quantize.QuantizedModel) and loaded.meta["kind"] == "int8"
     torch.testing.assert_close(_logits(loaded, data), _logits(q, data))
 
 
 def test_pruned_then_int8_round_trips(trained, data, tmp_path):
     _, model = trained("baseline")
     d, mean, std = data
-    pruned = compress.prune_channels(model, 0.5, d.train_images[:128], mean, std)
-    q = compress.quantize_int8(pruned, d.train_images[:128], mean, std)
-    loaded = cnnlib.load_model(compress.save_compressed(q, tmp_path / "both.pt"))
-    assert loaded.recipe["channels"] == compress.channel_widths(pruned)
+    pruned = prune.prune_channels(model, 0.5, d.train_images[:128], mean, std)
+    q = quantize.quantize_int8(pruned, d.train_images[:128], mean, std)
+    loaded = cnnlib.load_model(saving.save_compressed(q, tmp_path / "both.pt"))
+    assert loaded.recipe["channels"] == prune.channel_widths(pruned)
     torch.testing.assert_close(_logits(loaded, data), _logits(q, data))
 
 
@@ -206,10 +211,10 @@ def test_pruned_then_int8_round_trips(trained, data, tmp_path):
 def test_qat_converts_and_round_trips(trained, data, tmp_path, name):
     _, model = trained(name)
     d, mean, std = data
-    q = compress.quantize_qat(model, d.train_images, d.train_labels, mean, std, steps=3,
+    q = quantize.quantize_qat(model, d.train_images, d.train_labels, mean, std, steps=3,
                               config=model.meta["config"], batch_size=32)
     assert q.recipe["method"] == "qat"
-    loaded = cnnlib.load_model(compress.save_compressed(q, tmp_path / "qat.pt"))
+    loaded = cnnlib.load_model(saving.save_compressed(q, tmp_path / "qat.pt"))
     torch.testing.assert_close(_logits(loaded, data), _logits(q, data))
     agree = (_logits(q, data).argmax(1) == _logits(model, data).argmax(1)).double().mean()
     assert agree >= 0.8
@@ -218,7 +223,7 @@ def test_qat_converts_and_round_trips(trained, data, tmp_path, name):
 def test_int8_checkpoint_of_another_backend_is_refused(trained, data, tmp_path):
     _, model = trained("baseline")
     d, mean, std = data
-    out = compress.save_compressed(compress.quantize_int8(model, d.train_images[:64], mean, std),
+    out = saving.save_compressed(quantize.quantize_int8(model, d.train_images[:64], mean, std),
                                    tmp_path / "int8.pt")
     ckpt = load_safe(out)
     ckpt["recipe"]["backend"] = "qnnpack"
@@ -233,8 +238,8 @@ def test_int8_checkpoint_of_another_backend_is_refused(trained, data, tmp_path):
 @pytest.mark.parametrize("name", ["baseline", "fastnet"])
 def test_onnx_matches_torch(trained, data, tmp_path, name):
     _, model = trained(name)
-    path = compress.export_onnx(model, tmp_path / "model.onnx")
-    session = compress.load_onnx(path)
+    path = export.export_onnx(model, tmp_path / "model.onnx")
+    session = export.load_onnx(path)
     assert session.meta["classes"] == model.meta["classes"]
     assert session.meta["mean"] == pytest.approx(list(model.meta["mean"]))
     torch.testing.assert_close(_logits(session, data), _logits(model, data), atol=1e-4, rtol=1e-4)
@@ -242,7 +247,7 @@ def test_onnx_matches_torch(trained, data, tmp_path, name):
 
 def test_load_onnx_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        compress.load_onnx(tmp_path / "none.onnx")
+        export.load_onnx(tmp_path / "none.onnx")
 
 
 # -- the CLI -----------------------------------------------------------------------------------
@@ -254,12 +259,12 @@ def compressed_files(trained, data, tmp_path_factory):
     _, model = trained("baseline")
     d, mean, std = data
     folder = tmp_path_factory.mktemp("compressed")
-    pruned = compress.prune_channels(model, 0.5, d.train_images[:64], mean, std)
+    pruned = prune.prune_channels(model, 0.5, d.train_images[:64], mean, std)
     return {
-        "pruned": compress.save_compressed(pruned, folder / "pruned.pt"),
-        "int8": compress.save_compressed(
-            compress.quantize_int8(model, d.train_images[:64], mean, std), folder / "int8.pt"),
-        "onnx": compress.export_onnx(model, folder / "model.onnx"),
+        "pruned": saving.save_compressed(pruned, folder / "pruned.pt"),
+        "int8": saving.save_compressed(
+            quantize.quantize_int8(model, d.train_images[:64], mean, std), folder / "int8.pt"),
+        "onnx": export.export_onnx(model, folder / "model.onnx"),
     }
 
 
@@ -270,8 +275,8 @@ def test_load_model_dispatches_on_the_kind(compressed_files, trained):
     with pytest.raises(ValueError, match="kind 'int8'; supported: fp32$"):
         checkpoint.load_model(compressed_files["int8"])
     loaded = {kind: cnnlib.load_model(f) for kind, f in compressed_files.items()}
-    assert isinstance(loaded["int8"], compress.QuantizedModel)
-    assert isinstance(loaded["onnx"], compress.OnnxModel)
+    assert isinstance(loaded["int8"], quantize.QuantizedModel)
+    assert isinstance(loaded["onnx"], export.OnnxModel)
     assert {k: m.meta["kind"] for k, m in loaded.items()} == {
         "pruned": "pruned", "int8": "int8", "onnx": "onnx"}
 
@@ -300,7 +305,7 @@ def test_cli_evaluate_and_predict_accept_compressed_models(compressed_files, dat
 
 def test_benchmark_reports_latency_and_throughput(trained):
     _, model = trained("baseline")
-    result = compress.benchmark(model, seconds=0.01)
+    result = bench.benchmark(model, seconds=0.01)
     assert result["latency_ms_b1"] > 0 and result["throughput_b256"] > 0
     assert result["threads"] == 1
 
@@ -328,4 +333,4 @@ def test_compress_model_writes_every_variant(trained, data, tmp_path):
 
 def test_save_compressed_needs_meta(tmp_path):
     with pytest.raises(ValueError, match="meta"):
-        compress.save_compressed(nn.Linear(2, 2), tmp_path / "x.pt")
+        saving.save_compressed(nn.Linear(2, 2), tmp_path / "x.pt")

@@ -1,4 +1,4 @@
-"""cnnlib.data and cnnlib.obtain: official-layout reading and validation, obtaining, splits,
+"""cnnlib.data.cifar and cnnlib.data.obtain: official-layout reading and validation, obtaining, splits,
 stats."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import torch
 from cifar_files import write_synthetic
 
-from cnnlib import obtain as cobtain
-from cnnlib.data import (
+from cnnlib.data import obtain as cobtain
+from cnnlib.data.cifar import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_FINE_TO_COARSE,
@@ -31,7 +31,7 @@ from cnnlib.data import (
     test_split,
     train_split,
 )
-from cnnlib.obtain import obtain
+from cnnlib.data.obtain import obtain
 
 CIFAR10_FILES = [*(f"data_batch_{k}" for k in range(1, 6)), "test_batch", "batches.meta"]
 CIFAR100_FILES = ["train", "test", "meta"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlib import cli, device
-from cnnlib.checkpoint import load_model, load_safe, save_atomic
-from cnnlib.train import RunConfig, train
+from cnnlib import cli
+from cnnlib.training import device
+from cnnlib.training.checkpoint import load_model, load_safe, save_atomic
+from cnnlib.training.config import RunConfig
+from cnnlib.training.loop import train
 
 TINY = dict(dataset="cifar10", model="baseline", model_options={"width": 8}, train_subset=300,
             test_subset=100, batch_size=50, val_size=100, epochs=1, lr=0.05, seed=0, device="cpu")

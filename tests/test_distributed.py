@@ -21,17 +21,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnlib import distributed as cdist
-from cnnlib import fileio, launch
-from cnnlib.augment import BatchLoader
-from cnnlib.checkpoint import load_model, load_safe
-from cnnlib.data import load_cifar
-from cnnlib.evaluate import evaluate
-from cnnlib.models import create_model
-from cnnlib.train import RunConfig, Trainer, train
+from cnnlib import _fileio as fileio
+from cnnlib.data.augment import BatchLoader
+from cnnlib.data.cifar import load_cifar
+from cnnlib.models.registry import create_model
+from cnnlib.training import distributed as cdist
+from cnnlib.training import launch
+from cnnlib.training.checkpoint import load_model, load_safe
+from cnnlib.training.config import RunConfig
+from cnnlib.training.evaluate import evaluate
+from cnnlib.training.loop import Trainer, train
 
 PROJECT = Path(__file__).resolve().parent.parent
-ctrain = importlib.import_module("cnnlib.train")  # the module, not the train() it exports
+ctrain = importlib.import_module("cnnlib.training.loop")  # the module, not the train() it exports
 
 # The equivalence run. augment="none": augmentation draws are seeded per rank, so only an
 # unaugmented run can match a single process step for step. channels_last=False: on the CPU,
@@ -57,7 +59,7 @@ WORKER = """
 import importlib, json, os, sys, time
 from pathlib import Path
 from cnnlib import cli
-ctrain = importlib.import_module("cnnlib.train")
+ctrain = importlib.import_module("cnnlib.training.loop")
 
 rank = int(os.environ["RANK"])
 log = Path(os.environ["TEST_LOG"])

@@ -1,4 +1,4 @@
-"""Many runs at once (cnnlib.executors): local worker processes and Ray tasks fill the run cache
+"""Many runs at once (cnnlib.study.executors): local worker processes and Ray tasks fill the run cache
 with the same runs as one process; failed runs, killed workers and two executors at once, all
 with real processes (and a real local Ray with 2 CPUs)."""
 
@@ -16,9 +16,12 @@ import nbformat
 import pandas as pd
 import pytest
 
-from cnnlib import executors, fileio, pipeline, runs, studies
-from cnnlib.data import load_cifar
-from cnnlib.train import RunConfig
+from cnnlib import _fileio as fileio
+from cnnlib.data.cifar import load_cifar
+from cnnlib.study import cache as runs
+from cnnlib.study import definitions as studies
+from cnnlib.study import executors, pipeline
+from cnnlib.training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTORS = [(1, "local"), (2, "local"), (2, "ray")]  # (jobs, executor); (1, local) = sequential

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cnnlib import findings, report, results, runs
+from cnnlib.study import cache as runs
+from cnnlib.study import findings, report
+from cnnlib.study import table as results
 
 # Test accuracy per seed (fractions). Against the reference `crop+flip`: `+cutmix` gains 3.0,
 # 3.2, 2.9 pp (a clear effect), `+mixup` +1, -1, +2 pp (overlaps 0), `none` -4, -5, -4 pp (a
@@ -71,9 +73,9 @@ def test_readme_section_follows_the_wording_rule(tmp_path):
     out = tmp_path / "outputs"
     _write_results(out)
     readme = tmp_path / "README.md"
-    begin, end = results.FINDINGS
+    begin, end = readme.FINDINGS
     readme.write_text(f"# x\n\nMethod text stays.\n\n{begin}\nold words\n{end}\ntail\n")
-    results.collect_results(out, readme)
+    readme.collect_results(out, readme)
     text = readme.read_text()
     assert "old words" not in text and text.startswith("# x\n\nMethod text stays.\n\n")
     assert text.endswith(f"{end}\ntail\n")
@@ -96,10 +98,10 @@ def test_an_unchanged_rerun_leaves_the_readme_as_it_is(tmp_path):
     out = tmp_path / "outputs"
     _write_results(out)
     readme = tmp_path / "README.md"
-    readme.write_text(f"{results.BEGIN}\n{results.END}\n{results.FINDINGS[0]}\n{results.FINDINGS[1]}\n")
-    results.collect_results(out, readme)
+    readme.write_text(f"{readme.BEGIN}\n{readme.END}\n{readme.FINDINGS[0]}\n{readme.FINDINGS[1]}\n")
+    readme.collect_results(out, readme)
     first = readme.read_text()
-    results.collect_results(out, readme)
+    readme.collect_results(out, readme)
     assert readme.read_text() == first and f"improves: `{CUTMIX}`" in first
 
 
@@ -286,7 +288,7 @@ def test_architectures_ranked_and_paired_against_the_simple_cnn():
 
 
 def test_cost_table_and_parameters_of_each_network():
-    from cnnlib.models import count_parameters, create_model
+    from cnnlib.models.registry import count_parameters, create_model
 
     df = report.with_parameters(_architecture_frame())
     assert df.loc[df["label"] == "resnet20", "parameters"].tolist() == \

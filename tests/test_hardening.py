@@ -21,10 +21,14 @@ import torch
 from cifar_files import write_synthetic
 from PIL import Image
 
-from cnnlib import cli, data, fileio, obtain, runs
-from cnnlib.checkpoint import load_model, load_safe, save_atomic
-from cnnlib.config import RunConfig
-from cnnlib.train import train
+from cnnlib import _fileio as fileio
+from cnnlib import cli
+from cnnlib.data import cifar as data
+from cnnlib.data import obtain
+from cnnlib.study import cache as runs
+from cnnlib.training.checkpoint import load_model, load_safe, save_atomic
+from cnnlib.training.config import RunConfig
+from cnnlib.training.loop import train
 
 TINY = dict(dataset="cifar10", model="baseline", model_options={"width": 8, "depth": 4},
             batch_size=50, val_size=100, train_subset=300, epochs=1, seed=0, device="cpu")
@@ -186,7 +190,7 @@ def test_run_cache_sets_a_damaged_result_aside_and_resumes(synthetic_root, tmp_p
 
 
 HOLDER = """import sys
-from cnnlib import fileio
+from cnnlib import _fileio as fileio
 with fileio.hold_folder(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
@@ -259,7 +263,7 @@ def test_cli_diverged_run_says_so_and_scores_chance(synthetic_root, tmp_path, ca
                                                      monkeypatch):
     """A diverged run is a result, not an error: it finishes, names the divergence, and its
     test accuracy is that of uniform probabilities; no epoch finished, so no last.pt."""
-    ctrain = importlib.import_module("cnnlib.train")  # the module, not the train() it exports
+    ctrain = importlib.import_module("cnnlib.training.loop")  # the module, not the train() it exports
     monkeypatch.setattr(ctrain, "soft_cross_entropy", lambda *a: torch.tensor(math.nan))
     rc = cli.main([str(a) for a in ("--data-root", synthetic_root, "train", *TINY_ARGS,
                                     "--out", tmp_path / "run")])
@@ -346,8 +350,8 @@ ROOT = Path(__file__).resolve().parent.parent
     (["-m", "cnnlib", "train", "--epochs", "two"],
      "cnnlib train: error: argument --epochs: invalid float value: 'two'"),
     (["-m", "cnnlib", "evaluate"], "cnnlib evaluate: error: the following arguments are required"),
-    (["-m", "cnnlib.results", "collect", "--bogus"],
-     "python -m cnnlib.results: error: unrecognized arguments: --bogus"),
+    (["-m", "cnnlib.study.table", "collect", "--bogus"],
+     "python -m cnnlib.study.table: error: unrecognized arguments: --bogus"),
     (["benchmarks/time_to_accuracy.py", "--seeds", "x"],
      "time_to_accuracy.py: error: argument --seeds: invalid int value: 'x'"),
     (["benchmarks/compression.py", "--folder", "no-such-folder"],

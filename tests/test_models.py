@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlib.models import (
+from cnnlib.models.baseline import ResidualPair, stage_sizes
+from cnnlib.models.fastnet import FastNet
+from cnnlib.models.registry import (
     count_parameters,
     create_model,
     list_models,
     model_options,
     register_model,
 )
-from cnnlib.models.baseline import ResidualPair, stage_sizes
-from cnnlib.models.fastnet import FastNet
 
 ALL_MODELS = [
     "baseline",

@@ -13,7 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cnnlib import report, results, studies
+from cnnlib.study import definitions as studies
+from cnnlib.study import report
+from cnnlib.study import table as results
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -119,7 +121,7 @@ def test_notebooks_pick_runs_by_labels_that_notebook_01_trains():
 def test_reference_runs_are_the_augmentation_sweeps_reference_on_every_dataset():
     """01's reference runs are 02's `crop+flip` runs (one cache entry each), and a reduced
     sweep (smoke: CIFAR-100 keeps two variants) still has them to pair with."""
-    from cnnlib import findings
+    from cnnlib.study import findings
 
     reference = findings.SWEEPS["02_augmentation_ablation"][0].reference
     for profile in ("smoke", "cpu"):
@@ -159,7 +161,7 @@ def test_reports_are_self_contained_with_alt_text(tmp_path):
     embedded with the alt text `report.show` gives them."""
     from bs4 import BeautifulSoup
 
-    from cnnlib import pipeline
+    from cnnlib.study import pipeline
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",

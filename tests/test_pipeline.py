@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cnnlib import cli, pipeline
+from cnnlib import cli
+from cnnlib.study import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = pipeline.notebooks_in(ROOT / "notebooks")
@@ -23,7 +24,7 @@ def _clean_env() -> dict:
 
 def test_a_bad_flag_stops_the_command_with_one_line_and_status_2(tmp_path):
     env = {**_clean_env(), "CNNLIB_OUTPUTS": str(tmp_path / "outputs")}
-    proc = subprocess.run([sys.executable, "-m", "cnnlib.pipeline", "--profile", "smoke",
+    proc = subprocess.run([sys.executable, "-m", "cnnlib.study.pipeline", "--profile", "smoke",
                            "--only", "09"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 2

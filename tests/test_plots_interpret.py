@@ -9,9 +9,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from torch import nn
 
-from cnnlib import interpret, plots
-from cnnlib.evaluate import confusion_matrix
-from cnnlib.models import create_model
+from cnnlib.models.registry import create_model
+from cnnlib.training.evaluate import confusion_matrix
+from cnnlib.viz import charts as plots
+from cnnlib.viz import interpret
 
 MODELS = ["baseline", "fastnet", "resnet20"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -415,7 +416,7 @@ def test_points_zoom_to_values_of_a_few_points_and_panel_per_dataset(tmp_path):
 def test_deltas_show_the_paired_interval_coloured_by_verdict(tmp_path):
     from matplotlib.colors import to_rgba
 
-    from cnnlib.findings import Delta
+    from cnnlib.study.findings import Delta
 
     deltas = [Delta("cifar10", "none", "crop+flip", "test_acc", (-5.0, -6.0, -5.5)),
               Delta("cifar10", "+mixup", "crop+flip", "test_acc", (1.0, -0.5, 0.8)),

@@ -14,10 +14,16 @@ import pytest
 import torch
 from cifar_files import write_synthetic
 
-from cnnlib import budget, checkpoint, cli, report, results, runs, studies
-from cnnlib.evaluate import predict_logits
-from cnnlib.models import create_model, list_models
-from cnnlib.train import RunConfig, Trainer
+from cnnlib import cli
+from cnnlib.models.registry import create_model, list_models
+from cnnlib.study import budget, definitions, locations, provenance, readme, records, report
+from cnnlib.study import cache as runs
+from cnnlib.study import definitions as studies
+from cnnlib.study import table as results
+from cnnlib.training import checkpoint
+from cnnlib.training.config import RunConfig
+from cnnlib.training.evaluate import predict_logits
+from cnnlib.training.loop import Trainer
 
 REQUIRED_COLUMNS = ["dataset", "model", "options", "augmentations", "seed", "epochs", "val_acc",
                     "test_acc", "test_loss", "wall_seconds", "device", "profile", "commit"]
@@ -80,17 +86,17 @@ def test_code_version_follows_the_code_not_its_comments(tmp_path):
     package = Path(runs.__file__).parent
     copy = tmp_path / "cnnlib"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert runs.code_version(copy) == runs.code_version(package)
+    assert provenance.code_version(copy) == provenance.code_version(package)
     train_py = copy / "train.py"
     source = train_py.read_text()
     train_py.write_text(source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
-    runs.code_version.cache_clear()  # it is computed once per process
-    assert runs.code_version(copy) == runs.code_version(package)
+    provenance.code_version.cache_clear()  # it is computed once per process
+    assert provenance.code_version(copy) == provenance.code_version(package)
     assert "STEP_MILESTONES = (0.5, 0.75)" in source
     train_py.write_text(source.replace("STEP_MILESTONES = (0.5, 0.75)", "STEP_MILESTONES = (0.5, 0.8)"))
-    runs.code_version.cache_clear()
-    assert runs.code_version(copy) != runs.code_version(package)
-    assert all((package / name).exists() for name in runs.RESULT_SOURCES)
+    provenance.code_version.cache_clear()
+    assert provenance.code_version(copy) != provenance.code_version(package)
+    assert all((package / name).exists() for name in provenance.RESULT_SOURCES)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(synthetic_root, tmp_path):
@@ -130,7 +136,7 @@ def test_export_model_loads_with_load_model(synthetic_root, cache, tmp_path):
 def test_a_record_resumes_a_study_elsewhere_without_training_or_its_model(synthetic_root, tmp_path,
                                                                          monkeypatch):
     first = _run(_config(epochs=1), tmp_path / "here", synthetic_root)
-    record = runs.save_record(first.path, tmp_path / "there")
+    record = records.save_record(first.path, tmp_path / "there")
     assert sorted(f.name for f in record.iterdir()) == ["result.json"]
     assert str(tmp_path) not in (record / "result.json").read_text()  # no path of this machine
     assert runs.is_finished(record)  # the executors leave it alone
@@ -158,7 +164,7 @@ def test_a_record_resumes_a_study_elsewhere_without_training_or_its_model(synthe
 
 def test_a_record_with_its_compact_model_gives_the_same_predictions(synthetic_root, tmp_path):
     run = _run(_config(epochs=1, precision="bf16"), tmp_path / "here", synthetic_root)
-    record = runs.save_record(run.path, tmp_path / "there", with_model=True)
+    record = records.save_record(run.path, tmp_path / "there", with_model=True)
     assert sorted(f.name for f in record.iterdir()) == ["model.pt", "result.json"]
     assert checkpoint.load_safe(record / "model.pt")["stored_weights"] == "bf16"
     there = runs.cached(run.config, root=tmp_path / "there", data_root=synthetic_root)
@@ -270,14 +276,14 @@ def test_the_commit_is_dirty_for_code_not_for_what_a_study_writes(tmp_path, monk
     git("add", "-A")
     git("commit", "-qm", "first")
     monkeypatch.chdir(tmp_path / "outputs")  # from a subfolder too
-    clean = runs.git_commit()
+    clean = provenance.git_commit()
     assert len(clean) >= 7 and not clean.endswith("-dirty")
     for path in ("outputs/runs/a/result.json", "models/m.pth", "README.md"):
         (tmp_path / path).write_text("1\n")
     (tmp_path / "outputs" / "new.png").write_text("untracked")
-    assert runs.git_commit() == clean
+    assert provenance.git_commit() == clean
     (tmp_path / "cnnlib" / "x.py").write_text("1\n")
-    assert runs.git_commit() == f"{clean}-dirty"
+    assert provenance.git_commit() == f"{clean}-dirty"
 
 
 # -- results tables -------------------------------------------------------------------------------
@@ -292,13 +298,13 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     assert set(REQUIRED_COLUMNS) <= set(df.columns)
     results.save_results([run_b], "02_other", out)  # the same run in a second study
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{results.BEGIN}\nold\n{results.END}\ntail\n")
-    merged = results.collect_results(out, readme)
+    readme.write_text(f"# x\n\n{readme.BEGIN}\nold\n{readme.END}\ntail\n")
+    merged = readme.collect_results(out, readme)
     assert len(merged) == 2  # one row per run
     assert list(pd.read_csv(out / "results.csv").columns) == results.RESULT_COLUMNS
     assert "| study |" in (out / "results.md").read_text()
     text = readme.read_text()
-    assert "old" not in text and "| dataset |" in text and text.endswith(f"{results.END}\ntail\n")
+    assert "old" not in text and "| dataset |" in text and text.endswith(f"{readme.END}\ntail\n")
     assert "±" in text  # two seeds: mean ± std
     assert merged["hardware"].str.contains("torch ").all() and "threads, torch" in text
     assert run_a.result["hardware"].endswith(f"torch {torch.__version__.split('+')[0]}")
@@ -307,12 +313,12 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
 
 def test_update_readme_replaces_between_markers_only(tmp_path):
     path = tmp_path / "README.md"
-    path.write_text(f"head\n{results.BEGIN}\nold table\n{results.END}\ntail\n")
-    assert results.update_readme(path, "| a |\n|---|\n| 1 |")
-    assert results.update_readme(path, "| a |\n|---|\n| 1 |")  # idempotent
-    assert path.read_text() == f"head\n{results.BEGIN}\n| a |\n|---|\n| 1 |\n{results.END}\ntail\n"
+    path.write_text(f"head\n{readme.BEGIN}\nold table\n{readme.END}\ntail\n")
+    assert readme.update_readme(path, "| a |\n|---|\n| 1 |")
+    assert readme.update_readme(path, "| a |\n|---|\n| 1 |")  # idempotent
+    assert path.read_text() == f"head\n{readme.BEGIN}\n| a |\n|---|\n| 1 |\n{readme.END}\ntail\n"
     path.write_text("no markers here\n")
-    assert not results.update_readme(path, "x")
+    assert not readme.update_readme(path, "x")
     assert path.read_text() == "no markers here\n"
 
 
@@ -320,8 +326,8 @@ def test_training_time_sums_each_runs_own_wall_time_per_machine():
     # A study resumed on a second machine: three runs here, one there.
     df = pd.DataFrame({"wall_seconds": [1800.0, 1800.0, 3600.0, 5400.0],
                        "hardware": ["cpu A", "cpu A", "cpu A", "gpu B"]})
-    assert results.training_time(df) == "4 runs trained for 3.5 h in all (3 on cpu A; 1 on gpu B)"
-    assert results.training_time(df.iloc[:0]) == "no runs"
+    assert readme.training_time(df) == "4 runs trained for 3.5 h in all (3 on cpu A; 1 on gpu B)"
+    assert readme.training_time(df.iloc[:0]) == "no runs"
 
 
 def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
@@ -340,9 +346,9 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
                                         ("int8", 2.0, 0.9281, -0.19, 2300.0))]
                  ).to_csv(out / "compression.csv", index=False)
     readme = tmp_path / "README.md"
-    markers = [results.TIME_TO_ACCURACY, results.COMPRESSION]
+    markers = [readme.TIME_TO_ACCURACY, readme.COMPRESSION]
     readme.write_text("".join(f"{a}\nold numbers\n{b}\n" for a, b in markers))
-    results.collect_results(out, readme)
+    readme.collect_results(out, readme)
     text = readme.read_text()
     assert "old numbers" not in text
     assert "Machine: test CPU, bf16, commit abc1234." in text
@@ -354,43 +360,43 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
     compression = pd.read_csv(out / "compression.csv")
     compression.assign(hardware="test CPU (AVX2), 2 threads, torch 2.0").to_csv(
         out / "compression.csv", index=False)
-    results.collect_results(out, readme)
+    readme.collect_results(out, readme)
     assert ("Machine: test CPU (AVX2), 2 threads, torch 2.0, bf16, commit abc1234.\n"
             in readme.read_text())
     # Without the benchmarks' files the README keeps what it has.
     (out / "compression.csv").unlink()
-    readme.write_text(f"{results.COMPRESSION[0]}\nkept\n{results.COMPRESSION[1]}\n")
-    results.collect_results(out, readme)
+    readme.write_text(f"{readme.COMPRESSION[0]}\nkept\n{readme.COMPRESSION[1]}\n")
+    readme.collect_results(out, readme)
     assert "kept" in readme.read_text()
 
 
 def test_key_results_without_rows():
-    assert "No results" in results.key_results(pd.DataFrame(columns=results.RESULT_COLUMNS))
+    assert "No results" in readme.key_results(pd.DataFrame(columns=results.RESULT_COLUMNS))
 
 
 # -- profiles and locations -----------------------------------------------------------------------
 
 
 def test_resolve_profile(monkeypatch):
-    monkeypatch.delenv(runs.PROFILE_ENV, raising=False)
+    monkeypatch.delenv(locations.PROFILE_ENV, raising=False)
     monkeypatch.setattr(runs.torch.cuda, "is_available", lambda: False)
-    assert runs.resolve_profile("auto") == "cpu"
-    assert runs.resolve_profile(None) == "cpu"
+    assert locations.resolve_profile("auto") == "cpu"
+    assert locations.resolve_profile(None) == "cpu"
     monkeypatch.setattr(runs.torch.cuda, "is_available", lambda: True)
-    assert runs.resolve_profile() == "full"
-    assert runs.resolve_profile("smoke") == "smoke"
-    monkeypatch.setenv(runs.PROFILE_ENV, "smoke")
-    assert runs.resolve_profile("auto") == "smoke"
-    assert runs.resolve_profile("cpu") == "cpu"  # explicit beats the environment
+    assert locations.resolve_profile() == "full"
+    assert locations.resolve_profile("smoke") == "smoke"
+    monkeypatch.setenv(locations.PROFILE_ENV, "smoke")
+    assert locations.resolve_profile("auto") == "smoke"
+    assert locations.resolve_profile("cpu") == "cpu"  # explicit beats the environment
     with pytest.raises(ValueError, match="profile: 'gpu' is not allowed; allowed: auto, smoke"):
-        runs.resolve_profile("gpu")
-    monkeypatch.setenv(runs.PROFILE_ENV, "tiny")
+        locations.resolve_profile("gpu")
+    monkeypatch.setenv(locations.PROFILE_ENV, "tiny")
     with pytest.raises(ValueError, match="CNNLIB_PROFILE: 'tiny' is not allowed"):
-        runs.resolve_profile("auto")
+        locations.resolve_profile("auto")
 
 
 def test_profile_command(monkeypatch, capsys):
-    monkeypatch.delenv(runs.PROFILE_ENV, raising=False)
+    monkeypatch.delenv(locations.PROFILE_ENV, raising=False)
     assert runs.main(["profile", "--profile", "smoke"]) == 0
     assert capsys.readouterr().out.strip() == "smoke"
     assert runs.main(["profile", "--profile", "bogus"]) == 2
@@ -398,29 +404,29 @@ def test_profile_command(monkeypatch, capsys):
 
 
 def test_locations_follow_the_environment(monkeypatch, tmp_path):
-    for name in (runs.OUTPUTS_ENV, runs.RUNS_ENV, runs.MODELS_ENV):
+    for name in (locations.OUTPUTS_ENV, locations.RUNS_ENV, locations.MODELS_ENV):
         monkeypatch.delenv(name, raising=False)
-    assert runs.outputs_root() == runs.Path("outputs")
-    assert runs.runs_root() == runs.Path("outputs/runs")
-    assert runs.models_root() == runs.Path("models")
-    monkeypatch.setenv(runs.OUTPUTS_ENV, str(tmp_path / "o"))
-    assert runs.runs_root() == tmp_path / "o" / "runs"
-    monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path / "r"))
-    assert runs.runs_root() == tmp_path / "r"
+    assert locations.outputs_root() == runs.Path("outputs")
+    assert locations.runs_root() == runs.Path("outputs/runs")
+    assert locations.models_root() == runs.Path("models")
+    monkeypatch.setenv(locations.OUTPUTS_ENV, str(tmp_path / "o"))
+    assert locations.runs_root() == tmp_path / "o" / "runs"
+    monkeypatch.setenv(locations.RUNS_ENV, str(tmp_path / "r"))
+    assert locations.runs_root() == tmp_path / "r"
 
 
 def test_project_root_from_a_subfolder(monkeypatch):
-    root = runs.project_root(chdir=False)
+    root = locations.project_root(chdir=False)
     assert (root / "pyproject.toml").is_file()
     monkeypatch.chdir(root / "notebooks")
-    assert runs.project_root() == root
+    assert locations.project_root() == root
     assert os.getcwd() == str(root)
 
 
 # -- studies --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile", runs.PROFILES)
+@pytest.mark.parametrize("profile", locations.PROFILES)
 def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
     # Speeds stand in for measured ones (tests/test_budget.py measures): one per model, so
     # the budgeted epochs differ between networks as they do on a machine.
@@ -437,7 +443,7 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
         assert images == pytest.approx(max(seconds * speeds.get(label, 60.0), config.batch_size),
                                        rel=0.05, abs=budget.train_images(config) * 0.011)
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
-    lines = runs.plan_lines(profile)
+    lines = definitions.plan_lines(profile)
     assert [line.split(":")[0] for line in lines] == [*studies.NOTEBOOKS, "total"]
     assert f"total: {sum(len(new) for _, new in plan.values())} runs" in lines[-1]
 

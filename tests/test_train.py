@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from cnnlib import cli
-from cnnlib.checkpoint import load_model, load_safe
-from cnnlib.data import CIFAR100_FINE_TO_COARSE
-from cnnlib.train import RunConfig, Trainer, lr_find, recipe, train
+from cnnlib.data.cifar import CIFAR100_FINE_TO_COARSE
+from cnnlib.training.checkpoint import load_model, load_safe
+from cnnlib.training.config import RunConfig, recipe
+from cnnlib.training.loop import Trainer, lr_find, train
 
-ctrain = importlib.import_module("cnnlib.train")  # the module, not the train() it exports
+ctrain = importlib.import_module("cnnlib.training.loop")  # the module, not the train() it exports
 
 TINY = dict(model="baseline", model_options={"width": 8, "depth": 4}, batch_size=50,
             val_size=200, epochs=2, lr=0.05, seed=0)
@@ -168,7 +169,7 @@ def test_a_run_at_an_absurd_lr_diverges_into_a_finished_chance_result(tiny, synt
     """A real run: at lr 1e10 weight decay multiplies the weights by about -5e5 per step
     (times the warm-up's 0.1), so they overflow within a few steps. The run cache keeps the
     diverged run as a finished one with finite metrics, and a rerun fetches it."""
-    from cnnlib import runs
+    from cnnlib.study import cache as runs
 
     config = tiny(epochs=3, lr=1e10)
     run = runs.run(config, "absurd lr", root=tmp_path, data_root=synthetic_root, progress=False)
@@ -319,7 +320,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 def _real_cifar10_available() -> bool:
-    from cnnlib.obtain import obtain
+    from cnnlib.data.obtain import obtain
 
     try:
         obtain("cifar10", download=False)

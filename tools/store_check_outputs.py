@@ -21,8 +21,11 @@ from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from cnnlib import report, runs  # noqa: E402
 from cnnlib.flags import Parser  # noqa: E402
+from cnnlib.study import (
+    locations,
+    report,  # noqa: E402
+)
 
 
 def _is_check(cell) -> bool:
@@ -68,8 +71,8 @@ def store_check_outputs(paths, executed_dir=None, timeout: int = 900) -> None:
 
 
 def _execute_smoke(path: Path, scratch: Path, timeout: int):
-    env = {"CNNLIB_PROFILE": "smoke", runs.OUTPUTS_ENV: str(scratch / "outputs"),
-           runs.RUNS_ENV: str(scratch / "runs"), runs.MODELS_ENV: str(scratch / "models")}
+    env = {"CNNLIB_PROFILE": "smoke", locations.OUTPUTS_ENV: str(scratch / "outputs"),
+           locations.RUNS_ENV: str(scratch / "runs"), locations.MODELS_ENV: str(scratch / "models")}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

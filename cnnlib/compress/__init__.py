@@ -10,43 +10,6 @@ One module per job:
   reads every kind (fp32, pruned, int8, ONNX);
 - :mod:`.bench`: file sizes, CPU latency and throughput.
 
-Notebook 05's study (which variants, per profile) is in :mod:`cnnlib.studies`, the code that
-builds and measures them in :mod:`cnnlib.compression_study`, its figure in :mod:`cnnlib.plots`.
+Notebook 05's study (which variants, per profile) is in :mod:`cnnlib.study.definitions`, the code that
+builds and measures them in :mod:`cnnlib.study.compression`, its figure in :mod:`cnnlib.viz.charts`.
 """
-
-from .bench import benchmark, file_size_mb, time_models, time_per_call, zipped_size_mb
-from .export import OnnxModel, export_onnx, load_onnx
-from .finetune import fine_tune
-from .prune import (
-    channel_widths,
-    magnitude_prune,
-    make_permanent,
-    prunable_weights,
-    prune_channels,
-    sparsity,
-)
-from .quantize import QuantizedModel, quantize_int8, quantize_qat
-from .saving import load_model, save_compressed
-
-__all__ = [
-    "OnnxModel",
-    "QuantizedModel",
-    "benchmark",
-    "channel_widths",
-    "export_onnx",
-    "file_size_mb",
-    "fine_tune",
-    "load_model",
-    "load_onnx",
-    "magnitude_prune",
-    "make_permanent",
-    "prunable_weights",
-    "prune_channels",
-    "quantize_int8",
-    "quantize_qat",
-    "save_compressed",
-    "sparsity",
-    "time_models",
-    "time_per_call",
-    "zipped_size_mb",
-]

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..fileio import atomic_write
-from .prune import make_permanent
+from cnnlib._fileio import atomic_write
+from cnnlib.compress.prune import make_permanent
 
 ONNX_META_KEY = "cnnlib"
 

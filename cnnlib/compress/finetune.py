@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..augment import BatchLoader
-from ..evaluate import model_device
-from ..train import RunConfig, lr_factor, make_optimizer, set_lr, soft_cross_entropy
+from cnnlib.data.augment import BatchLoader
+from cnnlib.training.config import RunConfig
+from cnnlib.training.evaluate import model_device
+from cnnlib.training.loop import lr_factor, make_optimizer, set_lr, soft_cross_entropy
 
 
 def _num_classes(model: nn.Module) -> int:

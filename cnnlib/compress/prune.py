@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ..augment import normalize
-from ..evaluate import model_device
-from ..models.baseline import BaselineCNN, ConvBNReLU, ResidualPair
-from ..models.fastnet import FastNet
+from cnnlib.data.augment import normalize
+from cnnlib.models.baseline import BaselineCNN, ConvBNReLU, ResidualPair
+from cnnlib.models.fastnet import FastNet
+from cnnlib.training.evaluate import model_device
 
 # ---------------------------------------------------------------------------
 # Unstructured (magnitude) pruning

@@ -15,11 +15,11 @@ import warnings
 import torch
 from torch import nn
 
-from ..augment import normalize
-from ..models import count_parameters
-from ..models.fastnet import FastNet
-from .finetune import fine_tune
-from .prune import channel_widths, make_permanent
+from cnnlib.compress.finetune import fine_tune
+from cnnlib.compress.prune import channel_widths, make_permanent
+from cnnlib.data.augment import normalize
+from cnnlib.models.fastnet import FastNet
+from cnnlib.models.registry import count_parameters
 
 BACKEND = "x86"
 

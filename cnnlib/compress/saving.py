@@ -18,12 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import checkpoint
-from ..checkpoint import FORMAT, model_checkpoint, save_atomic
-from ..models import create_model
-from .export import load_onnx
-from .prune import channel_widths, make_permanent, prunable_weights, sparsity, with_widths
-from .quantize import BACKEND, QuantizedModel, quantize_int8, quiet_ao
+from cnnlib.compress.export import load_onnx
+from cnnlib.compress.prune import (
+    channel_widths,
+    make_permanent,
+    prunable_weights,
+    sparsity,
+    with_widths,
+)
+from cnnlib.compress.quantize import BACKEND, QuantizedModel, quantize_int8, quiet_ao
+from cnnlib.models.registry import create_model
+from cnnlib.training import checkpoint
+from cnnlib.training.checkpoint import FORMAT, model_checkpoint, save_atomic
 
 
 def _meta(model: nn.Module) -> dict:

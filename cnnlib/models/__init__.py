@@ -15,14 +15,5 @@ so docs and CLI stay in step with the code.
 
 from __future__ import annotations
 
-# Importing a family registers its factories.
-from . import baseline, densenet, fastnet, resnet, wrn  # noqa: F401
-from .registry import count_parameters, create_model, list_models, model_options, register_model
-
-__all__ = [
-    "count_parameters",
-    "create_model",
-    "list_models",
-    "model_options",
-    "register_model",
-]
+# Importing a family registers its factories (the registry's functions: `models.registry`).
+from cnnlib.models import baseline, densenet, fastnet, resnet, wrn  # noqa: F401

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .parts import check_bool, check_choice, check_float, check_int, init_weights
-from .registry import register_model
+from cnnlib.models.parts import check_bool, check_choice, check_float, check_int, init_weights
+from cnnlib.models.registry import register_model
 
 
 def stage_sizes(depth: int) -> list[int]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .parts import PooledClassifier, check_float, check_int
-from .registry import register_model
+from cnnlib.models.parts import PooledClassifier, check_float, check_int
+from cnnlib.models.registry import register_model
 
 
 class Bottleneck(nn.Module):

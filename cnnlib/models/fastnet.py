@@ -29,8 +29,8 @@ import numbers
 import torch
 from torch import nn
 
-from .parts import check_float
-from .registry import register_model
+from cnnlib.models.parts import check_float
+from cnnlib.models.registry import register_model
 
 
 class DiracConv(nn.Conv2d):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .parts import check_int
+from cnnlib.models.parts import check_int
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 

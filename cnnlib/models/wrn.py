@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .parts import PooledClassifier, check_float, residual_stages
-from .registry import register_model
+from cnnlib.models.parts import PooledClassifier, check_float, residual_stages
+from cnnlib.models.registry import register_model
 
 
 class PreActBlock(nn.Module):

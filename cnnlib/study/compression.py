@@ -13,27 +13,17 @@ from pathlib import Path
 
 from torch import nn
 
-from . import data as cdata
-from .checkpoint import model_checkpoint, save_atomic
-from .compress import (
-    QuantizedModel,
-    export_onnx,
-    file_size_mb,
-    fine_tune,
-    load_model,
-    magnitude_prune,
-    make_permanent,
-    prune_channels,
-    quantize_int8,
-    quantize_qat,
-    save_compressed,
-    sparsity,
-    time_models,
-    zipped_size_mb,
-)
-from .device import hardware
-from .evaluate import evaluate
-from .models import count_parameters
+from cnnlib.compress.bench import file_size_mb, time_models, zipped_size_mb
+from cnnlib.compress.export import export_onnx
+from cnnlib.compress.finetune import fine_tune
+from cnnlib.compress.prune import magnitude_prune, make_permanent, prune_channels, sparsity
+from cnnlib.compress.quantize import QuantizedModel, quantize_int8, quantize_qat
+from cnnlib.compress.saving import load_model, save_compressed
+from cnnlib.data import cifar as cdata
+from cnnlib.models.registry import count_parameters
+from cnnlib.training.checkpoint import model_checkpoint, save_atomic
+from cnnlib.training.device import hardware
+from cnnlib.training.evaluate import evaluate
 
 AMOUNTS = (0.5, 0.8)
 # Removing channels changes the function far more than zeroing small weights: a larger

@@ -1,12 +1,12 @@
 """The study's main loop: execute the notebooks, export their reports, rebuild the results.
 
-`./run_all.sh` sets up `.venv`, then hands its flags to `python -m cnnlib.pipeline`:
+`./run_all.sh` sets up `.venv`, then hands its flags to `python -m cnnlib.study.pipeline`:
 
     --profile P     auto (default: $CNNLIB_PROFILE, else full on CUDA, cpu otherwise), smoke, cpu, full
     --only NB       one notebook: 01, 01_baseline or notebooks/01_baseline.ipynb
     --force         execute notebooks again even when already done
     --nproc N       train each run on N local processes with torchrun (default $CNNLIB_NPROC or 1)
-    --jobs N        train N runs at once (default $CNNLIB_JOBS or 1; cnnlib.executors)
+    --jobs N        train N runs at once (default $CNNLIB_JOBS or 1; cnnlib.study.executors)
     --executor E    local (N worker processes here) or ray (default $CNNLIB_EXECUTOR or local)
 
 Each notebook is executed with papermill (parameter PROFILE, kernel python3, cwd the project
@@ -36,13 +36,13 @@ from bs4 import BeautifulSoup  # nbconvert's own HTML parser
 from nbconvert import HTMLExporter
 from traitlets.config import Config
 
-from . import executors, runs
-from .flags import Parser
-from .obtain import DATASETS, obtain
-from .results import collect_results, training_time
+from cnnlib.data.obtain import DATASETS, obtain
+from cnnlib.flags import Parser
+from cnnlib.study import definitions, executors, locations
+from cnnlib.study.readme import collect_results, training_time
 
 PREFIX = "[run_all]"
-PROFILE_CHOICES = ("auto", *runs.PROFILES)
+PROFILE_CHOICES = ("auto", *locations.PROFILES)
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 KERNEL = "python3"
 REMOVE_OUTPUT_TAG = "remove_output"  # training logs: kept in the executed notebook, not the report
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(prog="run_all.sh", error_prefix="run_all:", allow_abbrev=False,
                description="Execute the notebooks, export their HTML reports, rebuild the "
                            "results tables (./run_all.sh sets up .venv first).")
-    p.add_argument("--profile", default=os.environ.get(runs.PROFILE_ENV) or "auto",
+    p.add_argument("--profile", default=os.environ.get(locations.PROFILE_ENV) or "auto",
                    help=f"one of {', '.join(PROFILE_CHOICES)} (default $CNNLIB_PROFILE or auto)")
     p.add_argument("--only", metavar="NOTEBOOK",
                    help="one notebook: 01, 01_baseline or notebooks/01_baseline.ipynb")
@@ -229,7 +229,7 @@ def obtain_data() -> None:
 
 def collect(out: Path):
     """results.csv and results.md; the README's table only for the default outputs folder."""
-    default = Path("outputs")  # runs.outputs_root() without $CNNLIB_OUTPUTS
+    default = Path("outputs")  # locations.outputs_root() without $CNNLIB_OUTPUTS
     readme = "README.md" if out.resolve() == default.resolve() else None
     df = collect_results(out, readme)
     print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
@@ -240,9 +240,9 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # keeps our lines in order with papermill's log
     args = parse_args(argv)
     try:
-        runs.project_root()  # the working directory from here on
+        locations.project_root()  # the working directory from here on
         notebooks = select(notebooks_in(Path("notebooks")), args.only)
-        profile = runs.resolve_profile(args.profile)
+        profile = locations.resolve_profile(args.profile)
         obtain_data()
     except (ValueError, OSError) as e:  # bad flags, missing data, an unusable folder
         print(f"run_all: {e}", file=sys.stderr)
@@ -250,15 +250,15 @@ def main(argv=None) -> int:
     os.environ[NPROC_ENV] = str(args.nproc)
     os.environ[executors.JOBS_ENV] = str(args.jobs)  # the kernels' executors.run_all reads them
     os.environ[executors.EXECUTOR_ENV] = args.executor
-    os.environ[runs.PROFILE_ENV] = profile  # the notebooks' "auto" resolves to it as well
+    os.environ[locations.PROFILE_ENV] = profile  # the notebooks' "auto" resolves to it as well
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # as papermill's command does
     logging.basicConfig(format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)  # the cells' output, as it comes
 
-    out = runs.outputs_root()
+    out = locations.outputs_root()
     print(f"{PREFIX} profile {profile}; outputs in {out}/; {len(notebooks)} notebook(s); "
           f"{args.jobs} run(s) at once ({args.executor}); training runs, one at a time:")
-    for line in runs.plan_lines(profile):
+    for line in definitions.plan_lines(profile):
         print(f"{PREFIX}   {line}")
     start = time.monotonic()
     try:

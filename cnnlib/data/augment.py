@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .policies import POLICIES, PolicyAugment
+from cnnlib.data.policies import POLICIES, PolicyAugment
 
 AUGMENTATIONS = ("none", "crop", "flip", "jitter", "cutout", "mixup", "cutmix",
                  "autoaugment", "randaugment", "trivialaugment")

@@ -26,9 +26,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .augment import normalize
-from .evaluate import model_device
-from .figures import describe, new_figure, save_figure, to_hwc
+from cnnlib.data.augment import normalize
+from cnnlib.training.evaluate import model_device
+from cnnlib.viz._figure import describe, new_figure, save_figure, to_hwc
 
 __all__ = [
     "conv_layers",

@@ -7,7 +7,7 @@ it ran outside a regime that can answer it: labels whose runs stayed at chance l
 budgets that bought the networks different epochs.
 
 The notebooks print these sentences (the answer at the top of each report) and
-`python -m cnnlib.results collect` writes them into the README's findings section.
+`python -m cnnlib.study.table collect` writes them into the README's findings section.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .obtain import NUM_CLASSES
-from .paired import (
+from cnnlib.data.obtain import NUM_CLASSES
+from cnnlib.study.stats import (
     CONFIDENCE,
     NAMES,
     Delta,

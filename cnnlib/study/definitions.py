@@ -4,7 +4,7 @@ A profile sizes the same experiments for a machine:
 - smoke: tiny subsets and two epochs, seconds per notebook (tests, CI, nbval); the
          sweeps on CIFAR-100 keep only their first and last variant;
 - cpu:   the full training sets and the full test sets, sized for a few hours of
-         `./run_all.sh` on 2 CPU cores (`python -m cnnlib.runs plan --profile cpu` estimates it);
+         `./run_all.sh` on 2 CPU cores (`python -m cnnlib.study.cache plan --profile cpu` estimates it);
 - full:  the same experiments at GPU size.
 
 Every sweep but one runs in the *reference regime*: the full training set minus the
@@ -19,9 +19,11 @@ and plot what comes back.
 
 from __future__ import annotations
 
-from .budget import epochs_for
-from .config import OPTIMIZERS, RECIPES, RunConfig, recipe
-from .models import model_options as _model_defaults
+from cnnlib.models.registry import model_options as _model_defaults
+from cnnlib.study.budget import epochs_for, estimate_seconds
+from cnnlib.study.locations import speeds_path
+from cnnlib.training.config import OPTIMIZERS, RECIPES, RunConfig, recipe
+from cnnlib.training.device import hardware, resolve_precision
 
 DATASETS = ("cifar10", "cifar100")
 
@@ -268,3 +270,26 @@ def plan(profile: str, store=None) -> dict[str, list[tuple[str, RunConfig]]]:
                 new.append((label, config))
         out[name] = (len(configs), new)
     return out
+
+
+def plan_lines(profile: str) -> list[str]:
+    """Per notebook: its runs, those not shared with an earlier one, their estimated time here.
+
+    The estimate comes from training speeds measured on this machine (a few steps per
+    network shape, kept in `speeds_path()`), not from finished runs; runs already in the
+    cache still count.
+    """
+    store = speeds_path()
+    lines, total, count = [], 0.0, 0
+    for name, (listed, new) in plan(profile, store).items():
+        seconds = sum(estimate_seconds(c, store) for _, c in new)
+        total += seconds
+        count += len(new)
+        lines.append(f"{name}: {listed} runs, {len(new)} not shared with an earlier notebook, "
+                     f"about {seconds / 60:.0f} min")
+    config = RunConfig()
+    lines.append(f"total: {count} runs, about {total / 3600:.1f} h on "
+                 f"{hardware(str(config.resolved_device()))} "
+                 f"({resolve_precision(config.precision, config.resolved_device())}), "
+                 "estimated from training speeds measured here")
+    return lines

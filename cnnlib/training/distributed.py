@@ -24,7 +24,7 @@ single-process :class:`DistInfo` and none of the paths below is taken. With seve
   then continues from rank 0's saved RNG state.
 
 This is what the trainer uses. Starting the processes (``launch.train_or_launch``) and a
-failing rank's clean exit (``launch.guard``) sit above the trainer, in :mod:`cnnlib.launch`.
+failing rank's clean exit (``launch.guard``) sit above the trainer, in :mod:`cnnlib.training.launch`.
 """
 
 from __future__ import annotations

@@ -19,14 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from .class_plots import (
-    plot_confusion,
-    plot_per_class_accuracy,
-    superclass_confusion,
-    superclass_order,
-)
-from .cost_plots import plot_tradeoff_points
-from .figures import (
+from cnnlib.viz._figure import (
     describe,
     legend_outside,
     listing,
@@ -37,29 +30,6 @@ from .figures import (
     save_figure,
     to_hwc,
 )
-
-__all__ = [
-    "describe",
-    "image_grid",
-    "legend_outside",
-    "new_figure",
-    "percent_axis",
-    "plot_confusion",
-    "plot_deltas",
-    "plot_history",
-    "plot_lines",
-    "plot_lr_find",
-    "plot_per_class_accuracy",
-    "plot_points",
-    "plot_time_to_accuracy",
-    "plot_tradeoff_points",
-    "plot_tradeoffs",
-    "save_figure",
-    "superclass_confusion",
-    "superclass_order",
-    "to_hwc",
-]
-
 
 # -- training curves -----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from .figures import (
+from cnnlib.viz._figure import (
     as_numpy,
     describe,
     legend_outside,

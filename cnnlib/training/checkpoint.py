@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .fileio import DamagedFileError, atomic_write, first_line, verify_zip
-from .models import create_model
+from cnnlib._fileio import DamagedFileError, atomic_write, first_line, verify_zip
+from cnnlib.models.registry import create_model
 
 FORMAT = "cnnlib-checkpoint-v1"
 

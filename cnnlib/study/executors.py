@@ -4,7 +4,7 @@
 to an executor, waits for them, then reads every run from the cache with `runs.run_all`, so a
 notebook gets the same Runs, and results.csv the same rows, whichever executor trained them:
 - one job (the default): this process, one run after the other;
-- `local`, N jobs: N worker processes here (`python -m cnnlib.executors worker`); with GPUs
+- `local`, N jobs: N worker processes here (`python -m cnnlib.study.executors worker`); with GPUs
   worker i sees only GPU i mod G, on a CPU each gets cores // N threads;
 - `ray`: a Ray task per run, at most N at once, on $RAY_ADDRESS's cluster or a Ray started
   here, asking for one GPU where there are GPUs, else for its share of the CPUs.
@@ -41,11 +41,12 @@ from pathlib import Path
 
 import torch
 
-from . import runs
-from .config import RunConfig
-from .fileio import first_line
-from .flags import Parser
-from .launch import NPROC_ENV, nproc_from_env
+from cnnlib._fileio import first_line
+from cnnlib.flags import Parser
+from cnnlib.study import cache as runs
+from cnnlib.study import locations
+from cnnlib.training.config import RunConfig
+from cnnlib.training.launch import NPROC_ENV, nproc_from_env
 
 JOBS_ENV = "CNNLIB_JOBS"
 EXECUTOR_ENV = "CNNLIB_EXECUTOR"
@@ -131,7 +132,7 @@ def run_all(configs: list[tuple[str, RunConfig]], *, profile: str = "", root=Non
         todo = pending(configs, root, data_root)
         if todo:
             execute = _ray if s.executor == "ray" else _local if s.jobs > 1 else _here
-            failures = execute(todo, s, profile=profile, root=runs.runs_root(root).resolve(),
+            failures = execute(todo, s, profile=profile, root=locations.runs_root(root).resolve(),
                                data_root=data_root, progress=progress)
             if failures:
                 names = "; ".join(f"{f.job.name}: {f.error}" for f in failures)
@@ -263,7 +264,7 @@ def worker_env(slot: int, s: Settings, gpus: list[str]) -> dict[str, str]:
 
 def worker_command(job: Job, *, profile: str, root: Path, data_root=None,
                    threads: int) -> list[str]:
-    cmd = [sys.executable, "-m", "cnnlib.executors", "worker", job.config_json(),
+    cmd = [sys.executable, "-m", "cnnlib.study.executors", "worker", job.config_json(),
            "--label", job.label, "--profile", profile, "--root", str(root),
            "--threads", str(threads)]
     if data_root is not None:
@@ -444,7 +445,7 @@ def _ray(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
     root.mkdir(parents=True, exist_ok=True)
     (root / SHARED_CHECK).write_text(token + "\n")
     task = ray.remote(ray_task).options(max_retries=KILL_RETRIES, retry_exceptions=False, **want)
-    project = str(runs.project_root(chdir=False))
+    project = str(locations.project_root(chdir=False))
     where = f"Ray ({'1 GPU' if 'num_gpus' in want else _plural(threads, 'CPU')})"
     board = _Board(len(todo), f"ray, {s.jobs} at once", progress)
     args = (profile, str(root), None if data_root is None else str(data_root), threads, token,
@@ -476,8 +477,8 @@ def _ray(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m cnnlib.executors worker CONFIG_JSON ...`: train one run into the cache."""
-    p = Parser(prog="python -m cnnlib.executors")
+    """`python -m cnnlib.study.executors worker CONFIG_JSON ...`: train one run into the cache."""
+    p = Parser(prog="python -m cnnlib.study.executors")
     p.add_argument("command", choices=["worker"])
     p.add_argument("config", help="a RunConfig as JSON")
     p.add_argument("--label", default="")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .augment import PAD_MODES, AugmentOptions, parse_augment
-from .device import PRECISIONS
-from .evaluate import TTA_LEVELS
-from .models import list_models
-from .obtain import DATASETS
+from cnnlib.data.augment import PAD_MODES, AugmentOptions, parse_augment
+from cnnlib.data.obtain import DATASETS
+from cnnlib.models.registry import list_models
+from cnnlib.training.device import PRECISIONS
+from cnnlib.training.evaluate import TTA_LEVELS
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")

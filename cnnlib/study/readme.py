@@ -1,43 +1,19 @@
-"""The results table: one row per run, per study and merged, and the README's tables.
+"""The README's generated sections and the merged results table.
 
-A notebook writes its study's rows to `<outputs>/results/<study>.csv` (`save_results`);
-`python -m cnnlib.results collect` (the pipeline's last step) merges them into
-`<outputs>/results.csv` and `results.md` and rewrites the README between its markers: the
-Key Results table, the findings (`findings.readme_section`) and the benchmarks' tables.
+`collect_results` (the pipeline's last step, `python -m cnnlib.study collect`) merges the
+studies' rows into `<outputs>/results.csv` and `results.md` and rewrites the README between
+its markers: the Key Results table, the findings (`findings.readme_section`) and the
+benchmarks' tables (compression, time to accuracy).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import fileio, findings
-from .flags import Parser
-from .runs import Run, outputs_root
-
-# The keys of `Run.row`, in table order.
-RESULT_COLUMNS = ["study", "label", "dataset", "model", "options", "augmentations", "seed", "epochs",
-                  "epochs_run", "best_epoch", "optimizer", "lr", "schedule", "weight_decay",
-                  "label_smoothing", "batch_size", "train_images", "val_size", "train_acc", "val_acc",
-                  "test_acc", "test_loss", "test_top5", "tta", "precision", "wall_seconds", "device",
-                  "hardware", "profile", "commit", "run_key"]
-
-
-def results_frame(runs: list[Run], study: str = ""):
-    import pandas as pd
-
-    return pd.DataFrame([r.row(study) for r in runs], columns=RESULT_COLUMNS)
-
-
-def save_results(runs: list[Run], study: str, out=None):
-    """Write this study's rows to <outputs>/results/<study>.csv; returns the frame.
-
-    A run that appears twice in a study (the same config under two labels) keeps
-    both rows: each label is a point of its own sweep.
-    """
-    df = results_frame(runs, study)
-    path = Path(out or outputs_root()) / "results" / f"{study}.csv"
-    fileio.write_text(df.to_csv(index=False), path)
-    return df
+from cnnlib import _fileio as fileio
+from cnnlib.study import findings
+from cnnlib.study.locations import outputs_root
+from cnnlib.study.table import RESULT_COLUMNS, compact_number, markdown_table, mean_sd, plus_minus
 
 
 def collect_results(out=None, readme: str | None = "README.md"):
@@ -96,7 +72,7 @@ def key_results(df) -> str:
             "dataset": dataset, "model": f"{label} ({model})",
             "test acc %": plus_minus(part["test_acc"] * 100),
             "test loss": plus_minus(part["test_loss"], 3),
-            "seeds": n, "epochs": _num(part["epochs"].iloc[0]),
+            "seeds": n, "epochs": compact_number(part["epochs"].iloc[0]),
             "train images": int(part["train_images"].iloc[0]),
             "augmentation": part["augmentations"].iloc[0],
             "wall min / run": f"{part['wall_seconds'].mean() / 60:.1f}", "hardware": hw,
@@ -173,7 +149,7 @@ def time_to_accuracy_section(out, targets=(0.90, 0.94)) -> str | None:
         return None
     df = pd.read_csv(path)
     table = pd.DataFrame({
-        "recipe": df["recipe"], "epochs": df["epochs"].map(_num), "seeds": df["n"],
+        "recipe": df["recipe"], "epochs": df["epochs"].map(compact_number), "seeds": df["n"],
         "train images": df["train_images"] if "train_images" in df else "",
         "minutes per run": [mean_sd(m, s, 2) for m, s in zip(df["minutes_mean"],
                                                               df["minutes_std"], strict=True)],
@@ -193,42 +169,15 @@ def time_to_accuracy_section(out, targets=(0.90, 0.94)) -> str | None:
                if reach else ""))
 
 
-def mean_sd(mean: float, sd: float, digits: int = 1) -> str:
-    """"mean ± sd", or the mean alone when there is no sd (NaN: one value)."""
-    return f"{mean:.{digits}f}" if sd != sd else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def plus_minus(values, digits: int = 1) -> str:
-    """A pandas Series as "mean ± std" over its non-missing values ("mean" for one, "" for none)."""
-    values = values.dropna()
-    if not len(values):
-        return ""
-    return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else float("nan"), digits)
-
-
-def _num(x) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def markdown_table(df) -> str:
-    """A DataFrame as a GitHub markdown table (floats: at most 4 decimals below 10, else 1;
-    NaN empty)."""
-    def cell(v):
-        if isinstance(v, float):
-            if v != v:  # NaN: no value (e.g. no validation split)
-                return ""
-            return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
-
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
-
-
 BEGIN, END = "<!-- key-results:begin -->", "<!-- key-results:end -->"
+
+
 FINDINGS = ("<!-- findings:begin -->", "<!-- findings:end -->")
+
+
 COMPRESSION = ("<!-- compression:begin -->", "<!-- compression:end -->")
+
+
 TIME_TO_ACCURACY = ("<!-- time-to-accuracy:begin -->", "<!-- time-to-accuracy:end -->")
 
 
@@ -241,21 +190,3 @@ def update_readme(path: Path, table: str, begin: str = BEGIN, end: str = END) ->
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
     return True
-
-
-def main(argv=None) -> int:
-    """`python -m cnnlib.results collect`: rebuild the results table (the pipeline's last step)."""
-    p = Parser(prog="python -m cnnlib.results")
-    p.add_argument("command", choices=["collect"],
-                   help="merge the studies' results and refresh the README's tables")
-    p.add_argument("--out", default=None, help="outputs folder (default: $CNNLIB_OUTPUTS or outputs)")
-    p.add_argument("--readme", default="README.md", help="README to update ('' for none)")
-    args = p.parse_args(argv)
-    out = Path(args.out or outputs_root())
-    df = collect_results(out, args.readme or None)
-    print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from . import data as cdata
-from . import findings
-from . import runs as cruns
-from .models import count_parameters, create_model
-from .obtain import DATASETS
-from .results import markdown_table, plus_minus
+from cnnlib.data import cifar as cdata
+from cnnlib.data.obtain import DATASETS
+from cnnlib.models.registry import count_parameters, create_model
+from cnnlib.study import cache as cruns
+from cnnlib.study import findings, locations
+from cnnlib.study.provenance import git_commit
+from cnnlib.study.table import markdown_table, plus_minus
 
 __all__ = [
     "CHECK_MARK", "Context", "PLAN_FIELDS", "answer", "best_run", "confused_pairs",
@@ -57,12 +58,12 @@ class Context:
 
 def start(notebook: str, profile: str = "auto") -> Context:
     """Make the project root the working directory, resolve the profile, name the folders."""
-    root = cruns.project_root()
-    profile = cruns.resolve_profile(profile)
+    root = locations.project_root()
+    profile = locations.resolve_profile(profile)
     # captum imports tqdm.auto, which warns in kernels without ipywidgets: noise in reports.
     warnings.filterwarnings("ignore", message="IProgress not found")
-    out = cruns.outputs_root()
-    ctx = Context(notebook, profile, root, out, out / "figures", out / "tables", cruns.models_root())
+    out = locations.outputs_root()
+    ctx = Context(notebook, profile, root, out, out / "figures", out / "tables", locations.models_root())
     for folder in (ctx.out, ctx.figures, ctx.tables):
         folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -73,7 +74,7 @@ def start(notebook: str, profile: str = "auto") -> Context:
     except ImportError:  # pragma: no cover - pandas is part of the study extras
         pass
     print(f"{notebook}: profile {profile}; outputs in {ctx.out}/, run cache in "
-          f"{cruns.runs_root()}/, models in {ctx.models}/", flush=True)
+          f"{locations.runs_root()}/, models in {ctx.models}/", flush=True)
     return ctx
 
 
@@ -87,7 +88,7 @@ def provenance(ctx: Context, runs) -> str:
     hardware = sorted({r.result.get("hardware") or r.result.get("device", "") for r in runs})
     commits = sorted({r.result.get("commit", "") for r in runs} - {""})
     return (f"_Profile `{ctx.profile}`; {len(runs)} runs, trained on {'; '.join(hardware)} at "
-            f"commit {', '.join(commits)}; report built at commit {cruns.git_commit()}._")
+            f"commit {', '.join(commits)}; report built at commit {git_commit()}._")
 
 
 def show(fig, alt: str | None = None) -> None:
@@ -291,7 +292,7 @@ def histories(runs, seed: int | None = None, name=None) -> dict[str, list[dict]]
 
 def option_column(df, name: str, model: str = "baseline"):
     """A model option as a column of a results frame (the model's default where unset)."""
-    from .models import model_options
+    from cnnlib.models.registry import model_options
 
     default = model_options(model)[name]
     return df["options"].map(lambda s: json.loads(s).get(name, default))
@@ -399,7 +400,7 @@ def confused_pairs(metrics: dict, top: int = 10):
     """The `top` most confused (true, predicted) pairs of a run's test metrics, as a frame."""
     import pandas as pd
 
-    from .evaluate import most_confused_pairs
+    from cnnlib.training.evaluate import most_confused_pairs
 
     rows = most_confused_pairs(metrics["confusion"], metrics["classes"], top=top)
     df = pd.DataFrame(rows, columns=["true", "predicted", "count", "share_of_true"])

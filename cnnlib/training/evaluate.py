@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import normalize
+from cnnlib.data.augment import normalize
 
 TTA_LEVELS = (0, 1, 2)  # 0: none, 1: + horizontal mirror, 2: + mirror of 1-pixel translations
 

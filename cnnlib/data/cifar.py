@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .obtain import CIFAR10_TRAIN, FILES, check_name, obtain
+from cnnlib.data.obtain import CIFAR10_TRAIN, FILES, check_name, obtain
 
 ROW = 3 * 32 * 32
 OFFICIAL_PER_BATCH = 10000  # CIFAR-10 batches.meta value of the real data

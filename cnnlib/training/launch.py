@@ -10,7 +10,7 @@ its error, records it for torchrun's failure summary and exits at once; torchrun
 the other ranks and exits non-zero, instead of leaving them blocked in a collective.
 
 This module sits above the trainer (it imports ``train``); the process group and the
-collectives the trainer itself uses are in :mod:`cnnlib.distributed`.
+collectives the trainer itself uses are in :mod:`cnnlib.training.distributed`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import load_safe, save_atomic
-from .distributed import env_info, is_main, per_rank_batch, shutdown
-from .fileio import child_env, hold_folder, write_text
-from .train import RunConfig, TrainResult, train
+from cnnlib._fileio import child_env, hold_folder, write_text
+from cnnlib.training.checkpoint import load_safe, save_atomic
+from cnnlib.training.config import RunConfig
+from cnnlib.training.distributed import env_info, is_main, per_rank_batch, shutdown
+from cnnlib.training.loop import TrainResult, train
 
 NPROC_ENV = "CNNLIB_NPROC"
 FOLLOW_UP_GRACE = 10.0  # seconds a rank failing after another one waits for torchrun to stop it
@@ -125,7 +126,7 @@ def nproc_from_env() -> int:
 def torchrun_command(config_file, out_dir, nproc: int, *, resume=True, data_root=None,
                      progress=True) -> list[str]:
     """The torchrun command line that trains the config in ``config_file`` on nproc processes."""
-    code = "import sys; from cnnlib.launch import worker_main; sys.exit(worker_main())"
+    code = "import sys; from cnnlib.training.launch import worker_main; sys.exit(worker_main())"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "--no-python", sys.executable, "-c", code,
            str(config_file), str(out_dir)]
@@ -193,7 +194,7 @@ def _launch(config, out: Path, n: int, *, resume: bool, data_root, progress: boo
 
 def worker_main(argv: list[str] | None = None) -> int:
     """One torchrun worker of train_or_launch: train, then rank 0 writes the result file."""
-    p = argparse.ArgumentParser(prog="cnnlib.launch worker")
+    p = argparse.ArgumentParser(prog="cnnlib.training.launch worker")
     p.add_argument("config", help="a RunConfig as JSON")
     p.add_argument("out")
     p.add_argument("--data-root")

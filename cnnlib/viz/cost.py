@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .figures import (
+from cnnlib.viz._figure import (
     describe,
     legend_outside,
     new_figure,

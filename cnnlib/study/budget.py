@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import fileio
-from .config import RunConfig
-from .device import AUTOCAST_DTYPES, hardware, resolve_precision
-from .models import create_model
-from .obtain import NUM_CLASSES
+from cnnlib import _fileio as fileio
+from cnnlib.data.obtain import NUM_CLASSES
+from cnnlib.models.registry import create_model
+from cnnlib.training.config import RunConfig
+from cnnlib.training.device import AUTOCAST_DTYPES, hardware, resolve_precision
 
 TRAIN_IMAGES = 50000  # both official training sets
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per test image at each TTA level

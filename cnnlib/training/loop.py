@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import data as cdata
-from . import distributed as cdist
-from . import fileio
-from .augment import BatchLoader, normalize
-from .checkpoint import load_safe, model_checkpoint, save_atomic
-from .config import RECIPES, RunConfig, recipe  # noqa: F401  (also importable from here)
-from .device import AUTOCAST_DTYPES, precision_note, resolve_precision
-from .evaluate import metrics_from_logits, predict_logits, scalar_metrics
-from .models import create_model
+from cnnlib import _fileio as fileio
+from cnnlib.data import cifar as cdata
+from cnnlib.data.augment import BatchLoader, normalize
+from cnnlib.models.registry import create_model
+from cnnlib.training import distributed as cdist
+from cnnlib.training.checkpoint import load_safe, model_checkpoint, save_atomic
+from cnnlib.training.config import RunConfig
+from cnnlib.training.device import AUTOCAST_DTYPES, precision_note, resolve_precision
+from cnnlib.training.evaluate import metrics_from_logits, predict_logits, scalar_metrics
 
 STEP_MILESTONES = (0.5, 0.75)  # fractions of training where "step" divides the lr by 10
 
