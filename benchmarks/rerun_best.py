@@ -25,6 +25,8 @@ from cnnlib.flags import Parser
 from cnnlib.study import cache as runs
 from cnnlib.study import definitions as studies
 from cnnlib.study import locations
+from cnnlib.study.stats import mean_sd
+from cnnlib.study.table import Row, read_results
 from cnnlib.training.device import hardware
 
 
@@ -32,7 +34,7 @@ def published(results: Path, dataset: str, profile: str) -> pd.Series:
     """Test accuracies of notebook 01's best runs on `dataset` in `results` (one per seed)."""
     if not results.is_file():
         raise ValueError(f"--results: {results} does not exist; run notebook 01 first")
-    df = pd.read_csv(results)
+    df = read_results(results)
     rows = df[(df["study"] == "01_baseline") & (df["label"] == "best") & (df["dataset"] == dataset)
               & (df["profile"] == profile)]
     if len(rows) < 2:
@@ -66,10 +68,10 @@ def main(argv=None, data_root=None) -> int:
     low, high = mean - 2 * sd, mean + 2 * sd
     inside = low <= run.test_acc <= high
     print(f"published ({profile}, {args.dataset} best, seeds {', '.join(map(str, accs.index))}): "
-          f"{100 * mean:.2f} ± {100 * sd:.2f}%; mean ± 2 sd = [{100 * low:.2f}, {100 * high:.2f}]%")
+          f"{mean_sd(100 * mean, 100 * sd, 2)}%; mean ± 2 sd = [{100 * low:.2f}, {100 * high:.2f}]%")
     print(f"new seed {seed}: {100 * run.test_acc:.2f}% in {run.result['wall_seconds']:.0f} s on "
           f"{run.result.get('hardware') or hardware(run.result['device'])} "
-          f"({run.row()['precision']}), {'inside' if inside else 'outside'} the band")
+          f"({Row.from_run(run).precision}), {'inside' if inside else 'outside'} the band")
     print(f"inside_2sd={str(inside).lower()}")
     return 0
 

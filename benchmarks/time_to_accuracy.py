@@ -20,7 +20,7 @@ Writes <outputs>/time_to_accuracy.csv (mean and std per point, with the machine)
 time_to_accuracy_runs.csv (one row per run and seed) and time_to_accuracy.png. The last
 two lines are ``minutes_to_90=<x>`` and ``minutes_to_94=<x>``: where the mean fastnet
 curve first reaches the target, interpolated between budgets (``n/a`` when it does not).
-``python -m cnnlib.study.table collect`` then writes the table into the README.
+``python -m cnnlib.study collect`` then writes the table into the README.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from cnnlib.flags import Parser
 from cnnlib.study import cache as runs
 from cnnlib.study import locations
 from cnnlib.study.readme import minutes_to
+from cnnlib.study.table import Row
 from cnnlib.training.config import recipe
 from cnnlib.training.device import PRECISIONS
 from cnnlib.viz import charts as plots
@@ -96,10 +97,11 @@ def main() -> None:
     for i, (name, config) in enumerate(points, 1):
         print(f"[{i}/{len(points)}] {name} {config.epochs:g} epochs, seed {config.seed}", flush=True)
         r = runs.run(config, f"{name} {config.epochs:g} ep", profile=locations.resolve_profile())
+        row = Row.from_run(r)
         rows.append({"recipe": name, "epochs": config.epochs, "seed": config.seed,
                      "minutes": r.result["wall_seconds"] / 60, "test_acc": r.test_acc,
-                     "train_images": r.row()["train_images"],
-                     "precision": r.row()["precision"], "hardware": r.row()["hardware"],
+                     "train_images": row.train_images,
+                     "precision": row.precision, "hardware": row.hardware,
                      "commit": r.result.get("commit", ""), "run_key": r.path.name})
     df = pd.DataFrame(rows)
     summary = summarize(df)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -76,6 +77,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Rename `tmp`, a file written whole in `path`'s folder by a program that takes a file
+    name (papermill), to `path`, its bytes on disk first."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
@@ -169,8 +179,6 @@ def hold_folder(folder: str | os.PathLike, *, wait: bool = False,
     process, and processes started with `child_env(folder)`, pass through. A folder that cannot
     be created or written raises ValueError naming it, before any work starts.
     """
-    import fcntl
-
     folder = Path(folder)
     key = str(folder.resolve())
     if _held_here(key):

@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cnnlib import _fileio as fileio
+from cnnlib._checks import check_int
 from cnnlib._fileio import FolderInUseError, first_line
 from cnnlib.compress.saving import load_model
 from cnnlib.data import cifar as cdata
@@ -188,10 +191,6 @@ def cmd_records(args) -> int:
 
 def load_image(path: str, size: int = 32) -> torch.Tensor:
     """Any PNG/JPEG as uint8 [3, size, size]: RGB, resized with antialiasing."""
-    import warnings
-
-    from PIL import Image
-
     if Path(path).is_dir():
         raise ValueError(f"image: {path} is a folder; give image files")
     try:
@@ -210,8 +209,7 @@ def load_image(path: str, size: int = 32) -> torch.Tensor:
 
 
 def cmd_predict(args) -> int:
-    if args.top < 1:
-        raise ValueError(f"--top: {args.top} is not allowed; allowed: an integer >= 1")
+    check_int("--top", args.top, 1)
     images = torch.stack([load_image(p) for p in args.images])
     model = load_model(args.checkpoint, args.device)  # fp32, pruned, int8 or .onnx
     meta = model.meta

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import cnnlib
@@ -284,8 +285,6 @@ def test_load_model_dispatches_on_the_kind(compressed_files, trained):
 @pytest.mark.parametrize("kind", ["pruned", "int8", "onnx"])
 def test_cli_evaluate_and_predict_accept_compressed_models(compressed_files, data, synthetic_root,
                                                            tmp_path, capsys, kind):
-    from PIL import Image
-
     d, mean, std = data
     path = str(compressed_files[kind])
     assert cli.main(["--data-root", str(synthetic_root), "evaluate", path, "--tta", "0"]) == 0

@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cifar_files import write_synthetic
-
-from cnnlib.data import obtain as cobtain
-from cnnlib.data.cifar import (
+from cifar_files import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR100_FINE_TO_COARSE,
     CIFAR100_SUPERCLASSES,
+    write_synthetic,
+)
+
+from cnnlib.data import obtain as cobtain
+from cnnlib.data.cifar import (
     CifarData,
     Split,
     channel_stats,
@@ -161,13 +163,21 @@ def test_unlearnable_synthetic_is_noise(tmp_path):
     assert abs(d.train_images.float().mean().item() - 127.5) < 2
 
 
-def test_synthetic_is_deterministic(tmp_path):
-    a = write_synthetic("cifar100", tmp_path / "a", n_train=300, n_test=100, seed=3)
-    b = write_synthetic("cifar100", tmp_path / "b", n_train=300, n_test=100, seed=3)
-    c = write_synthetic("cifar100", tmp_path / "c", n_train=300, n_test=100, seed=4)
-    for f in CIFAR100_FILES:
-        assert (a / f).read_bytes() == (b / f).read_bytes()
-    assert fingerprint(read_cifar(a, "cifar100")) != fingerprint(read_cifar(c, "cifar100"))
+def test_fingerprint_follows_the_pixels_and_labels(tmp_path):
+    """Equal data read twice hashes equal; one changed pixel or label changes the hash."""
+    folder = write_synthetic("cifar100", tmp_path, n_train=300, n_test=100, seed=3)
+    d = read_cifar(folder, "cifar100")
+    assert fingerprint(read_cifar(folder, "cifar100")) == fingerprint(d)
+    pixel = d.test_images.clone()
+    pixel[7, 2, 31, 0] ^= 1
+    label = d.train_labels.clone()
+    label[0] = (label[0] + 1) % 100
+    coarse = d.train_coarse.clone()
+    coarse[-1] = (coarse[-1] + 1) % 20
+    variants = [dataclasses.replace(d, test_images=pixel), dataclasses.replace(d, train_labels=label),
+                dataclasses.replace(d, train_coarse=coarse), dataclasses.replace(d, name="cifar10")]
+    hashes = {fingerprint(d)} | {fingerprint(v) for v in variants}
+    assert len(hashes) == 1 + len(variants)
 
 
 def test_uneven_cifar10_batches(tmp_path):
@@ -232,6 +242,8 @@ def test_pickle_cannot_run_code(synthetic_root, tmp_path):
         ("test_batch", lambda b: b.pop(b"labels"), "missing key 'labels'"),
         ("batches.meta", lambda b: b[b"label_names"].pop(), "9 names, expected 10"),
         ("batches.meta", lambda b: b.update({b"num_cases_per_batch": 150}), "150 per batch"),
+        ("batches.meta", lambda b: b.update({b"num_cases_per_batch": 0}),
+         "num_cases_per_batch: 0 is not allowed; allowed: an integer >= 1"),
     ],
 )
 def test_cifar10_inconsistencies_are_named(synthetic_root, tmp_path, victim, change, message):
@@ -373,19 +385,20 @@ def test_split_carries_coarse_labels(synthetic_cifar100):
     assert test.images is d.test_images and torch.equal(test.coarse, d.test_coarse)
 
 
-BAD_SIZES = [
-    {"val_size": -1},
-    {"val_size": 1000},
-    {"val_size": 1.5},
-    {"subset": 901, "val_size": 100},
-    {"subset": True},
+BAD_SIZES = [  # of 1000 images
+    ({"val_size": -1}, "val_size: -1 is not allowed; allowed: an integer in [0, 999]"),
+    ({"val_size": 1000}, "val_size: 1000 is not allowed; allowed: an integer in [0, 999]"),
+    ({"val_size": 1.5}, "val_size: 1.5 is not allowed; allowed: an integer in [0, 999]"),
+    ({"subset": 901, "val_size": 100}, "subset: 901 is not allowed; allowed: an integer in [0, 900]"),
+    ({"subset": True}, "subset: True is not allowed; allowed: an integer in [0, 1000]"),
 ]
 
 
-@pytest.mark.parametrize("kwargs", BAD_SIZES)
-def test_split_rejects_bad_sizes(kwargs):
-    with pytest.raises(ValueError, match="val_size|subset"):
+@pytest.mark.parametrize(("kwargs", "message"), BAD_SIZES)
+def test_split_rejects_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError) as err:
         train_split(indexed_data(np.arange(1000) % 10), **kwargs)
+    assert str(err.value) == message
 
 
 # ----------------------------------------------------------------------------- stats, hash

@@ -21,6 +21,7 @@ from cnnlib.data.cifar import load_cifar
 from cnnlib.study import cache as runs
 from cnnlib.study import definitions as studies
 from cnnlib.study import executors, pipeline
+from cnnlib.study.table import Row
 from cnnlib.training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ def use(monkeypatch):
 
 def _table(found: list[runs.Run]) -> pd.DataFrame:
     """The results.csv rows of the runs, without the one column allowed to differ."""
-    return pd.DataFrame([r.row("study") for r in found]).drop(columns=["wall_seconds"])
+    return pd.DataFrame([Row.from_run(r, "study").as_dict() for r in found]).drop(columns=["wall_seconds"])
 
 
 @pytest.mark.parametrize("jobs, executor", EXECUTORS[1:], ids=["local", "ray"])
@@ -186,7 +187,7 @@ def _driver(configs: str, root: Path, data_root: Path) -> subprocess.Popen:
     # SIGINT raises KeyboardInterrupt as in a terminal, even where the test runs in the
     # background (which starts processes with SIGINT ignored).
     code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            f"from cnnlib import executors; from test_executors import {configs}; "
+            f"from cnnlib.study import executors; from test_executors import {configs}; "
             f"r = executors.run_all({configs}, root=sys.argv[1], data_root=sys.argv[2]); "
             "print('ACC', [x.test_acc for x in r])")
     env = {**os.environ, executors.JOBS_ENV: "2", executors.EXECUTOR_ENV: "local",
@@ -229,9 +230,9 @@ def test_two_executors_at_once_train_each_run_once(synthetic_root, tmp_path):
 
 
 @pytest.mark.parametrize("name, value, message", [
-    (executors.JOBS_ENV, "0", "CNNLIB_JOBS '0' is not allowed; give a whole number >= 1"),
+    (executors.JOBS_ENV, "0", "CNNLIB_JOBS: '0' is not allowed; allowed: an integer >= 1"),
     (executors.EXECUTOR_ENV, "dask", "CNNLIB_EXECUTOR 'dask' is not allowed; allowed: local, ray"),
-    (executors.THREADS_ENV, "x", "CNNLIB_THREADS 'x' is not allowed; give a whole number >= 1"),
+    (executors.THREADS_ENV, "x", "CNNLIB_THREADS: 'x' is not allowed; allowed: an integer >= 1"),
     ("CNNLIB_NPROC", "2", "CNNLIB_JOBS 3 with CNNLIB_NPROC 2 is not allowed; choose one: "
                           "several runs at once, or one run on several processes"),
 ])
@@ -246,16 +247,20 @@ def test_bad_settings_stop_before_any_run(name, value, message, monkeypatch, tmp
 
 def test_workers_get_one_gpu_each_or_their_share_of_the_cores(monkeypatch):
     monkeypatch.delenv(executors.THREADS_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # what the driver was given
+    monkeypatch.setenv(executors.JOBS_ENV, "3")
+    monkeypatch.setenv(executors.EXECUTOR_ENV, "local")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     s = executors.Settings(jobs=3, executor="local", threads=None)
-    env = executors.worker_env(3, s, ["2", "5"])  # CUDA_VISIBLE_DEVICES=2,5 in the driver
-    assert env["CUDA_VISIBLE_DEVICES"] == "5"
-    assert executors.JOBS_ENV not in env
-    assert executors.threads_per_run(s, cores=8) == 2
+    pinned = [executors.worker_env(slot, s, ["2", "5"])["CUDA_VISIBLE_DEVICES"] for slot in range(4)]
+    assert pinned == ["2", "5", "2", "5"]  # one GPU each, the driver's GPUs in turn
+    env = executors.worker_env(1, s, ["2", "5"])
+    assert executors.JOBS_ENV not in env and executors.EXECUTOR_ENV not in env
+    assert env["OMP_NUM_THREADS"] == "2"  # 8 cores // 3 jobs
     assert executors.threads_per_run(s, cores=2) == 1
     assert executors.threads_per_run(executors.Settings(2, "local", 3), cores=2) == 3
     on_cpu = executors.worker_env(0, s, [])  # no GPUs: the driver's setting, the thread share
-    assert on_cpu.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
-    assert on_cpu["OMP_NUM_THREADS"] == str(executors.threads_per_run(s))
+    assert on_cpu["CUDA_VISIBLE_DEVICES"] == "2,5" and on_cpu["OMP_NUM_THREADS"] == "2"
 
 
 class _Cluster:
@@ -301,7 +306,7 @@ def test_the_pipeline_names_failed_runs_in_one_line(tmp_path, capsys):
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                        "language": "python"}
     notebook.cells = [nbformat.v4.new_code_cell(
-        "from cnnlib import executors\n"
+        "from cnnlib.study import executors\n"
         "raise executors.RunsFailed('1 of 2 runs failed: cifar10 x (seed 0) k: ValueError: no')")]
     nbformat.write(notebook, nb)
     assert pipeline.run_notebooks([nb], tmp_path / "out", "smoke") == 1

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from cnnlib.study import cache as runs
-from cnnlib.study import findings, report
+from cnnlib.study import findings, readme, report, stats
 from cnnlib.study import table as results
+from cnnlib.study.definitions import STUDIES
 
 # Test accuracy per seed (fractions). Against the reference `crop+flip`: `+cutmix` gains 3.0,
 # 3.2, 2.9 pp (a clear effect), `+mixup` +1, -1, +2 pp (overlaps 0), `none` -4, -5, -4 pp (a
@@ -35,35 +36,35 @@ def _rows(study, dataset, acc, keys=None):
 def _write_results(out):
     (out / "results").mkdir(parents=True)
     pd.DataFrame(_rows("02_augmentation_ablation", "cifar10", ACC),
-                 columns=results.RESULT_COLUMNS).to_csv(out / "results" /
+                 columns=results.COLUMNS).to_csv(out / "results" /
                                                      "02_augmentation_ablation.csv", index=False)
-    # A depth sweep and a width sweep whose standard network (`depth 6` = `width 16`) is one run.
+    # A depth sweep and a width sweep whose standard network (`depth 6` = `width 32`) is one run.
     depth = {"depth 2": (0.40, 0.41, 0.42), "depth 6": (0.50, 0.52, 0.51),
-             "depth 10": (0.505, 0.53, 0.505), "width 8": (0.45, 0.46, 0.455),
-             "width 16": (0.50, 0.52, 0.51)}
-    rows = _rows("03_depth_study", "cifar10", depth, keys={"width 16": "depth 6"})
-    pd.DataFrame(rows, columns=results.RESULT_COLUMNS).to_csv(out / "results" / "03_depth_study.csv",
+             "depth 10": (0.505, 0.53, 0.505), "width 16": (0.45, 0.46, 0.455),
+             "width 32": (0.50, 0.52, 0.51)}
+    rows = _rows("03_depth_study", "cifar10", depth, keys={"width 32": "depth 6"})
+    pd.DataFrame(rows, columns=results.COLUMNS).to_csv(out / "results" / "03_depth_study.csv",
                                                            index=False)
 
 
 def test_interval_is_the_t_interval_of_the_paired_deltas():
-    d = findings.Delta("cifar10", "b", "a", "test_acc", (1.0, 2.0, 3.0))
+    d = stats.Delta("cifar10", "b", "a", "test_acc", (1.0, 2.0, 3.0))
     assert (d.n, d.mean, d.sd) == (3, 2.0, 1.0)
     low, high = d.interval  # 2 ± t(0.975, 2) * 1 / sqrt(3), t = 4.3027
     assert low == pytest.approx(2 - 2.4841, abs=1e-3) and high == pytest.approx(2 + 2.4841, abs=1e-3)
     assert d.verdict == "no detectable difference with 3 seeds"
-    assert findings.Delta("c", "b", "a", "test_acc", (3.0, 3.2, 2.9)).verdict == "improves"
-    assert findings.Delta("c", "b", "a", "test_acc", (-4.0, -5.0, -4.0)).verdict == "hurts"
-    one = findings.Delta("c", "b", "a", "test_acc", (9.0,))
+    assert stats.Delta("c", "b", "a", "test_acc", (3.0, 3.2, 2.9)).verdict == "improves"
+    assert stats.Delta("c", "b", "a", "test_acc", (-4.0, -5.0, -4.0)).verdict == "hurts"
+    one = stats.Delta("c", "b", "a", "test_acc", (9.0,))
     assert one.verdict == "no detectable difference with 1 seed" and "no interval" in one.numbers()
-    gap = findings.Delta("c", "b", "a", "gap", (2.0, 2.1, 1.9))
+    gap = stats.Delta("c", "b", "a", "gap", (2.0, 2.1, 1.9))
     assert gap.verdict == "raises the gap"
 
 
 def test_compare_pairs_by_seed():
     df = pd.DataFrame(_rows("s", "cifar10", ACC))
     df = df[~((df["label"] == CUTMIX) & (df["seed"] == 2))]  # cutmix lacks seed 2: 2 pairs
-    by_label = {d.label: d for d in findings.compare(df, "crop+flip")}
+    by_label = {d.label: d for d in stats.compare(df, "crop+flip")}
     assert set(by_label) == {CUTMIX, MIXUP, "none"}
     assert by_label[CUTMIX].deltas == pytest.approx((3.0, 3.2))
     assert by_label[MIXUP].deltas == pytest.approx((1.0, -1.0, 2.0))
@@ -72,11 +73,11 @@ def test_compare_pairs_by_seed():
 def test_readme_section_follows_the_wording_rule(tmp_path):
     out = tmp_path / "outputs"
     _write_results(out)
-    readme = tmp_path / "README.md"
+    md = tmp_path / "README.md"
     begin, end = readme.FINDINGS
-    readme.write_text(f"# x\n\nMethod text stays.\n\n{begin}\nold words\n{end}\ntail\n")
-    readme.collect_results(out, readme)
-    text = readme.read_text()
+    md.write_text(f"# x\n\nMethod text stays.\n\n{begin}\nold words\n{end}\ntail\n")
+    readme.collect_results(out, md)
+    text = md.read_text()
     assert "old words" not in text and text.startswith("# x\n\nMethod text stays.\n\n")
     assert text.endswith(f"{end}\ntail\n")
     section = text.split(begin)[1].split(end)[0]
@@ -89,20 +90,23 @@ def test_readme_section_follows_the_wording_rule(tmp_path):
     # The ranking states its margin and that it is not detectable.
     assert ("highest: `depth 10` (51.3%), ahead of `depth 6` by +0.3 ± 0.8 pp "
             "(95% CI -1.6 to +2.2): a lead not detectable with 3 seeds") in section
-    # The width sweep's reference is the run shared with the standard network.
-    assert "Against `width 16`: hurts: `width 8`" in section
+    # The width sweep's reference is the standard network's width (`Sweep.reference`).
+    assert "Against `width 32`: hurts: `width 16`" in section
+    # Sweeps of the study without a run here are named, not left out.
+    assert "- **dropout, cifar10**: no run of the dropout sweep (`dropout 0.0` / `dropout 0.5`)" \
+        in section
     assert "Profile `smoke`, 24 runs, trained on test CPU" in section
 
 
 def test_an_unchanged_rerun_leaves_the_readme_as_it_is(tmp_path):
     out = tmp_path / "outputs"
     _write_results(out)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{readme.BEGIN}\n{readme.END}\n{readme.FINDINGS[0]}\n{readme.FINDINGS[1]}\n")
-    readme.collect_results(out, readme)
-    first = readme.read_text()
-    readme.collect_results(out, readme)
-    assert readme.read_text() == first and f"improves: `{CUTMIX}`" in first
+    md = tmp_path / "README.md"
+    md.write_text(f"{readme.BEGIN}\n{readme.END}\n{readme.FINDINGS[0]}\n{readme.FINDINGS[1]}\n")
+    readme.collect_results(out, md)
+    first = md.read_text()
+    readme.collect_results(out, md)
+    assert md.read_text() == first and f"improves: `{CUTMIX}`" in first
 
 
 def _early_stopping_frame():
@@ -140,8 +144,9 @@ def test_epochs_saved_per_seed_and_paired_with_the_full_run():
 def test_the_readme_says_what_early_stopping_saved(tmp_path):
     out = tmp_path / "outputs"
     (out / "results").mkdir(parents=True)
-    _early_stopping_frame().to_csv(out / "results" / "03_depth_study.csv", index=False)
-    section = findings.readme_section(out)
+    _early_stopping_frame().assign(study="03_depth_study").to_csv(
+        out / "results" / "03_depth_study.csv", index=False)
+    section = findings.readme_section(results.read_studies(out))
     assert "- **early stopping, cifar10** (3 seeds): 11.0 of 30 epochs saved on average" in section
     assert section.count("early stopping, cifar10") == 1  # instead of the plain sweep line
 
@@ -150,8 +155,8 @@ def test_a_ranking_of_the_gap_names_percentage_points():
     df = pd.DataFrame(_rows("03_depth_study", "cifar10", {"depth 2": (0.40, 0.41, 0.42),
                                                           "depth 6": (0.50, 0.52, 0.51)}))
     df.loc[df["label"] == "depth 2", "train_acc"] += 0.1  # gap 12 pp against 2 pp
-    assert findings.rank(df, metric="gap")[0].sentence().startswith("highest: `depth 2` (12.0 pp)")
-    assert findings.rank(df)[0].sentence().startswith("highest: `depth 6` (51.0%)")
+    assert stats.rank(df, metric="gap")[0].sentence().startswith("highest: `depth 2` (12.0 pp)")
+    assert stats.rank(df)[0].sentence().startswith("highest: `depth 6` (51.0%)")
 
 
 def test_confusion_sentence_counts_pairs_outside_a_superclass():
@@ -218,7 +223,7 @@ def test_readme_section_states_the_reference_bar(tmp_path):
     out = tmp_path / "outputs"
     (out / "results").mkdir(parents=True)
     _baseline_frame().to_csv(out / "results" / "01_baseline.csv", index=False)
-    section = findings.readme_section(out)
+    section = findings.readme_section(results.read_studies(out))
     assert "paired by seed: improves" in section and "it meets the study's bar of 85%" in section
     assert "4.0 pp short of the study's bar of 55%" in section
     assert "it is 1.00 pp short of the target of 94%" in section  # best_check's lines
@@ -277,7 +282,7 @@ def _architecture_frame():
 
 
 def test_architectures_ranked_and_paired_against_the_simple_cnn():
-    text = findings.answer(_architecture_frame(), findings.SWEEPS["06_architectures"])
+    text = findings.answer(_architecture_frame(), STUDIES["06_architectures"].sweeps)
     assert ("highest architecture: `fastnet` (90.8%), ahead of `resnet20` by +5.3 ± 0.6 pp "
             "(95% CI +3.9 to +6.8): a detectable lead") in text
     assert "against `baseline`: improves: `resnet20` +5.2 pp, `fastnet` +10.5 pp" in text
@@ -342,7 +347,7 @@ def test_runs_at_chance_level_are_named_from_validation_accuracy():
     assert line.endswith("At chance level (mean validation accuracy below 1.5× the 10% of "
                          "guessing): `adam @ reference lr` (10.0%); these runs did not learn, so "
                          "their differences measure a failed run.")
-    answer = findings.answer(df, findings.SWEEPS["03_depth_study"])
+    answer = findings.answer(df, STUDIES["03_depth_study"].sweeps)
     assert "`adam @ reference lr` -0.3 pp (at chance)" in answer
     for unflagged in ("`adamw @ reference lr` -70.3 pp", "`sgd @ reference lr` -64.0 pp"):
         assert unflagged in answer and f"{unflagged} (at chance)" not in answer

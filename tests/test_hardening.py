@@ -25,6 +25,7 @@ from cnnlib import _fileio as fileio
 from cnnlib import cli
 from cnnlib.data import cifar as data
 from cnnlib.data import obtain
+from cnnlib.models.registry import create_model
 from cnnlib.study import cache as runs
 from cnnlib.training.checkpoint import load_model, load_safe, save_atomic
 from cnnlib.training.config import RunConfig
@@ -219,7 +220,7 @@ def test_second_writer_stops_at_once_and_kill_leaves_no_stale_lock(synthetic_roo
 
 def test_lock_passes_nested_calls_and_the_holders_children(tmp_path):
     """runs.run holds the lock, then train() takes it again, in-process or in torchrun workers."""
-    child = "import sys; from cnnlib import fileio\nwith fileio.hold_folder(sys.argv[1]): print('in')"
+    child = "import sys; from cnnlib import _fileio as fileio\nwith fileio.hold_folder(sys.argv[1]): print('in')"
     with fileio.hold_folder(tmp_path / "a"), fileio.hold_folder(tmp_path / "a"):
         env = {**os.environ, **fileio.child_env(tmp_path / "a")}
         assert env[fileio.HELD_ENV].split(os.pathsep)[-1] == str((tmp_path / "a").resolve())
@@ -264,7 +265,12 @@ def test_cli_diverged_run_says_so_and_scores_chance(synthetic_root, tmp_path, ca
     """A diverged run is a result, not an error: it finishes, names the divergence, and its
     test accuracy is that of uniform probabilities; no epoch finished, so no last.pt."""
     ctrain = importlib.import_module("cnnlib.training.loop")  # the module, not the train() it exports
-    monkeypatch.setattr(ctrain, "soft_cross_entropy", lambda *a: torch.tensor(math.nan))
+    def nan_in_training(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        model.register_forward_hook(lambda m, i, out: out * math.nan if m.training else out)
+        return model
+
+    monkeypatch.setattr(ctrain, "create_model", nan_in_training)
     rc = cli.main([str(a) for a in ("--data-root", synthetic_root, "train", *TINY_ARGS,
                                     "--out", tmp_path / "run")])
     out = capsys.readouterr().out
@@ -350,8 +356,8 @@ ROOT = Path(__file__).resolve().parent.parent
     (["-m", "cnnlib", "train", "--epochs", "two"],
      "cnnlib train: error: argument --epochs: invalid float value: 'two'"),
     (["-m", "cnnlib", "evaluate"], "cnnlib evaluate: error: the following arguments are required"),
-    (["-m", "cnnlib.study.table", "collect", "--bogus"],
-     "python -m cnnlib.study.table: error: unrecognized arguments: --bogus"),
+    (["-m", "cnnlib.study", "collect", "--bogus"],
+     "python -m cnnlib.study: error: unrecognized arguments: --bogus"),
     (["benchmarks/time_to_accuracy.py", "--seeds", "x"],
      "time_to_accuracy.py: error: argument --seeds: invalid int value: 'x'"),
     (["benchmarks/compression.py", "--folder", "no-such-folder"],

@@ -11,7 +11,9 @@ import subprocess
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
+from PIL import Image
 
 from cnnlib.study import definitions as studies
 from cnnlib.study import report
@@ -34,7 +36,7 @@ def test_the_notebooks_exist_and_match_the_studies():
     names = [p.stem for p in NOTEBOOKS]
     assert names[:4] == ["01_baseline", "02_augmentation_ablation", "03_depth_study",
                          "04_interpretability"]
-    assert names == list(studies.NOTEBOOKS)
+    assert names == list(studies.STUDIES)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -87,19 +89,34 @@ def test_notebooks_are_thin_and_portable(path):
 
 
 def test_results_checks_name_every_column():
-    """The stored 'results columns' line is results.RESULT_COLUMNS."""
-    expected = "results columns: " + ", ".join(results.RESULT_COLUMNS)
+    """The stored 'results columns' line is results.COLUMNS."""
+    expected = "results columns: " + ", ".join(results.COLUMNS)
     for path in NOTEBOOKS[:3]:
         outputs = "".join(o.get("text", "") for c in _code(_read(path)) for o in c.outputs)
         assert expected in outputs, path.name
 
 
-def test_required_figures_are_written_by_the_notebooks():
-    text = "\n".join(c.source for p in NOTEBOOKS for c in _code(_read(p)))
-    for name in REQUIRED_FIGURES:
-        assert name in text
-    assert '"feature_maps"' in text
-    assert "cnn_{ds}.pth" in text
+def test_required_figures_are_written_by_the_notebooks(synthetic_root, tmp_path, monkeypatch):
+    """01_baseline and 04_interpretability (which reuses 01's runs from the cache), executed on
+    the smoke profile and the synthetic data into a scratch folder, write the README's main
+    figures as PNGs, the feature maps among them, and export one model per dataset."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in [("CNNLIB_DATA_ROOT", synthetic_root), ("CNNLIB_OUTPUTS", tmp_path / "out"),
+                        ("CNNLIB_RUNS", tmp_path / "runs"), ("CNNLIB_MODELS", tmp_path / "models"),
+                        ("CNNLIB_PROFILE", "smoke")]:
+        monkeypatch.setenv(name, str(value))
+    for stem in ("01_baseline", "04_interpretability"):
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"),
+                                   str(tmp_path / f"{stem}.ipynb"), kernel_name="python3",
+                                   parameters={"PROFILE": "smoke"}, progress_bar=False)
+    maps = sorted((tmp_path / "out" / "feature_maps").rglob("*.png"))
+    assert any(p.name.endswith("_overview.png") for p in maps), maps
+    for path in [tmp_path / "out" / name for name in REQUIRED_FIGURES] + maps:
+        with Image.open(path) as png:
+            assert png.format == "PNG" and min(png.size) >= 100, path.name
+            png.verify()
+    assert sorted(p.name for p in (tmp_path / "models").glob("*.pth")) == [
+        "cnn_cifar10.pth", "cnn_cifar100.pth"]
 
 
 def test_notebooks_pick_runs_by_labels_that_notebook_01_trains():
@@ -107,7 +124,7 @@ def test_notebooks_pick_runs_by_labels_that_notebook_01_trains():
     labels = {label for label, _ in studies.baseline_runs("smoke")}
     picked = []
     for path in NOTEBOOKS:
-        if "studies.baseline_runs(" not in path.read_text():
+        if "definitions.baseline_runs(" not in path.read_text():
             continue  # its own runs
         for cell in _code(_read(path)):
             for call in ast.walk(ast.parse(cell.source)):
@@ -121,9 +138,7 @@ def test_notebooks_pick_runs_by_labels_that_notebook_01_trains():
 def test_reference_runs_are_the_augmentation_sweeps_reference_on_every_dataset():
     """01's reference runs are 02's `crop+flip` runs (one cache entry each), and a reduced
     sweep (smoke: CIFAR-100 keeps two variants) still has them to pair with."""
-    from cnnlib.study import findings
-
-    reference = findings.SWEEPS["02_augmentation_ablation"][0].reference
+    reference = studies.STUDIES["02_augmentation_ablation"].sweep("augmentation").reference
     for profile in ("smoke", "cpu"):
         ours = {c.key() for label, c in studies.baseline_runs(profile) if label == "reference"}
         theirs = {c.key() for label, c in studies.augmentation_runs(profile) if label == reference}

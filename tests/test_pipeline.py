@@ -37,9 +37,9 @@ def test_a_bad_flag_stops_the_command_with_one_line_and_status_2(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--profile", "huge"], "--profile 'huge' is not allowed; allowed: auto, smoke, cpu, full"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--nproc", "0"], "--nproc '0' is not allowed; give a whole number >= 1"),
-    (["--nproc", "two"], "--nproc 'two' is not allowed; give a whole number >= 1"),
-    (["--jobs", "0"], "--jobs '0' is not allowed; give a whole number >= 1"),
+    (["--nproc", "0"], "--nproc: '0' is not allowed; allowed: an integer >= 1"),
+    (["--nproc", "two"], "--nproc: 'two' is not allowed; allowed: an integer >= 1"),
+    (["--jobs", "0"], "--jobs: '0' is not allowed; allowed: an integer >= 1"),
     (["--executor", "dask"], "--executor 'dask' is not allowed; allowed: local, ray"),
     (["--jobs", "2", "--nproc", "2"], "--jobs 2 with --nproc 2 is not allowed; choose one: "
                                       "several runs at once, or one run on several processes"),

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, to_rgba
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import nn
 
+from cnnlib.data.augment import normalize
 from cnnlib.models.registry import create_model
+from cnnlib.study.stats import Delta
 from cnnlib.training.evaluate import confusion_matrix
 from cnnlib.viz import charts as plots
-from cnnlib.viz import interpret
+from cnnlib.viz import classes, cost, interpret
 
 MODELS = ["baseline", "fastnet", "resnet20"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,10 +113,25 @@ def test_save_feature_maps_writes_pngs(tmp_path, synthetic_cifar10):
                               ("resnet20", {}, 3)]
 )
 def test_first_layer_filters(tmp_path, name, options, kernel):
-    fig = interpret.plot_first_layer_filters(_model(name, **options), tmp_path / "f.png")
+    """One panel per filter of the first RGB conv, each its weights min-max scaled to [0, 1]."""
+    model = _model(name, **options)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3)
+    fig = interpret.plot_first_layer_filters(model, tmp_path / "f.png")
     assert isinstance(fig, Figure)
     assert f"{kernel}x{kernel}" in fig.axes[0].get_title()
     _assert_png(tmp_path / "f.png")
+    mosaic = np.asarray(fig.axes[0].images[0].get_array())  # panels with 1-pixel gaps
+    step = kernel + 1
+    rows, cols = (mosaic.shape[0] + 1) // step, (mosaic.shape[1] + 1) // step
+    assert mosaic.shape == (rows * step - 1, cols * step - 1, 3)
+    panels = [mosaic[r * step : r * step + kernel, c * step : c * step + kernel]
+              for r in range(rows) for c in range(cols)]
+    shown = [p for p in panels if p.min() == 0]  # unused grid cells are filled with the gap colour
+    assert len(shown) == conv.out_channels
+    w = conv.weight.detach().permute(0, 2, 3, 1).double().numpy()  # [out, k, k, RGB]
+    for i in range(conv.out_channels):
+        expected = (w[i] - w[i].min()) / (w[i].max() - w[i].min())
+        np.testing.assert_allclose(panels[i], expected, atol=1e-6)
 
 
 # -- interpret: attributions --------------------------------------------------------------------
@@ -172,7 +191,7 @@ def test_default_gradcam_layer_skips_shortcut_projections():
 
 def test_plot_attributions_writes_png(tmp_path, synthetic_cifar10):
     images = synthetic_cifar10.test_images[:3]
-    x = interpret.normalize(images, (0.5,) * 3, (0.25,) * 3)
+    x = normalize(images, (0.5,) * 3, (0.25,) * 3)
     model = _model("resnet20")
     target = synthetic_cifar10.test_labels[:3]
     maps = {"Grad-CAM": interpret.gradcam(model, x, target),
@@ -201,7 +220,7 @@ def test_misclassified_most_confident_mistakes_first():
 
 def test_superclass_order_groups_classes(synthetic_cifar100):
     f2c = synthetic_cifar100.fine_to_coarse
-    order, bounds = plots.superclass_order(f2c)
+    order, bounds = classes.superclass_order(f2c)
     assert sorted(order) == list(range(100))
     assert bounds == sorted(bounds) and len(bounds) == len(set(f2c.tolist())) - 1
     edges = [0, *bounds, 100]
@@ -211,7 +230,7 @@ def test_superclass_order_groups_classes(synthetic_cifar100):
 
 
 def test_superclass_order_puts_unknown_last():
-    order, bounds = plots.superclass_order(torch.tensor([1, -1, 0, 1, 0]))
+    order, bounds = classes.superclass_order(torch.tensor([1, -1, 0, 1, 0]))
     assert order == [2, 4, 0, 3, 1] and bounds == [2, 4]
 
 
@@ -219,7 +238,7 @@ def test_superclass_confusion_sums_fine_counts(synthetic_cifar100):
     f2c = synthetic_cifar100.fine_to_coarse
     preds, labels = _confusion(100)
     fine = confusion_matrix(preds, labels, 100)
-    coarse = plots.superclass_confusion(fine, f2c)
+    coarse = classes.superclass_confusion(fine, f2c)
     assert coarse.shape == (20, 20)
     assert coarse.sum() == fine.sum()
     assert coarse.diag().sum() == (f2c[preds] == f2c[labels]).sum()
@@ -233,18 +252,18 @@ def test_class_plots_write_pngs(tmp_path, request, dataset):
     conf = confusion_matrix(preds, labels, n)
     order, bounds = (None, None)
     if data.fine_to_coarse is not None:
-        order, bounds = plots.superclass_order(data.fine_to_coarse)
-    plots.plot_confusion(conf, data.classes, tmp_path / "c.png", order=order, group_bounds=bounds,
+        order, bounds = classes.superclass_order(data.fine_to_coarse)
+    classes.plot_confusion(conf, data.classes, tmp_path / "c.png", order=order, group_bounds=bounds,
                          title="test")
     acc = conf.diag() / conf.sum(1)
-    plots.plot_per_class_accuracy({"a": acc, "b": acc.flip(0)}, data.classes, tmp_path / "two.png")
+    classes.plot_per_class_accuracy({"a": acc, "b": acc.flip(0)}, data.classes, tmp_path / "two.png")
     names = ["c.png", "two.png"]
     if n <= 10:  # the single-series layout of many classes is checked below, without a file
-        plots.plot_per_class_accuracy(acc, data.classes, tmp_path / "one.png")
+        classes.plot_per_class_accuracy(acc, data.classes, tmp_path / "one.png")
         names.append("one.png")
     if data.fine_to_coarse is not None:
-        coarse = plots.superclass_confusion(conf, data.fine_to_coarse)
-        plots.plot_confusion(coarse, data.superclasses, tmp_path / "sub" / "coarse.png")
+        coarse = classes.superclass_confusion(conf, data.fine_to_coarse)
+        classes.plot_confusion(coarse, data.superclasses, tmp_path / "sub" / "coarse.png")
         names.append("sub/coarse.png")
     for name in names:
         _assert_png(tmp_path / name)
@@ -252,17 +271,17 @@ def test_class_plots_write_pngs(tmp_path, request, dataset):
 
 def test_plot_confusion_annotates_only_small_matrices(tmp_path):
     counts = torch.eye(10, dtype=torch.long).numpy() * 5
-    fig10 = plots.plot_confusion(counts, [str(i) for i in range(10)], tmp_path / "n.png",
+    fig10 = classes.plot_confusion(counts, [str(i) for i in range(10)], tmp_path / "n.png",
                                  normalize=False)
     _assert_png(tmp_path / "n.png")
-    fig100 = plots.plot_confusion(torch.eye(100, dtype=torch.long), [str(i) for i in range(100)])
+    fig100 = classes.plot_confusion(torch.eye(100, dtype=torch.long), [str(i) for i in range(100)])
     assert len(fig10.axes[0].texts) == 100
     assert len(fig100.axes[0].texts) == 0
 
 
 def test_per_class_accuracy_of_many_classes_is_sorted():
     acc = torch.linspace(1, 0, 30)
-    fig = plots.plot_per_class_accuracy(acc, [f"c{i}" for i in range(30)])
+    fig = classes.plot_per_class_accuracy(acc, [f"c{i}" for i in range(30)])
     ax = fig.axes[0]
     assert len(ax.patches) == 30
     labels = [t.get_text() for t in ax.get_yticklabels()]
@@ -334,8 +353,6 @@ def _legend_clear_of_axes(fig, ax) -> None:
 
 
 def _png_description(path) -> str:
-    from PIL import Image
-
     with Image.open(path) as png:
         return png.text.get("Description", "")
 
@@ -414,10 +431,6 @@ def test_points_zoom_to_values_of_a_few_points_and_panel_per_dataset(tmp_path):
 
 
 def test_deltas_show_the_paired_interval_coloured_by_verdict(tmp_path):
-    from matplotlib.colors import to_rgba
-
-    from cnnlib.study.findings import Delta
-
     deltas = [Delta("cifar10", "none", "crop+flip", "test_acc", (-5.0, -6.0, -5.5)),
               Delta("cifar10", "+mixup", "crop+flip", "test_acc", (1.0, -0.5, 0.8)),
               Delta("cifar100", "+mixup", "crop+flip", "test_acc", (2.0,))]
@@ -473,10 +486,10 @@ def test_lines_panels_own_ranges_and_zero_line():
 
 def test_per_class_accuracy_percent_and_legend_outside(synthetic_cifar100):
     acc = torch.linspace(0.1, 0.9, 10)
-    fig = plots.plot_per_class_accuracy({"best": acc, "baseline": acc.flip(0)}, [f"c{i}" for i in range(10)])
+    fig = classes.plot_per_class_accuracy({"best": acc, "baseline": acc.flip(0)}, [f"c{i}" for i in range(10)])
     _legend_clear_of_axes(fig, fig.axes[0])
     assert _tick(fig.axes[0].yaxis, 0.3) == "30%"
-    many = plots.plot_per_class_accuracy({"best": torch.rand(100), "baseline": torch.rand(100)},
+    many = classes.plot_per_class_accuracy({"best": torch.rand(100), "baseline": torch.rand(100)},
                                          synthetic_cifar100.classes)
     assert _tick(many.axes[0].xaxis, 0.3) == "30%"
     _legend_clear_of_axes(many, many.axes[0])
@@ -486,8 +499,8 @@ def test_cifar100_confusion_names_superclasses_on_a_log_scale(tmp_path, syntheti
     data = synthetic_cifar100
     preds, labels = _confusion(100, n=5000)
     conf = confusion_matrix(preds, labels, 100)
-    order, bounds = plots.superclass_order(data.fine_to_coarse)
-    fig = plots.plot_confusion(conf, data.classes, tmp_path / "c.png", order=order,
+    order, bounds = classes.superclass_order(data.fine_to_coarse)
+    fig = classes.plot_confusion(conf, data.classes, tmp_path / "c.png", order=order,
                                group_bounds=bounds, groups=data.superclasses, title="CIFAR-100")
     ax = fig.axes[0]
     names = [s.replace("_", " ") for s in data.superclasses]
@@ -499,12 +512,12 @@ def test_cifar100_confusion_names_superclasses_on_a_log_scale(tmp_path, syntheti
     assert _tick(fig.axes[1].yaxis, 0.01) == "1%"
     assert "Largest errors:" in _png_description(tmp_path / "c.png")
     with pytest.raises(ValueError, match="groups"):
-        plots.plot_confusion(conf, data.classes, order=order, group_bounds=bounds, groups=["x"])
+        classes.plot_confusion(conf, data.classes, order=order, group_bounds=bounds, groups=["x"])
 
 
 def test_small_confusion_cells_in_percent_zeros_blank():
     counts = torch.tensor([[90, 10, 0], [3, 97, 0], [0, 0, 100]])
-    fig = plots.plot_confusion(counts, ["a", "b", "c"])
+    fig = classes.plot_confusion(counts, ["a", "b", "c"])
     assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(["90", "10", "3", "97", "100"])
 
 
@@ -560,7 +573,7 @@ def _network_table() -> pd.DataFrame:
 
 def test_tradeoff_points_mean_and_sd_per_network_and_dataset(tmp_path):
     df = _network_table()
-    fig = plots.plot_tradeoff_points(
+    fig = cost.plot_tradeoff_points(
         df, {"minutes": "wall minutes", "parameters": "parameters (log scale)"},
         logx=("parameters",), marks={"minutes": (2.0, "budget")}, path=tmp_path / "t.png",
         title="Networks")

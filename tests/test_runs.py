@@ -20,6 +20,7 @@ from cnnlib.study import budget, definitions, locations, provenance, readme, rec
 from cnnlib.study import cache as runs
 from cnnlib.study import definitions as studies
 from cnnlib.study import table as results
+from cnnlib.study.__main__ import main as study_main
 from cnnlib.training import checkpoint
 from cnnlib.training.config import RunConfig
 from cnnlib.training.evaluate import predict_logits
@@ -46,6 +47,11 @@ def _run(config, cache, data_root, **kwargs):
                     progress=False, **kwargs)
 
 
+def _row(run, study: str = "") -> dict:
+    """A run's results row as a dict (`table.Row`)."""
+    return results.Row.from_run(run, study).as_dict()
+
+
 # -- the cache ------------------------------------------------------------------------------------
 
 
@@ -61,7 +67,7 @@ def test_cache_hit_returns_the_same_result_without_training(synthetic_root, cach
     again = _run(_config(), cache, synthetic_root)
     assert again.path == first.path
     assert again.result == json.loads(json.dumps(first.result, default=float))
-    assert again.row("s") == first.row("s")
+    assert _row(again, "s") == _row(first, "s")
 
 
 def test_key_includes_config_and_data_fingerprint(synthetic_root, tmp_path):
@@ -75,39 +81,23 @@ def test_key_includes_config_and_data_fingerprint(synthetic_root, tmp_path):
     assert here.name.startswith("cifar10-baseline-")
 
 
-def test_equal_configs_share_a_run_and_changed_code_does_not(synthetic_root, tmp_path, monkeypatch):
+def test_equal_configs_share_a_run_and_a_new_results_version_does_not(synthetic_root, tmp_path,
+                                                                      monkeypatch):
     here = runs.run_dir(_config(epochs=2), tmp_path, synthetic_root)
     assert runs.run_dir(_config(epochs=2.0), tmp_path, synthetic_root) == here
-    monkeypatch.setattr(runs, "code_version", lambda: "edited")
+    monkeypatch.setattr(runs, "RESULTS_VERSION", "raised")  # tests/test_results_version.py
     assert runs.run_dir(_config(epochs=2), tmp_path, synthetic_root) != here
 
 
-def test_code_version_follows_the_code_not_its_comments(tmp_path):
-    package = Path(runs.__file__).parent
-    copy = tmp_path / "cnnlib"
-    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert provenance.code_version(copy) == provenance.code_version(package)
-    train_py = copy / "train.py"
-    source = train_py.read_text()
-    train_py.write_text(source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
-    provenance.code_version.cache_clear()  # it is computed once per process
-    assert provenance.code_version(copy) == provenance.code_version(package)
-    assert "STEP_MILESTONES = (0.5, 0.75)" in source
-    train_py.write_text(source.replace("STEP_MILESTONES = (0.5, 0.75)", "STEP_MILESTONES = (0.5, 0.8)"))
-    provenance.code_version.cache_clear()
-    assert provenance.code_version(copy) != provenance.code_version(package)
-    assert all((package / name).exists() for name in provenance.RESULT_SOURCES)
-
-
-def test_a_resumed_run_equals_an_uninterrupted_one(synthetic_root, tmp_path):
+def test_a_resumed_run_equals_an_uninterrupted_one(synthetic_root, tmp_path, run_then_kill):
     config = _config(augment="crop+flip+cutout")
     whole = _run(config, tmp_path / "a", synthetic_root)
     # "Killed" after the first epoch: only last.pt of epoch 1 exists.
     path = runs.run_dir(config, tmp_path / "b", synthetic_root)
-    Trainer(config, path, data_root=synthetic_root, progress=False).run_epochs(limit=1)
+    run_then_kill(Trainer(config, path, data_root=synthetic_root, progress=False), 1)
     assert (path / "last.pt").exists() and not (path / "result.json").exists()
     resumed = _run(config, tmp_path / "b", synthetic_root)
-    a, b = whole.row(), resumed.row()
+    a, b = _row(whole), _row(resumed)
     a.pop("wall_seconds"), b.pop("wall_seconds")
     assert a == b
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
@@ -146,9 +136,9 @@ def test_a_record_resumes_a_study_elsewhere_without_training_or_its_model(synthe
 
     monkeypatch.setattr(runs, "train_or_launch", no_training)
     there = _run(_config(epochs=1), tmp_path / "there", synthetic_root)
-    assert there.path == record and there.row("s") == first.row("s")
-    assert runs.cached(_config(epochs=1), "tiny", root=tmp_path / "there", data_root=synthetic_root).row() \
-        == first.row()
+    assert there.path == record and _row(there, "s") == _row(first, "s")
+    assert _row(runs.cached(_config(epochs=1), "tiny", root=tmp_path / "there",
+                            data_root=synthetic_root)) == _row(first)
     with pytest.raises(runs.RecordOnlyError, match="record of a run finished elsewhere"):
         there.load_model()
     with pytest.raises(runs.RecordOnlyError):
@@ -198,7 +188,7 @@ def test_compact_weights_predict_bit_for_bit_the_same_under_bf16(name, tmp_path)
 
 
 def test_records_command_carries_finished_runs_and_the_models_notebooks_load(
-        synthetic_root, tmp_path, monkeypatch, capsys):
+        synthetic_root, tmp_path, monkeypatch, capsys, run_then_kill):
     cache, dest = tmp_path / "runs", tmp_path / "carried"
     plan = [("reference", _config(seed=0)), ("reference", _config(seed=1)),
             ("best", _config(seed=0, epochs=3)), ("best", _config(seed=1, epochs=3))]
@@ -206,7 +196,7 @@ def test_records_command_carries_finished_runs_and_the_models_notebooks_load(
     done = [runs.run(c, label, root=cache, data_root=synthetic_root, progress=False)
             for label, c in plan]
     unfinished = runs.run_dir(_config(seed=5), cache, synthetic_root)
-    Trainer(_config(seed=5), unfinished, data_root=synthetic_root, progress=False).run_epochs(limit=1)
+    run_then_kill(Trainer(_config(seed=5), unfinished, data_root=synthetic_root, progress=False), 1)
     (cache / "speeds.json").write_text("{}")
     argv = ["--data-root", str(synthetic_root), "records", str(dest), "--runs", str(cache),
             "--profile", "smoke"]
@@ -269,7 +259,8 @@ def test_the_commit_is_dirty_for_code_not_for_what_a_study_writes(tmp_path, monk
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
                        check=True, capture_output=True)
 
-    for path in ("cnnlib/x.py", "outputs/runs/a/result.json", "models/m.pth", "README.md"):
+    for path in ("pyproject.toml", "cnnlib/x.py", "outputs/runs/a/result.json", "models/m.pth",
+                 "README.md"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("0\n")
     git("init", "-q")
@@ -294,16 +285,16 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     run_b = _run(_config(epochs=1, seed=1), cache, synthetic_root)
     out = tmp_path / "out"
     df = results.save_results([run_a, run_b], "01_baseline", out)
-    assert list(df.columns) == results.RESULT_COLUMNS
+    assert list(df.columns) == results.COLUMNS
     assert set(REQUIRED_COLUMNS) <= set(df.columns)
     results.save_results([run_b], "02_other", out)  # the same run in a second study
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{readme.BEGIN}\nold\n{readme.END}\ntail\n")
-    merged = readme.collect_results(out, readme)
+    readme_md = tmp_path / "README.md"
+    readme_md.write_text(f"# x\n\n{readme.BEGIN}\nold\n{readme.END}\ntail\n")
+    merged = readme.collect_results(out, readme_md)
     assert len(merged) == 2  # one row per run
-    assert list(pd.read_csv(out / "results.csv").columns) == results.RESULT_COLUMNS
+    assert list(pd.read_csv(out / "results.csv").columns) == results.COLUMNS
     assert "| study |" in (out / "results.md").read_text()
-    text = readme.read_text()
+    text = readme_md.read_text()
     assert "old" not in text and "| dataset |" in text and text.endswith(f"{readme.END}\ntail\n")
     assert "±" in text  # two seeds: mean ± std
     assert merged["hardware"].str.contains("torch ").all() and "threads, torch" in text
@@ -345,11 +336,11 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
                   for v, s, a, d, t in (("fp32", 7.9, 0.93, 0.0, 500.0),
                                         ("int8", 2.0, 0.9281, -0.19, 2300.0))]
                  ).to_csv(out / "compression.csv", index=False)
-    readme = tmp_path / "README.md"
+    readme_md = tmp_path / "README.md"
     markers = [readme.TIME_TO_ACCURACY, readme.COMPRESSION]
-    readme.write_text("".join(f"{a}\nold numbers\n{b}\n" for a, b in markers))
-    readme.collect_results(out, readme)
-    text = readme.read_text()
+    readme_md.write_text("".join(f"{a}\nold numbers\n{b}\n" for a, b in markers))
+    readme.collect_results(out, readme_md)
+    text = readme_md.read_text()
     assert "old numbers" not in text
     assert "Machine: test CPU, bf16, commit abc1234." in text
     assert "| fastnet | 4 | 2 | 48000 | 6.00 ± 0.10 | 92.00 ± 0.20 |" in text
@@ -360,18 +351,18 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
     compression = pd.read_csv(out / "compression.csv")
     compression.assign(hardware="test CPU (AVX2), 2 threads, torch 2.0").to_csv(
         out / "compression.csv", index=False)
-    readme.collect_results(out, readme)
+    readme.collect_results(out, readme_md)
     assert ("Machine: test CPU (AVX2), 2 threads, torch 2.0, bf16, commit abc1234.\n"
-            in readme.read_text())
+            in readme_md.read_text())
     # Without the benchmarks' files the README keeps what it has.
     (out / "compression.csv").unlink()
-    readme.write_text(f"{readme.COMPRESSION[0]}\nkept\n{readme.COMPRESSION[1]}\n")
-    readme.collect_results(out, readme)
-    assert "kept" in readme.read_text()
+    readme_md.write_text(f"{readme.COMPRESSION[0]}\nkept\n{readme.COMPRESSION[1]}\n")
+    readme.collect_results(out, readme_md)
+    assert "kept" in readme_md.read_text()
 
 
 def test_key_results_without_rows():
-    assert "No results" in readme.key_results(pd.DataFrame(columns=results.RESULT_COLUMNS))
+    assert "No results" in readme.key_results(pd.DataFrame(columns=results.COLUMNS))
 
 
 # -- profiles and locations -----------------------------------------------------------------------
@@ -379,10 +370,10 @@ def test_key_results_without_rows():
 
 def test_resolve_profile(monkeypatch):
     monkeypatch.delenv(locations.PROFILE_ENV, raising=False)
-    monkeypatch.setattr(runs.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(locations.torch.cuda, "is_available", lambda: False)
     assert locations.resolve_profile("auto") == "cpu"
     assert locations.resolve_profile(None) == "cpu"
-    monkeypatch.setattr(runs.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(locations.torch.cuda, "is_available", lambda: True)
     assert locations.resolve_profile() == "full"
     assert locations.resolve_profile("smoke") == "smoke"
     monkeypatch.setenv(locations.PROFILE_ENV, "smoke")
@@ -397,9 +388,9 @@ def test_resolve_profile(monkeypatch):
 
 def test_profile_command(monkeypatch, capsys):
     monkeypatch.delenv(locations.PROFILE_ENV, raising=False)
-    assert runs.main(["profile", "--profile", "smoke"]) == 0
+    assert study_main(["profile", "--profile", "smoke"]) == 0
     assert capsys.readouterr().out.strip() == "smoke"
-    assert runs.main(["profile", "--profile", "bogus"]) == 2
+    assert study_main(["profile", "--profile", "bogus"]) == 2
     assert "not allowed" in capsys.readouterr().err
 
 
@@ -415,12 +406,21 @@ def test_locations_follow_the_environment(monkeypatch, tmp_path):
     assert locations.runs_root() == tmp_path / "r"
 
 
-def test_project_root_from_a_subfolder(monkeypatch):
-    root = locations.project_root(chdir=False)
+def test_locations_from_a_subfolder_name_the_root_without_changing_directory(monkeypatch):
+    root = locations.project_root()
     assert (root / "pyproject.toml").is_file()
-    monkeypatch.chdir(root / "notebooks")
+    monkeypatch.chdir(root)
+    assert locations.in_project("outputs") == Path("outputs")  # relative: no machine's path
+    monkeypatch.chdir(root / "notebooks")  # where JupyterLab starts a kernel
+    for name in (locations.OUTPUTS_ENV, locations.RUNS_ENV, locations.MODELS_ENV,
+                 locations.DATA_ROOT_ENV):
+        monkeypatch.delenv(name, raising=False)
     assert locations.project_root() == root
-    assert os.getcwd() == str(root)
+    assert locations.outputs_root() == root / "outputs"
+    assert locations.models_root() == root / "models"
+    locations.anchor_data_root()
+    assert os.environ[locations.DATA_ROOT_ENV] == str(root / "data")
+    assert os.getcwd() == str(root / "notebooks")
 
 
 # -- studies --------------------------------------------------------------------------------------
@@ -433,7 +433,7 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
     speeds = {"baseline": 400.0, "fastnet": 130.0}
     monkeypatch.setattr(budget, "_measure", lambda config, *_: speeds.get(config.model, 60.0))
     plan = studies.plan(profile, tmp_path / "speeds.json")
-    assert set(plan) == set(studies.NOTEBOOKS)
+    assert set(plan) == set(studies.STUDIES)
     assert plan["04_interpretability"][1] == []  # notebook 04 reuses notebook 01's runs
     assert studies.lr_find_steps(profile) > 0
     archs = studies.architecture_runs(profile, tmp_path / "speeds.json")
@@ -444,7 +444,7 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
                                        rel=0.05, abs=budget.train_images(config) * 0.011)
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
     lines = definitions.plan_lines(profile)
-    assert [line.split(":")[0] for line in lines] == [*studies.NOTEBOOKS, "total"]
+    assert [line.split(":")[0] for line in lines] == [*studies.STUDIES, "total"]
     assert f"total: {sum(len(new) for _, new in plan.values())} runs" in lines[-1]
 
 

@@ -13,10 +13,13 @@ import re
 
 import pytest
 import torch
+from cifar_files import CIFAR100_FINE_TO_COARSE
 from PIL import Image
 
 from cnnlib import cli
-from cnnlib.data.cifar import CIFAR100_FINE_TO_COARSE
+from cnnlib.data.obtain import obtain
+from cnnlib.study import cache as runs
+from cnnlib.study.table import Row
 from cnnlib.training.checkpoint import load_model, load_safe
 from cnnlib.training.config import RunConfig, recipe
 from cnnlib.training.loop import Trainer, lr_find, train
@@ -59,12 +62,12 @@ def test_cifar100_superclass_accuracy_counts_fine_predictions_in_the_true_superc
     assert result.test_metrics["confusion"].shape == (100, 100)
 
 
-def test_resume_equals_uninterrupted(tiny, synthetic_root, tmp_path):
+def test_resume_equals_uninterrupted(tiny, synthetic_root, tmp_path, run_then_kill):
     config = tiny(epochs=3, augment="crop+flip+cutout", model_options={"width": 8, "dropout": 0.3})
     whole = train(config, tmp_path / "whole", data_root=synthetic_root, progress=False)
 
     first = Trainer(config, tmp_path / "split", data_root=synthetic_root, progress=False)
-    first.run_epochs(1)  # then "crash": the process state is thrown away
+    run_then_kill(first, 1)  # the process state is thrown away
     del first
     resumed = Trainer(config, tmp_path / "split", data_root=synthetic_root, progress=False)
     assert resumed.try_resume() and resumed.epoch == 1
@@ -75,9 +78,9 @@ def test_resume_equals_uninterrupted(tiny, synthetic_root, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_refuses_other_config(tiny, synthetic_root, tmp_path):
+def test_resume_refuses_other_config(tiny, synthetic_root, tmp_path, run_then_kill):
     t = Trainer(tiny(epochs=2), tmp_path, data_root=synthetic_root, progress=False)
-    t.run_epochs(1)
+    run_then_kill(t, 1)
     other = Trainer(tiny(epochs=2, lr=0.01), tmp_path, data_root=synthetic_root, progress=False)
     with pytest.raises(ValueError, match="different config"):
         other.try_resume()
@@ -149,10 +152,11 @@ def _chance(labels: torch.Tensor) -> float:
 
 
 def test_nonfinite_loss_stops_the_run_and_scores_it_as_chance(tiny, synthetic_root, tmp_path,
-                                                              monkeypatch, synthetic_cifar10):
+                                                              run_then_kill, synthetic_cifar10):
     t = Trainer(tiny(epochs=3), tmp_path, data_root=synthetic_root, progress=False)
-    t.run_epochs(1)
-    monkeypatch.setattr(ctrain, "soft_cross_entropy", lambda *a: torch.tensor(float("nan")))
+    run_then_kill(t, 1)
+    # From epoch 2 the model's training outputs are NaN; its weights stay finite.
+    t.model.register_forward_hook(lambda m, i, out: out * math.nan if m.training else out)
     result = t.run()
     assert re.fullmatch(r"training loss became nan at epoch 2, step 16; lower lr .*",
                         result.diverged)
@@ -169,12 +173,10 @@ def test_a_run_at_an_absurd_lr_diverges_into_a_finished_chance_result(tiny, synt
     """A real run: at lr 1e10 weight decay multiplies the weights by about -5e5 per step
     (times the warm-up's 0.1), so they overflow within a few steps. The run cache keeps the
     diverged run as a finished one with finite metrics, and a rerun fetches it."""
-    from cnnlib.study import cache as runs
-
     config = tiny(epochs=3, lr=1e10)
     run = runs.run(config, "absurd lr", root=tmp_path, data_root=synthetic_root, progress=False)
     assert run.result["diverged"].startswith("training loss became ")
-    row = run.row("test")
+    row = Row.from_run(run, "test").as_dict()
     assert row["epochs_run"] < 3 and row["epochs_run"] == len(run.history)
     assert row["test_acc"] == pytest.approx(_chance(synthetic_cifar10.test_labels))
     assert math.isfinite(row["test_loss"]) and math.isfinite(row["val_acc"])
@@ -320,8 +322,6 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 def _real_cifar10_available() -> bool:
-    from cnnlib.data.obtain import obtain
-
     try:
         obtain("cifar10", download=False)
         return True

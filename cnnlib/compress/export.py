@@ -56,7 +56,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path, threads: int | None = None):
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: only .onnx models need it
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()

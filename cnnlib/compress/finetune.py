@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlib.data.augment import BatchLoader
 from cnnlib.training.config import RunConfig
 from cnnlib.training.evaluate import model_device
-from cnnlib.training.loop import lr_factor, make_optimizer, set_lr, soft_cross_entropy
+from cnnlib.training.loop import lr_factor, make_optimizer, set_lr
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -43,7 +44,7 @@ def fine_tune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean
             if step >= steps:
                 break
             set_lr(optimizer, lr_factor(cfg, step, steps))
-            loss = soft_cross_entropy(model(x).float(), y, cfg.label_smoothing)
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -14,6 +14,9 @@ import warnings
 
 import torch
 from torch import nn
+from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
 from cnnlib.compress.finetune import fine_tune
 from cnnlib.compress.prune import channel_widths, make_permanent
@@ -101,8 +104,6 @@ def _example(mean, std) -> tuple[torch.Tensor]:
 
 
 def _convert(prepared: nn.Module, source: nn.Module, method: str, images: int) -> QuantizedModel:
-    from torch.ao.quantization.quantize_fx import convert_fx
-
     with quiet_ao():
         qmodel = convert_fx(prepared.eval())
     recipe = {"backend": BACKEND, "method": method, "calibration_images": images,
@@ -121,9 +122,6 @@ def quantize_int8(model: nn.Module, images: torch.Tensor, mean, std, *,
     Weights are int8 per output channel; activations uint8 per tensor with histogram
     calibration (the x86 backend's defaults). Runs on the CPU.
     """
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_fx
-
     torch.backends.quantized.engine = BACKEND  # the kernels the qconfig was chosen for
     with quiet_ao():
         prepared = prepare_fx(_quantizable(model), get_default_qconfig_mapping(BACKEND),
@@ -141,10 +139,6 @@ def quantize_qat(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, m
     BatchNorm keeps the run's statistics (frozen): a short run only adapts the weights
     to the int8 grid, and fastnet's norms, moved before their max-pool, stay exact.
     """
-    from torch.ao.nn.intrinsic.qat import freeze_bn_stats
-    from torch.ao.quantization import get_default_qat_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx
-
     torch.backends.quantized.engine = BACKEND
     with quiet_ao():
         prepared = prepare_qat_fx(_quantizable(model).train(),

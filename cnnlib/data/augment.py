@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlib._checks import check_int
 from cnnlib.data.policies import POLICIES, PolicyAugment
 
 AUGMENTATIONS = ("none", "crop", "flip", "jitter", "cutout", "mixup", "cutmix",
@@ -73,13 +74,6 @@ class AugmentOptions:
     cutmix_alpha: float
     randaugment_ops: int
     randaugment_magnitude: int
-
-
-def _check_int(name: str, value, low: int, high: int | None = None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if not ok or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: must be an integer {bound}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -232,10 +226,10 @@ class BatchLoader:
         if not isinstance(options, AugmentOptions):
             raise ValueError(f"options: expected AugmentOptions (RunConfig.augment_options()), "
                              f"got {type(options).__name__}")
-        _check_int("batch_size", batch_size, 1)
-        _check_int("seed", seed, 0)
-        _check_int("world_size", world_size, 1)
-        _check_int("rank", rank, 0, world_size - 1)
+        batch_size = check_int("batch_size", batch_size, 1)
+        seed = check_int("seed", seed, 0)
+        world_size = check_int("world_size", world_size, 1)
+        rank = check_int("rank", rank, 0, world_size - 1)
         self.options = options
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
@@ -262,7 +256,7 @@ class BatchLoader:
             if mixing:
                 raise ValueError(f"num_classes: required with {'+'.join(sorted(mixing))}")
             return None
-        _check_int("num_classes", num_classes, 1)
+        check_int("num_classes", num_classes, 1)
         if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
             raise ValueError(f"labels: must lie in [0, {num_classes - 1}] for "
                              f"num_classes={num_classes}")
@@ -291,13 +285,8 @@ class BatchLoader:
         """Images in the split (all ranks together)."""
         return self._n
 
-    @property
-    def samples_per_epoch(self) -> int:
-        """Images this rank yields per epoch."""
-        return len(self) * self.batch_size if self.drop_last else self._per_rank()
-
     def set_epoch(self, epoch: int) -> None:
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlib._checks import check_int
 from cnnlib.data.obtain import CIFAR10_TRAIN, FILES, check_name, obtain
 
 ROW = 3 * 32 * 32
@@ -26,41 +27,6 @@ OFFICIAL_PER_BATCH = 10000  # CIFAR-10 batches.meta value of the real data
 OFFICIAL_SIZES = (50000, 10000)  # train, test images of both official datasets
 # `fingerprint` of the official datasets: a copy of their size that differs is damaged.
 OFFICIAL_FINGERPRINTS = {"cifar10": "be48ca49b63d1e55", "cifar100": "c58796e2d9d9624a"}
-
-
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-CIFAR100_CLASSES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
-    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
-    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-)  # fmt: skip
-CIFAR100_SUPERCLASSES = (
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-    "large_man-made_outdoor_things", "large_natural_outdoor_scenes",
-    "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
-    "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
-)  # fmt: skip
-# Fine -> coarse label map of the real CIFAR-100 (used only to write synthetic data).
-CIFAR100_FINE_TO_COARSE = (
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
-    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
-    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
-)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- containers
@@ -199,9 +165,8 @@ def _read_cifar10(folder: Path) -> CifarData:
     meta_path = folder / "batches.meta"
     meta = _unpickle(meta_path)
     classes = _names(meta, "label_names", 10, meta_path)
-    per_batch = _field(meta, "num_cases_per_batch", meta_path)
-    if not isinstance(per_batch, int) or per_batch <= 0:
-        raise ValueError(f"{meta_path}: 'num_cases_per_batch' must be a positive int")
+    per_batch = check_int(f"{meta_path}: num_cases_per_batch",
+                          _field(meta, "num_cases_per_batch", meta_path), 1)
     train = [_read_batch(folder / f, {"labels": 10}) for f in CIFAR10_TRAIN]
     test, (test_labels,) = _read_batch(folder / "test_batch", {"labels": 10})
     official = per_batch == OFFICIAL_PER_BATCH  # the real data: every batch is exactly full
@@ -328,14 +293,6 @@ def _by_class(labels: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(labels == c) for c in np.unique(labels)]
 
 
-def _check_size(value: Any, what: str, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what} must be an int, got {value!r}")
-    if not 0 <= value < upper:
-        raise ValueError(f"{what} must be in 0..{upper - 1}, got {value}")
-    return int(value)
-
-
 def _take(images: torch.Tensor, labels: torch.Tensor, coarse, idx: np.ndarray) -> Split:
     index = torch.from_numpy(np.sort(idx))
     return Split(images[index], labels[index], None if coarse is None else coarse[index])
@@ -352,8 +309,8 @@ def train_split(
     """
     labels = data.train_labels.numpy()
     n = len(labels)
-    val_size = _check_size(val_size, "val_size", n)
-    subset = _check_size(subset, "subset", n - val_size + 1)
+    val_size = check_int("val_size", val_size, 0, n - 1)
+    subset = check_int("subset", subset, 0, n - val_size)
     per_class = _stratified_order(labels, seed)
     counts = np.array([len(idx) for idx in per_class])
     val_q = _quotas(counts, val_size)

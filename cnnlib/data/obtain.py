@@ -139,7 +139,7 @@ def _from_mirror(base: Path, name: str) -> str | None:
 
 def _from_download(base: Path, name: str) -> str | None:
     """Step 4: the official download, md5-checked. Returns why it failed, or None."""
-    from torchvision.datasets.utils import download_url  # heavy import, only when needed
+    from torchvision.datasets.utils import download_url  # torchvision: ~1.5 s, only to download
 
     spec = _ARCHIVES[name]
     try:

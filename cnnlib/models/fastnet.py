@@ -24,12 +24,12 @@ contain ``norm``, and the modules are ``nn.BatchNorm2d`` subclasses).
 
 from __future__ import annotations
 
-import numbers
+import contextlib
 
 import torch
 from torch import nn
 
-from cnnlib.models.parts import check_float
+from cnnlib.models.parts import check_float, check_int
 from cnnlib.models.registry import register_model
 
 
@@ -139,19 +139,12 @@ class FastNet(nn.Module):
 
 
 def _check_widths(value) -> tuple[int, int, int]:
-    ok = (
-        isinstance(value, (tuple, list))
-        and len(value) == 3
-        and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value
-        )
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        with contextlib.suppress(ValueError):  # one message for the whole tuple, below
+            return tuple(check_int("widths", v, 1) for v in value)
+    raise ValueError(
+        f"option 'widths' must be three positive integers, e.g. (64, 256, 256); got {value!r}"
     )
-    if not ok:
-        raise ValueError(
-            f"option 'widths' must be three positive integers, e.g. (64, 256, 256); "
-            f"got {value!r}"
-        )
-    return tuple(int(v) for v in value)
 
 
 @register_model

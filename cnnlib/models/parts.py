@@ -6,14 +6,12 @@ import numbers
 
 from torch import nn
 
+from cnnlib import _checks
+
 
 def check_int(option: str, value, low: int, high: int | None = None) -> int:
-    """``value`` as an int in ``low..high``; bools are refused (``True`` is not a depth)."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if ok and low <= value and (high is None or value <= high):
-        return int(value)
-    allowed = f"{low}..{high}" if high is not None else f">= {low}"
-    raise ValueError(f"option {option!r} must be an integer {allowed}; got {value!r}")
+    """``value`` as an int in ``low..high``; the package's one integer check, worded for options."""
+    return _checks.check_int(f"option {option!r}", value, low, high)
 
 
 def check_float(option: str, value, low: float, high: float, high_open: bool = True) -> float:

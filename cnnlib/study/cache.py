@@ -13,7 +13,6 @@ row and history are read, its model is not there.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +22,10 @@ from cnnlib import _fileio as fileio
 from cnnlib.data import cifar as cdata
 from cnnlib.study.locations import runs_root
 from cnnlib.study.provenance import RESULTS_VERSION, git_commit
+from cnnlib.training.checkpoint import compact, load_model, load_safe, save_atomic
 from cnnlib.training.config import RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, hardware, resolve_precision
+from cnnlib.training.evaluate import metrics_from_logits, predict_logits
 from cnnlib.training.launch import train_or_launch  # one process unless $CNNLIB_NPROC > 1
 from cnnlib.training.loop import TrainResult
 
@@ -77,8 +78,6 @@ class Run:
         return self.checkpoint
 
     def load_model(self, device="cpu"):
-        from cnnlib.training.checkpoint import load_model
-
         return load_model(self.model_file(), device=device)
 
     def test_metrics(self, data_root=None) -> dict:
@@ -90,8 +89,6 @@ class Run:
         dict also holds the test split's `labels` and `coarse` labels and the data's
         `classes`, `superclasses` and `fine_to_coarse`.
         """
-        from cnnlib.training.checkpoint import load_safe, save_atomic
-
         path = self.path / TEST_METRICS
         metrics = None
         if path.exists():
@@ -108,33 +105,6 @@ class Run:
                 "classes": list(d.classes), "superclasses": d.superclasses,
                 "fine_to_coarse": d.fine_to_coarse}
 
-    def row(self, study: str = "") -> dict:
-        c, r = self.config, self.result
-        last = r["history"][-1] if r.get("history") else {}
-        return {
-            "study": study, "label": self.label, "dataset": c.dataset, "model": c.model,
-            "options": json.dumps(c.model_options, sort_keys=True), "augmentations": c.augment,
-            "seed": c.seed, "epochs": c.epochs, "epochs_run": len(r.get("history") or []),
-            "best_epoch": r.get("best_epoch"), "optimizer": c.optimizer, "lr": c.lr,
-            "schedule": c.schedule, "weight_decay": c.weight_decay,
-            "label_smoothing": c.label_smoothing, "batch_size": c.batch_size,
-            "train_images": r.get("train_images"), "val_size": c.val_size,
-            "train_acc": last.get("train_acc"),
-            "val_acc": r["val"].get("val_acc"), "test_acc": r["test"]["acc"],
-            "test_loss": r["test"]["loss"], "test_top5": r["test"].get("top5"), "tta": c.tta,
-            "precision": r.get("precision") or _precision_before_recorded(c, r["device"]),
-            "wall_seconds": round(r["wall_seconds"], 1), "device": r["device"],
-            "hardware": r.get("hardware", ""), "profile": r.get("profile", ""),
-            "commit": r.get("commit", ""), "run_key": self.path.name,
-        }
-
-
-def _precision_before_recorded(config: RunConfig, device: str) -> str:
-    """Runs finished before results recorded it: `auto` then meant bf16 on CUDA, fp32 on CPUs."""
-    if config.precision != "auto":
-        return config.precision
-    return "bf16" if str(device).startswith("cuda") else "fp32"
-
 
 TEST_METRICS = "test_metrics.pt"
 _METRIC_KEYS = ("confusion", "per_class_acc", "preds", "probs")
@@ -149,8 +119,6 @@ test_split.__test__ = False  # not a pytest test
 
 
 def _compute_test_metrics(run: Run, data_root=None) -> dict:
-    from cnnlib.training.evaluate import metrics_from_logits, predict_logits
-
     model = run.load_model()
     split = test_split(run.config, data_root)
     settings = model.meta["evaluation"]  # those of the run's own test metrics
@@ -251,8 +219,6 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
                        train_images=_train_images(config, data_root),
                        call_seconds=time.time() - t0, hardware=hardware(summary["device"]))
         if result.test_metrics is not None:
-            from cnnlib.training.checkpoint import save_atomic
-
             save_atomic(_metric_tensors(result.test_metrics), path / TEST_METRICS)
         fileio.write_json(summary, done)  # written last: the run is finished
     return Run(config, label, summary, path)
@@ -294,6 +260,4 @@ def portable(summary: dict) -> dict:
 
 
 def write_compact(checkpoint: Path, path) -> Path:
-    from cnnlib.training.checkpoint import compact, load_safe, save_atomic
-
     return save_atomic(compact(load_safe(checkpoint)), path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pandas as pd
 from torch import nn
 
 from cnnlib.compress.bench import file_size_mb, time_models, zipped_size_mb
@@ -145,7 +146,5 @@ COLUMNS = ["model", "arch", "variant", "method", "params", "sparsity", "size_mb"
 
 
 def results_frame(rows: list[dict]):
-    import pandas as pd
-
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -4,7 +4,7 @@ A profile sizes the same experiments for a machine:
 - smoke: tiny subsets and two epochs, seconds per notebook (tests, CI, nbval); the
          sweeps on CIFAR-100 keep only their first and last variant;
 - cpu:   the full training sets and the full test sets, sized for a few hours of
-         `./run_all.sh` on 2 CPU cores (`python -m cnnlib.study.cache plan --profile cpu` estimates it);
+         `./run_all.sh` on 2 CPU cores (`python -m cnnlib.study plan --profile cpu` estimates it);
 - full:  the same experiments at GPU size.
 
 Every sweep but one runs in the *reference regime*: the full training set minus the
@@ -14,10 +14,16 @@ is the overfitting sub-study, which trains the simple CNN on a small subset with
 augmentation for a long schedule, where the train-validation gap opens on purpose.
 
 Every function returns a list of (label, RunConfig); notebooks pass it to `executors.run_all`
-and plot what comes back.
+and plot what comes back. `STUDIES` holds one `Study` per notebook: its runs, its sweeps
+(labels and reference, generated from the same variants as the runs), its figures and the
+findings it states; `findings` reads the sweeps from there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from cnnlib.models.registry import model_options as _model_defaults
 from cnnlib.study.budget import epochs_for, estimate_seconds
@@ -165,14 +171,43 @@ DROPOUTS = (0.0, 0.5)
 WEIGHT_DECAYS = (0.0, 5e-4, 5e-3)
 
 
+@dataclass(frozen=True)
+class Knob:
+    """One knob of the overfitting sub-study: its values, the label and config change of a
+    value, and the standard network's value (the sweep's reference)."""
+
+    name: str
+    values: tuple
+    label: Callable[[Any], str]
+    change: Callable[[Any], dict]
+    standard: Any
+
+    def variants(self) -> list[tuple[str, dict]]:
+        return [(self.label(v), self.change(v)) for v in self.values]
+
+
+_SIMPLE_CNN = _model_defaults("baseline")  # the sub-study's standard network
+KNOBS = (
+    Knob("depth", DEPTHS, lambda d: f"depth {d}", lambda d: {"model_options": {"depth": d}},
+         _SIMPLE_CNN["depth"]),
+    Knob("width", WIDTHS, lambda w: f"width {w}", lambda w: {"model_options": {"width": w}},
+         _SIMPLE_CNN["width"]),
+    Knob("dropout", DROPOUTS, lambda p: f"dropout {p}",
+         lambda p: {"model_options": {"dropout": p}}, _SIMPLE_CNN["dropout"]),
+    Knob("weight decay", WEIGHT_DECAYS, lambda wd: f"weight decay {wd:g}",
+         lambda wd: {"weight_decay": wd}, RECIPES["baseline"]["weight_decay"]),
+)
+
+
 def overfitting_runs(profile: str) -> list[tuple[str, RunConfig]]:
     """Notebook 03, part 1: depth, width, dropout and weight decay against the gap (CIFAR-10)."""
-    variants = ([(f"depth {d}", {"model_options": {"depth": d}}) for d in DEPTHS]
-                + [(f"width {w}", {"model_options": {"width": w}}) for w in WIDTHS]
-                + [(f"dropout {p}", {"model_options": {"dropout": p}}) for p in DROPOUTS]
-                + [(f"weight decay {wd:g}", {"weight_decay": wd}) for wd in WEIGHT_DECAYS])
     return [(label, _overfit(profile, seed, **changes))
-            for label, changes in variants for seed in settings(profile)["seeds"]]
+            for knob in KNOBS for label, changes in knob.variants()
+            for seed in settings(profile)["seeds"]]
+
+
+# Early stopping's two labels: the reference (the full schedule) first.
+EARLY_STOPPING = ("no early stopping", "early stopping")
 
 
 def early_stopping_runs(profile: str) -> list[tuple[str, RunConfig]]:
@@ -183,9 +218,9 @@ def early_stopping_runs(profile: str) -> list[tuple[str, RunConfig]]:
     """
     patience = settings(profile)["early_stop_patience"]
     return [(label, _overfit(profile, seed, **changes))
-            for label, changes in (("no early stopping", {}),
-                                   ("early stopping", dict(early_stop_patience=patience,
-                                                           early_stop_metric="val_loss")))
+            for label, changes in ((EARLY_STOPPING[0], {}),
+                                   (EARLY_STOPPING[1], dict(early_stop_patience=patience,
+                                                            early_stop_metric="val_loss")))
             for seed in settings(profile)["seeds"]]
 
 
@@ -196,6 +231,13 @@ def lr_find_configs(profile: str, dataset: str = "cifar10") -> dict[str, RunConf
 
 def _lr_label(lr: float) -> str:
     return f"{lr:.2g}"
+
+
+LR_KINDS = ("reference lr", "range-test lr")
+
+
+def _optimizer_label(opt: str, kind: str) -> str:
+    return f"{opt} @ {kind}"
 
 
 def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
@@ -210,8 +252,8 @@ def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
     out = []
     for opt in OPTIMIZERS:
         found = float(_lr_label((suggested or {}).get(opt, base.lr / 10)))
-        for kind, lr in (("reference lr", base.lr), ("range-test lr", found)):
-            out += [(f"{opt} @ {kind}", reference(profile, dataset, seed, optimizer=opt, lr=lr))
+        for kind, lr in zip(LR_KINDS, (base.lr, found), strict=True):
+            out += [(_optimizer_label(opt, kind), reference(profile, dataset, seed, optimizer=opt, lr=lr))
                     for seed in settings(profile)["seeds"]]
     return out
 
@@ -245,24 +287,114 @@ def compression_settings(profile: str) -> dict:
     return dict(settings(profile)["compression"])
 
 
-# The runs each notebook asks for (04 and 05 reuse 01's models from the run cache).
-NOTEBOOKS = {
-    "01_baseline": lambda p, store: baseline_runs(p),
-    "02_augmentation_ablation": lambda p, store: augmentation_runs(p),
-    "03_depth_study": lambda p, store: (overfitting_runs(p) + early_stopping_runs(p)
-                                        + optimizer_runs(p)),
-    "04_interpretability": lambda p, store: baseline_runs(p),
-    "05_compression": lambda p, store: baseline_runs(p, datasets=("cifar10",)),
-    "06_architectures": lambda p, store: architecture_runs(p, store),
-}
+# -- one declarative definition per study (notebook) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Labels of one study compared with one of them, the reference.
+
+    `labels`: in the figures' order, generated from the variants the runs are made of;
+    `rank`: state which label is highest, and its margin; `finding`: the `findings`
+    function that states the sweep.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    reference: str
+    rank: bool = False
+    finding: str = "sweep_lines"
+
+    def __post_init__(self):
+        if self.reference not in self.labels:
+            raise ValueError(f"sweep {self.name}: reference {self.reference!r} is not one of "
+                             f"its labels {self.labels}")
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The labels compared with the reference."""
+        return tuple(x for x in self.labels if x != self.reference)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One notebook: its runs per profile (`runs(profile, speeds store)`), its sweeps, the
+    figures it writes (file names in the outputs folder or its figures/) and the names of the
+    `findings` functions it states."""
+
+    name: str
+    runs: Callable[[str, Any], list[tuple[str, RunConfig]]]
+    sweeps: tuple[Sweep, ...] = ()
+    figures: tuple[str, ...] = ()
+    findings: tuple[str, ...] = ()
+
+    def sweep(self, name: str) -> Sweep:
+        return next(s for s in self.sweeps if s.name == name)
+
+    def check(self, runs: list[tuple[str, RunConfig]]) -> None:
+        """Raise unless the runs' labels are exactly the sweeps' labels and every dataset
+        with runs of a sweep has its reference (a label renamed on one side only)."""
+        if not self.sweeps:
+            return
+        made = {label for label, _ in runs}
+        declared = {x for s in self.sweeps for x in s.labels}
+        problems = []
+        if made != declared:
+            problems.append(f"labels run but in no sweep: {sorted(made - declared)}; "
+                            f"labels of a sweep never run: {sorted(declared - made)}")
+        for dataset in dict.fromkeys(c.dataset for _, c in runs):
+            here = {label for label, c in runs if c.dataset == dataset}
+            problems += [f"{s.name} on {dataset}: no {s.reference!r} run" for s in self.sweeps
+                         if here & set(s.labels) and s.reference not in here]
+        if problems:
+            raise ValueError(f"{self.name}: " + "; ".join(problems))
+
+
+_RECIPE = RECIPES["fastnet"]  # the reference recipe of every sweep but the overfitting ones
+_ANSWER = ("answer", "lines")
+STUDIES = {s.name: s for s in (
+    Study("01_baseline", lambda p, store: baseline_runs(p),
+          figures=("training_curves.png", "confusion_matrix_10.png", "confusion_matrix_100.png",
+                   "confusion_matrix_100_superclasses.png",
+                   *(f"per_class_accuracy_{ds}.png" for ds in DATASETS)),
+          findings=("baseline_answer", "best_check", "reference_check", "confusion_sentence")),
+    Study("02_augmentation_ablation", lambda p, store: augmentation_runs(p),
+          sweeps=(Sweep("augmentation", tuple(AUGMENTATIONS), _RECIPE["augment"]),),
+          figures=("augmentation_ablation.png", "augmentation_deltas.png",
+                   "augmentation_splits.png"),
+          findings=_ANSWER),
+    Study("03_depth_study",
+          lambda p, store: overfitting_runs(p) + early_stopping_runs(p) + optimizer_runs(p),
+          sweeps=(*(Sweep(k.name, tuple(label for label, _ in k.variants()),
+                          k.label(k.standard), rank=k.name == "depth") for k in KNOBS),
+                  Sweep("early stopping", EARLY_STOPPING, EARLY_STOPPING[0],
+                        finding="epochs_saved"),
+                  Sweep("optimizer", tuple(_optimizer_label(o, k) for o in OPTIMIZERS
+                                           for k in LR_KINDS),
+                        _optimizer_label(_RECIPE["optimizer"], LR_KINDS[0]), rank=True)),
+          figures=("overfitting_depth.png", "overfitting_width_dropout_decay.png",
+                   "early_stopping_curves.png", "lr_range_tests.png", "optimizers.png"),
+          findings=(*_ANSWER, "epochs_saved")),
+    # 04 and 05 reuse 01's models from the run cache.
+    Study("04_interpretability", lambda p, store: baseline_runs(p),
+          figures=("first_layer_filters_reference.png", "first_layer_filters_best.png",
+                   "gradcam_saliency.png", "misclassified_cifar10.png",
+                   "top_confused_pair_cifar10.png"),
+          findings=("confusion_sentence",)),
+    Study("05_compression", lambda p, store: baseline_runs(p, datasets=("cifar10",)),
+          figures=("compression_tradeoffs.png",), findings=("compression_answer",)),
+    Study("06_architectures", lambda p, store: architecture_runs(p, store),
+          sweeps=(Sweep("architecture", ARCHITECTURES, RECIPES["baseline"]["model"], rank=True),),
+          figures=("architectures_tradeoff.png",), findings=_ANSWER),
+)}
 
 
 def plan(profile: str, store=None) -> dict[str, list[tuple[str, RunConfig]]]:
     """Per notebook: its runs not already listed by an earlier notebook (and how many it lists)."""
     seen: set[str] = set()
     out = {}
-    for name, fn in NOTEBOOKS.items():
-        configs = fn(profile, store)
+    for name, study in STUDIES.items():
+        configs = study.runs(profile, store)
         new = []
         for label, config in configs:
             if config.key() not in seen:

@@ -41,7 +41,9 @@ from pathlib import Path
 
 import torch
 
-from cnnlib._fileio import first_line
+from cnnlib._checks import check_int
+from cnnlib._fileio import first_line, write_text
+from cnnlib.data.obtain import data_root as data_root_of
 from cnnlib.flags import Parser
 from cnnlib.study import cache as runs
 from cnnlib.study import locations
@@ -63,10 +65,7 @@ class RunsFailed(RuntimeError):
 
 def count(text, name: str) -> int:
     """`text` as a whole number >= 1, else ValueError naming `name` and what is allowed."""
-    text = str(text).strip()
-    if not (text.isdigit() and int(text) >= 1):
-        raise ValueError(f"{name} '{text}' is not allowed; give a whole number >= 1")
-    return int(text)
+    return check_int(name, str(text), 1, text=True)
 
 
 def executor_name(text, name: str) -> str:
@@ -369,7 +368,7 @@ def _exit_with_parent(poll: float = 1.0) -> None:
 
 def _ray_module():
     try:
-        import ray
+        import ray  # optional: the cluster extra, only for --executor ray
     except ImportError:
         raise ValueError(f"{EXECUTOR_ENV} 'ray': the ray package is not installed; install the "
                          "cluster extra: pip install '.[cluster]'") from None
@@ -418,11 +417,12 @@ def check_shared(root: Path, token: str) -> None:
                            "put CNNLIB_RUNS on a folder every node mounts at the same path")
 
 
-def ray_task(config_json: str, label: str, profile: str, root: str, data_root, threads: int,
-             token: str, project: str) -> str:
-    """One run in a Ray worker: train it into the shared run cache; returns its folder name."""
-    if Path(project).is_dir():
-        os.chdir(project)  # data/, git commit: as in the driver
+def ray_task(config_json: str, label: str, profile: str, root: str, data_root: str,
+             threads: int, token: str) -> str:
+    """One run in a Ray worker: train it into the shared run cache; returns its folder name.
+
+    The driver names the data root absolutely: a Ray worker starts in a folder of its own.
+    """
     check_shared(Path(root), token)
     torch.set_num_threads(threads)
     config = RunConfig.from_dict(json.loads(config_json))
@@ -443,13 +443,11 @@ def _ray(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
     threads = want.pop("threads")
     token = uuid.uuid4().hex
     root.mkdir(parents=True, exist_ok=True)
-    (root / SHARED_CHECK).write_text(token + "\n")
+    write_text(token + "\n", root / SHARED_CHECK)
     task = ray.remote(ray_task).options(max_retries=KILL_RETRIES, retry_exceptions=False, **want)
-    project = str(locations.project_root(chdir=False))
     where = f"Ray ({'1 GPU' if 'num_gpus' in want else _plural(threads, 'CPU')})"
     board = _Board(len(todo), f"ray, {s.jobs} at once", progress)
-    args = (profile, str(root), None if data_root is None else str(data_root), threads, token,
-            project)
+    args = (profile, str(root), str(data_root_of(data_root).resolve()), threads, token)
     waiting, running, failures = list(todo), {}, []
     try:
         while waiting or running:

@@ -7,91 +7,53 @@ it ran outside a regime that can answer it: labels whose runs stayed at chance l
 budgets that bought the networks different epochs.
 
 The notebooks print these sentences (the answer at the top of each report) and
-`python -m cnnlib.study.table collect` writes them into the README's findings section.
+`python -m cnnlib.study collect` writes them into the README's findings section.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
+
+import pandas as pd
 
 from cnnlib.data.obtain import NUM_CLASSES
+from cnnlib.study.definitions import STUDIES, Sweep
 from cnnlib.study.stats import (
     CONFIDENCE,
     NAMES,
-    Delta,
-    Ranking,
     compare,
     grouped,
     metric_values,
     n_seeds,
+    plus_minus,
     rank,
 )
 
 __all__ = [
-    "BEST_TARGETS", "CHANCE_FACTOR", "CONFIDENCE", "REFERENCE_TARGETS", "Delta", "Ranking", "SWEEPS",
-    "Sweep", "answer", "at_chance", "baseline_answer", "best_check", "compare", "compression_answer",
-    "confusion_sentence", "early_stopping_table", "epochs_saved", "lines", "rank", "readme_section",
-    "reference_check", "regime_notes", "sweep_lines",
+    "BEST_TARGETS", "CHANCE_FACTOR", "REFERENCE_TARGETS", "answer", "at_chance", "baseline_answer",
+    "best_check", "compression_answer", "confusion_sentence", "early_stopping_table",
+    "epochs_saved", "lines", "readme_section", "reference_check", "regime_notes", "sweep_finding",
+    "sweep_lines",
 ]
 
-# -- the study's sweeps ---------------------------------------------------------------------------
+# Each sweep's labels and reference come from `definitions.STUDIES`, which makes the runs.
+_STOPPING = STUDIES["03_depth_study"].sweep("early stopping")
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """Labels of one study table compared with one reference.
-
-    `labels`: a prefix shared by the sweep's labels, or the labels themselves.
-    `reference`: a label; None means the variant that is the study's standard network
-    (the label whose runs are those of `standard`).
-    """
-
-    name: str
-    labels: str | tuple[str, ...]
-    reference: str | None = None
-    standard: str = "depth 6"
-    rank: bool = False  # state which label is highest, and its margin
-
-    def members(self, df) -> list[str]:
-        """The sweep's labels present in `df` (one dataset's rows), in the table's order."""
-        present = list(df["label"].unique())
-        if isinstance(self.labels, str):
-            return [x for x in present if x.startswith(self.labels)]
-        return [x for x in self.labels if x in present]
-
-    def reference_label(self, df) -> str | None:
-        """The reference among one dataset's rows (None: no such run)."""
-        if self.reference is not None:
-            return self.reference
-        keys = set(df.loc[df["label"] == self.standard, "run_key"])
-        for label in self.members(df):
-            if keys and set(df.loc[df["label"] == label, "run_key"]) == keys:
-                return label
-        return None
+def _members(df, sweep: Sweep) -> list[str]:
+    """The sweep's labels present in `df` (one dataset's rows), in the figures' order."""
+    present = set(df["label"])
+    return [x for x in sweep.labels if x in present]
 
 
-# Labels as `studies` writes them; a tuple keeps the order of the figures.
-_OPTIMIZERS = tuple(f"{opt} @ {lr}" for opt in ("sgd", "nesterov", "adam", "adamw")
-                    for lr in ("reference lr", "range-test lr"))
-SWEEPS = {
-    "02_augmentation_ablation": [Sweep("augmentation", "", reference="crop+flip")],
-    "03_depth_study": [
-        Sweep("depth", "depth ", rank=True),
-        Sweep("width", "width "),
-        Sweep("dropout", "dropout "),
-        Sweep("weight decay", "weight decay "),
-        Sweep("early stopping", ("no early stopping", "early stopping"),
-              reference="no early stopping"),
-        Sweep("optimizer", _OPTIMIZERS, reference="nesterov @ reference lr", rank=True),
-    ],
-    "06_architectures": [Sweep("architecture", ("baseline", "resnet20", "resnet56", "wrn16_4",
-                                                "densenet_bc", "fastnet"),
-                               reference="baseline", rank=True)],
-}
-
-
+def _missing(sweep: Sweep, members: list[str], short: bool = False) -> str | None:
+    """What a dataset's rows lack for the sweep's comparisons (None: nothing)."""
+    if not members:
+        return f"no run of the {sweep.name} sweep" + (
+            "" if short else f" ({' / '.join(f'`{x}`' for x in sweep.labels)})")
+    if sweep.reference not in members:
+        return f"no `{sweep.reference}` run to compare the {sweep.name} sweep with"
+    return None
 
 
 # A label whose runs' mean validation accuracy stays below this multiple of guessing did not
@@ -138,10 +100,11 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
     name, unit = NAMES.get(metric, (metric, ""))
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
-        members = sweep.members(part)
-        if not members:
+        members = _members(part, sweep)
+        if not members:  # the study ran here, the sweep did not: say so
+            lines.append(f"- **{sweep.name}, {dataset}**: {_missing(sweep, members)}.")
             continue
-        part = part[part["label"].isin(members) | (part["label"] == sweep.standard)]
+        part = part[part["label"].isin(members)]
         means = metric_values(part, metric).groupby(part["label"], sort=False).mean() * 100
         n = part[part["label"].isin(members)].groupby("label")["seed"].nunique()
         seeds = n_seeds(int(n.min())) if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
@@ -150,11 +113,11 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
                 f"{' / '.join(f'{means[x]:.1f}' for x in members)}{unit}")
         if sweep.rank:
             text += f"; {rank(part, members, metric)[0].sentence()}"
-        reference = sweep.reference_label(part)
-        if reference is not None and reference in members:
-            text += f". Against `{reference}`: {grouped(compare(part, reference, members, metric))}"
+        if sweep.reference in members:
+            text += (f". Against `{sweep.reference}`: "
+                     f"{grouped(compare(part, sweep.reference, members, metric))}")
         else:
-            text += f" (no `{sweep.reference or sweep.standard}` run here to compare with)"
+            text += f" ({_missing(sweep, members)} here)"
         lines.append(". ".join([text, *regime_notes(part, members)]) + ".")
     return lines
 
@@ -194,16 +157,16 @@ def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -
         if dataset not in targets or not len(best):
             continue
         acc, bar = best["test_acc"] * 100, targets[dataset] * 100
-        spread, gap = f" ± {acc.std():.2f}" if len(acc) > 1 else "", acc.mean() - bar
+        gap = acc.mean() - bar
         verdict = ("meets" if gap >= 0 else f"is {-gap:.2f} pp short of") + f" the target of {bar:g}%"
         if len(acc) < 3:
             verdict += f" (which asks for 3 seeds, not {len(acc)})"
         low, high = best["wall_seconds"].min() / 60, best["wall_seconds"].max() / 60
         took = f"{low:.1f}" if len(best) == 1 else f"{low:.1f} to {high:.1f}"
         pace = "within" if high <= minutes else f"{high - minutes:.1f} min over"
-        hardware = "; ".join(best["hardware"].dropna().unique())
-        lines.append(f"- **{dataset}**: the best model reaches {acc.mean():.2f}{spread}% test "
-                     f"accuracy (mean{' ± sd' if spread else ''} over {n_seeds(len(acc))}): it "
+        hardware = "; ".join(h for h in best["hardware"].dropna().unique() if h)
+        lines.append(f"- **{dataset}**: the best model reaches {plus_minus(acc, 2)}% test "
+                     f"accuracy (mean{' ± sd' if len(acc) > 1 else ''} over {n_seeds(len(acc))}): it "
                      f"{verdict}; a run took {took} min on {hardware} ({pace} the target of "
                      f"about {minutes:g} min).")
     return "\n".join(lines)
@@ -223,9 +186,8 @@ def reference_check(df, targets: dict | None = None) -> str:
         if dataset not in targets or not len(acc):
             continue
         bar = targets[dataset] * 100
-        spread = f" ± {acc.std():.1f}" if len(acc) > 1 else ""
-        text = (f"- **{dataset}**: the reference network reaches {acc.mean():.1f}{spread}% test "
-                f"accuracy (mean{' ± sd' if spread else ''} over {n_seeds(len(acc))}): ")
+        text = (f"- **{dataset}**: the reference network reaches {plus_minus(acc)}% test "
+                f"accuracy (mean{' ± sd' if len(acc) > 1 else ''} over {n_seeds(len(acc))}): ")
         if acc.mean() >= bar:
             text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {dataset} run in "
                      "the regime the study asks for.")
@@ -236,43 +198,46 @@ def reference_check(df, targets: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def answer(df, sweeps: list[Sweep]) -> str:
+def answer(df, sweeps: tuple[Sweep, ...]) -> str:
     """A study's answer in one bullet per dataset: every comparison of its sweeps grouped by
-    verdict (mean changes only), and the rankings the sweeps ask for."""
+    verdict (mean changes only), the rankings the sweeps ask for, and the sweeps it lacks."""
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
-        deltas, ranks, refs, marks = [], [], {}, {}
+        deltas, ranks, refs, marks, missing = [], [], {}, {}, []
         for sweep in sweeps:
-            members = sweep.members(part)
-            reference = sweep.reference_label(part)
-            if reference is not None and reference in members:
-                deltas += compare(part, reference, members)
+            members = _members(part, sweep)
+            if sweep.reference in members:
+                deltas += compare(part, sweep.reference, members)
                 marks.update({k: "at chance" for k in at_chance(part) if k in members})
-                refs[f"`{sweep.reference}`" if sweep.reference else "the standard network"] = 1
+                refs[f"`{sweep.reference}`"] = 1
+            else:
+                missing.append(_missing(sweep, members, short=True))
             if sweep.rank and members:
                 ranks.append(rank(part, members)[0].sentence(f"highest {sweep.name}"))
-        if deltas or ranks:
-            refs = list(refs)
-            refs = ", ".join(refs[:-1]) + " and " + refs[-1] if len(refs) > 1 else "".join(refs)
-            text = f"- **{dataset}**" + (f", against {refs}: {grouped(deltas, short=True, marks=marks)}"
-                                         if deltas else "")
-            lines.append("; ".join([text, *ranks]) + ".")
+        refs = list(refs)
+        refs = ", ".join(refs[:-1]) + " and " + refs[-1] if len(refs) > 1 else "".join(refs)
+        said = [f"against {refs}: {grouped(deltas, short=True, marks=marks)}"] if deltas else []
+        lines.append(f"- **{dataset}**, " + "; ".join([*said, *ranks, *missing]) + ".")
     return "\n".join(lines)
 
 
 def lines(df, study: str, names, metric: str = "test_acc") -> str:
     """`sweep_lines` of the sweeps of `study` named in `names`, as one markdown list."""
-    return "\n".join(x for s in SWEEPS[study] if s.name in names for x in sweep_lines(df, s, metric))
+    sweeps = STUDIES[study].sweeps
+    unknown = set(names) - {s.name for s in sweeps}
+    if unknown:
+        raise ValueError(f"{study}: no sweep {sorted(unknown)}; "
+                         f"allowed: {', '.join(s.name for s in sweeps)}")
+    return "\n".join(x for s in sweeps if s.name in names for x in sweep_lines(df, s, metric))
 
 
-def early_stopping_table(df, stopped: str = "early stopping", full: str = "no early stopping"):
+def early_stopping_table(df, stopped: str = _STOPPING.variants[0],
+                         full: str = _STOPPING.reference):
     """Notebook 03: per dataset and seed, the early-stopped run beside the same run without it.
 
     Epochs saved are the schedule's epochs the stopped run did not train (the full run trains
     them all); its test accuracy is that of the weights it restored (its best epoch).
     """
-    import pandas as pd
-
     rows = []
     for (dataset, seed), part in df.groupby(["dataset", "seed"], sort=False):
         a, b = part[part["label"] == full], part[part["label"] == stopped]
@@ -292,7 +257,7 @@ def early_stopping_table(df, stopped: str = "early stopping", full: str = "no ea
                                        "Δ pp"])
 
 
-def epochs_saved(df, stopped: str = "early stopping", full: str = "no early stopping") -> str:
+def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING.reference) -> str:
     """Notebook 03: per dataset, the epochs early stopping saved (per seed and on average)
     and its paired change in test accuracy against the same runs without it."""
     lines = []
@@ -349,25 +314,30 @@ def confusion_sentence(pairs, dataset: str, top: int = 3) -> str:
 # -- the README's findings section ------------------------------------------------------------------
 
 
-def _readme_lines(df, sweep: Sweep) -> list[str]:
-    """A sweep's README lines; early stopping's also says what it saved (as notebook 03 does)."""
-    if sweep.name == "early stopping":
-        return epochs_saved(df, stopped=sweep.labels[1], full=sweep.reference).splitlines()
-    return sweep_lines(df, sweep)
+def sweep_finding(df, sweep: Sweep) -> list[str]:
+    """A sweep's lines by the function it names (`Sweep.finding`); where that function finds
+    nothing to say, `sweep_lines` says what is missing."""
+    if sweep.finding == "epochs_saved":  # also says what early stopping saved
+        found = epochs_saved(df, stopped=sweep.variants[0], full=sweep.reference).splitlines()
+    elif sweep.finding == "sweep_lines":
+        found = sweep_lines(df, sweep)
+    else:
+        raise ValueError(f"sweep {sweep.name}: finding {sweep.finding!r} is not allowed; "
+                         "allowed: sweep_lines, epochs_saved")
+    return found or sweep_lines(df, sweep)
 
 
-def readme_section(out) -> str:
-    """The README's findings, from <out>/results/<study>.csv and <out>/tables/confused_pairs_*."""
-    import pandas as pd
-
-    out = Path(out)
-    studies = {p.stem: pd.read_csv(p) for p in sorted((out / "results").glob("*.csv"))}
-    studies = {k: v for k, v in studies.items() if len(v)}
+def readme_section(rows, confused: dict | None = None) -> str:
+    """The README's findings from every study's rows (`table.read_studies`: one frame, a run
+    in two studies keeps a row in each) and the best models' most confused pairs per dataset
+    (`readme.read_confused_pairs`)."""
+    studies = {k: v.reset_index(drop=True) for k, v in rows.groupby("study", sort=True)}
     if not studies:
         return "_No results yet: run `./run_all.sh`._"
-    every = pd.concat(studies.values(), ignore_index=True).drop_duplicates("run_key")
-    profiles = ", ".join(f"`{p}`" for p in every["profile"].dropna().unique())
-    hardware = "; ".join(str(h) for h in every["hardware"].dropna().unique())
+    every = rows.drop_duplicates("run_key")
+    # Text cells are "" when empty (`table.read_results`).
+    profiles = ", ".join(f"`{p}`" for p in every["profile"].dropna().unique() if p)
+    hardware = "; ".join(str(h) for h in every["hardware"].dropna().unique() if h)
     parts = [f"Profile {profiles}, {len(every)} runs, trained on {hardware}. Test accuracy; "
              f"Δ: paired by seed against the reference, mean ± sd, {CONFIDENCE:.0%} CI."]
     if "01_baseline" in studies:
@@ -375,16 +345,12 @@ def readme_section(out) -> str:
                      + baseline_answer(studies["01_baseline"]) + "\n"
                      + best_check(studies["01_baseline"]) + "\n"
                      + reference_check(studies["01_baseline"]))
-    for study, sweeps in SWEEPS.items():
-        if study in studies:
-            lines = [x for s in sweeps for x in _readme_lines(studies[study], s)]
+    for study, definition in STUDIES.items():
+        if study in studies and definition.sweeps:
+            lines = [x for s in definition.sweeps for x in sweep_finding(studies[study], s)]
             title = study.split("_", 1)[1].replace("_", " ")
             parts.append(f"**{title[0].upper()}{title[1:]}**\n\n" + "\n".join(lines))
-    confusions = []
-    for dataset in ("cifar10", "cifar100"):
-        path = out / "tables" / f"confused_pairs_{dataset}.csv"
-        if path.exists():
-            confusions.append(confusion_sentence(pd.read_csv(path), dataset))
+    confusions = [confusion_sentence(pairs, dataset) for dataset, pairs in (confused or {}).items()]
     if confusions:
         parts.append("**What the best models confuse** (test images)\n\n" + "\n".join(confusions))
     return "\n\n".join(parts)

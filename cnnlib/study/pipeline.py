@@ -36,6 +36,7 @@ from bs4 import BeautifulSoup  # nbconvert's own HTML parser
 from nbconvert import HTMLExporter
 from traitlets.config import Config
 
+from cnnlib import _fileio as fileio
 from cnnlib.data.obtain import DATASETS, obtain
 from cnnlib.flags import Parser
 from cnnlib.study import definitions, executors, locations
@@ -105,7 +106,7 @@ def _sha16(data: bytes) -> str:
 
 def sources_hash() -> str:
     """A hash of every cnnlib source file: a change anywhere in the package reruns the notebooks."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     return _sha16(b"".join(p.read_bytes() for p in sorted(package.rglob("*.py"))))
 
 
@@ -123,9 +124,34 @@ def is_done(marker: Path, report: Path, expected: str) -> bool:
 
 
 def execute(notebook: Path, executed: Path, profile: str) -> None:
-    """Run `notebook` with papermill into `executed`, its cell outputs logged as they come."""
-    papermill.execute_notebook(str(notebook), str(executed), parameters={"PROFILE": profile},
-                               kernel_name=KERNEL, cwd=".", log_output=True, progress_bar=False)
+    """Run `notebook` with papermill into `executed`, its cell outputs logged as they come.
+
+    Papermill writes its notebook again after each cell: it writes to a temporary file in
+    the same folder, renamed to `executed` once papermill has written it whole, also when a
+    cell failed (the traceback is in it). Stopped midway through a write, the previous
+    `executed` is kept.
+    """
+    executed = Path(executed)
+    partial = executed.with_name(f".{executed.stem}.partial.ipynb")
+    try:
+        papermill.execute_notebook(str(notebook), str(partial), parameters={"PROFILE": profile},
+                                   kernel_name=KERNEL, cwd=str(locations.project_root()),
+                                   log_output=True, progress_bar=False)
+    except BaseException:
+        if _whole_notebook(partial):  # papermill writes the failed notebook before it raises
+            fileio.move_into_place(partial, executed)
+        else:
+            partial.unlink(missing_ok=True)
+        raise
+    fileio.move_into_place(partial, executed)
+
+
+def _whole_notebook(path: Path) -> bool:
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - missing, half written or not a notebook: not whole
+        return False
+    return True
 
 
 def export_html(executed: Path, report: Path) -> None:
@@ -140,7 +166,7 @@ def export_html(executed: Path, report: Path) -> None:
     _images_with_alt_text(nb)
     resources = {"metadata": {"name": executed.stem}}  # the page title, as from_filename gives it
     body, _ = HTMLExporter(config=c).from_notebook_node(nb, resources=resources)
-    report.write_text(_offline(body), encoding="utf-8")
+    fileio.write_text(_offline(body), report)  # atomic, UTF-8
 
 
 def _images_with_alt_text(nb) -> None:
@@ -203,7 +229,7 @@ def run_notebooks(notebooks: list[Path], out: Path, profile: str, force: bool = 
             print(f"{type(e).__name__}: {e}", file=sys.stderr)
             print(f"{PREFIX} FAILED: HTML export of {name} ({executed})", file=sys.stderr)
             return 1
-        marker.write_text(expected + "\n")  # last: a half-written report is never marked done
+        fileio.write_text(expected + "\n", marker)  # last: a half-written report is never marked done
         print(f"{PREFIX} ({i}/{n}) {name}: done in {int(time.monotonic() - t0)} s -> {report}")
     return 0
 
@@ -229,8 +255,8 @@ def obtain_data() -> None:
 
 def collect(out: Path):
     """results.csv and results.md; the README's table only for the default outputs folder."""
-    default = Path("outputs")  # locations.outputs_root() without $CNNLIB_OUTPUTS
-    readme = "README.md" if out.resolve() == default.resolve() else None
+    default = locations.in_project("outputs")  # outputs_root() without $CNNLIB_OUTPUTS
+    readme = locations.in_project("README.md") if out.resolve() == default.resolve() else None
     df = collect_results(out, readme)
     print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
     return df
@@ -240,8 +266,7 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # keeps our lines in order with papermill's log
     args = parse_args(argv)
     try:
-        locations.project_root()  # the working directory from here on
-        notebooks = select(notebooks_in(Path("notebooks")), args.only)
+        notebooks = select(notebooks_in(locations.in_project("notebooks")), args.only)
         profile = locations.resolve_profile(args.profile)
         obtain_data()
     except (ValueError, OSError) as e:  # bad flags, missing data, an unusable folder

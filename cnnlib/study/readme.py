@@ -10,34 +10,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from cnnlib import _fileio as fileio
 from cnnlib.study import findings
 from cnnlib.study.locations import outputs_root
-from cnnlib.study.table import RESULT_COLUMNS, compact_number, markdown_table, mean_sd, plus_minus
+from cnnlib.study.stats import mean_sd, plus_minus
+from cnnlib.study.table import compact_number, markdown_table, read_studies, write_results
+
+CONFUSED_DATASETS = ("cifar10", "cifar100")
+
+
+def read_confused_pairs(out) -> dict[str, pd.DataFrame]:
+    """The best models' most confused pairs, <out>/tables/confused_pairs_<dataset>.csv (as
+    notebook 01 saves them), per dataset that has the file."""
+    paths = {d: Path(out) / "tables" / f"confused_pairs_{d}.csv" for d in CONFUSED_DATASETS}
+    return {d: pd.read_csv(p) for d, p in paths.items() if p.exists()}
 
 
 def collect_results(out=None, readme: str | None = "README.md"):
     """Merge every study's rows into <outputs>/results.csv and results.md; refresh the README.
 
-    Studies are read in file-name order (01_..., 02_...). Returns the merged frame. When
-    `readme` names a file, the Key Results table and the findings (`findings.readme_section`)
-    replace the text between their markers.
+    The studies' rows are read once (`table.read_studies`, in file-name order: 01_...,
+    02_...), and so are the confused-pairs tables: the merged table, the Key Results and the
+    findings are all computed from them. Returns the merged frame. When `readme` names a
+    file, the Key Results table and the findings (`findings.readme_section`) replace the
+    text between their markers.
     """
-    import pandas as pd
-
     out = Path(out or outputs_root())
-    parts = sorted((out / "results").glob("*.csv"))
-    frames = [pd.read_csv(p) for p in parts]
-    frames = [f for f in frames if len(f)]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
+    rows = read_studies(out)
     # One row per run: a run shared by two studies (or two labels of a sweep) keeps its
     # first row, in notebook order; outputs/results/<study>.csv keep every label.
-    df = df.drop_duplicates("run_key", keep="first", ignore_index=True)
-    fileio.write_text(df.to_csv(index=False), out / "results.csv")
+    df = rows.drop_duplicates("run_key", keep="first", ignore_index=True)
+    write_results(df, out / "results.csv")
     fileio.write_text(results_markdown(df), out / "results.md")
     if readme:
         path = Path(readme)
-        sections = [(key_results(df), (BEGIN, END)), (findings.readme_section(out), FINDINGS)]
+        sections = [(key_results(df), (BEGIN, END)),
+                    (findings.readme_section(rows, read_confused_pairs(out)), FINDINGS)]
         # The benchmarks' tables, once their files exist (else the README keeps what it has).
         sections += [(text, markers) for text, markers in
                      ((compression_section(out), COMPRESSION),
@@ -78,8 +88,6 @@ def key_results(df) -> str:
             "wall min / run": f"{part['wall_seconds'].mean() / 60:.1f}", "hardware": hw,
             "profile": profile,
         })
-    import pandas as pd
-
     return markdown_table(pd.DataFrame(rows))
 
 
@@ -91,7 +99,7 @@ def training_time(df) -> str:
     """
     if not len(df):
         return "no runs"
-    hardware = df["hardware"].fillna("hardware not recorded")
+    hardware = df["hardware"].replace("", None).fillna("hardware not recorded")
     per = df.groupby(hardware, sort=False)["wall_seconds"].agg(["size", "sum"])
     where = "; ".join(f"{int(n)} on {hw}" for hw, (n, _) in per.iterrows())
     return f"{len(df)} runs trained for {df['wall_seconds'].sum() / 3600:.1f} h in all ({where})"
@@ -111,8 +119,6 @@ def _machine(df) -> str:
 
 def compression_section(out) -> str | None:
     """The README's compression table from <out>/compression.csv (notebook 05); None without it."""
-    import pandas as pd
-
     path = Path(out) / "compression.csv"
     if not path.exists():
         return None
@@ -142,8 +148,6 @@ def minutes_to(points, target: float) -> float | None:
 def time_to_accuracy_section(out, targets=(0.90, 0.94)) -> str | None:
     """The README's time-to-accuracy table from <out>/time_to_accuracy.csv
     (benchmarks/time_to_accuracy.py) and where the fast recipe reaches each target."""
-    import pandas as pd
-
     path = Path(out) / "time_to_accuracy.csv"
     if not path.exists():
         return None
@@ -188,5 +192,5 @@ def update_readme(path: Path, table: str, begin: str = BEGIN, end: str = END) ->
         return False
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+    fileio.write_text(f"{head}{begin}\n{table}\n{end}{tail}", path)  # atomic: never half a README
     return True

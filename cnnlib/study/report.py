@@ -1,9 +1,9 @@
 """Tables, figures and text for the notebooks: the notebooks stay thin, the logic lives here.
 
-Every notebook starts with ``ctx = report.start(name, PROFILE)`` (project root as
-working directory, profile resolved, output folders known), trains or fetches
-its runs through ``runs.run_all``, and turns them into tables (pandas frames)
-and figures (``plots``/``interpret``) with the functions below. Text meant for an
+Every notebook starts with ``ctx = report.start(name, PROFILE)`` (profile resolved,
+output folders known under the project root), trains or fetches its runs through
+``executors.run_all``, and turns them into tables (pandas frames) and figures
+(``cnnlib.viz``) with the functions below. Text meant for an
 nbval output check (``data_summary``, ``parameter_summary``, ``layer_summary``)
 is deterministic: no timings, no paths (``tools/store_check_outputs.py`` stores
 those outputs in the notebook files).
@@ -18,22 +18,27 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
+from torch import nn
 
+from cnnlib import _fileio as fileio
 from cnnlib.data import cifar as cdata
 from cnnlib.data.obtain import DATASETS
-from cnnlib.models.registry import count_parameters, create_model
+from cnnlib.models.registry import count_parameters, create_model, model_options
 from cnnlib.study import cache as cruns
-from cnnlib.study import findings, locations
+from cnnlib.study import locations, stats
 from cnnlib.study.provenance import git_commit
-from cnnlib.study.table import markdown_table, plus_minus
+from cnnlib.study.stats import plus_minus
+from cnnlib.study.table import markdown_table
+from cnnlib.training.evaluate import most_confused_pairs
 
 __all__ = [
     "CHECK_MARK", "Context", "PLAN_FIELDS", "answer", "best_run", "confused_pairs",
     "cost_table", "data_summary", "delta_table", "histories", "layer_summary", "long_metrics",
     "md", "one_per_class", "option_column", "pair_examples", "parameter_summary", "pick",
     "plan_summary", "pp", "provenance", "save_table", "seed_table", "selection_rule", "show",
-    "show_file", "start", "summary_table", "with_gap", "with_parameters",
+    "show_file", "start", "summary_table", "with_gap", "with_parameters", "write_csv",
 ]
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -57,8 +62,10 @@ class Context:
 
 
 def start(notebook: str, profile: str = "auto") -> Context:
-    """Make the project root the working directory, resolve the profile, name the folders."""
+    """Resolve the profile and name the folders, all under the project root whatever the
+    working directory (JupyterLab starts kernels in notebooks/, papermill in the root)."""
     root = locations.project_root()
+    locations.anchor_data_root()
     profile = locations.resolve_profile(profile)
     # captum imports tqdm.auto, which warns in kernels without ipywidgets: noise in reports.
     warnings.filterwarnings("ignore", message="IProgress not found")
@@ -66,13 +73,8 @@ def start(notebook: str, profile: str = "auto") -> Context:
     ctx = Context(notebook, profile, root, out, out / "figures", out / "tables", locations.models_root())
     for folder in (ctx.out, ctx.figures, ctx.tables):
         folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import pandas as pd
-
-        pd.set_option("display.precision", 4)
-        pd.set_option("display.max_rows", 200)
-    except ImportError:  # pragma: no cover - pandas is part of the study extras
-        pass
+    pd.set_option("display.precision", 4)
+    pd.set_option("display.max_rows", 200)
     print(f"{notebook}: profile {profile}; outputs in {ctx.out}/, run cache in "
           f"{locations.runs_root()}/, models in {ctx.models}/", flush=True)
     return ctx
@@ -93,6 +95,7 @@ def provenance(ctx: Context, runs) -> str:
 
 def show(fig, alt: str | None = None) -> None:
     """Display a Figure in the notebook as an embedded PNG (kept in HTML reports)."""
+    # Imported here: IPython is there in a notebook kernel only.
     from IPython.display import Image, display
 
     buf = io.BytesIO()
@@ -111,10 +114,12 @@ def _title(fig) -> str:
 
 def show_file(path, alt: str | None = None) -> None:
     """Display a PNG written earlier (e.g. by interpret.save_feature_maps)."""
+    # Imported here: IPython is there in a notebook kernel only.
     from IPython.display import Image, display
 
     path = Path(path)
     if alt is None:  # plots.save_figure writes the figure's alt text into the PNG
+        # Imported here: only a PNG shown without alt text needs it.
         from PIL import Image as PILImage
 
         with PILImage.open(path) as png:
@@ -124,19 +129,23 @@ def show_file(path, alt: str | None = None) -> None:
 
 def md(text: str) -> None:
     """Display markdown computed from the results (text that depends on the numbers)."""
+    # Imported here: IPython is there in a notebook kernel only.
     from IPython.display import Markdown, display
 
     display(Markdown(text))
 
 
+def write_csv(df, path, index: bool = False) -> Path:
+    """Write a frame as CSV at `path`, atomically (a crash never leaves half a file)."""
+    return fileio.write_text(df.to_csv(index=index), path)
+
+
 def save_table(df, ctx: Context, name: str, index: bool = True) -> Path:
-    """Write a table as CSV and markdown to <outputs>/tables/<name>.{csv,md}; return the .md."""
-    ctx.tables.mkdir(parents=True, exist_ok=True)
-    df.to_csv(ctx.tables / f"{name}.csv", index=index)
-    path = ctx.tables / f"{name}.md"
+    """Write a table as CSV and markdown to <outputs>/tables/<name>.{csv,md}, each atomically;
+    return the .md."""
+    write_csv(df, ctx.tables / f"{name}.csv", index=index)
     frame = df.reset_index() if index else df
-    path.write_text(markdown_table(frame) + "\n")
-    return path
+    return fileio.write_text(markdown_table(frame) + "\n", ctx.tables / f"{name}.md")
 
 
 # -- deterministic summaries (nbval output checks) ----------------------------------------------
@@ -215,8 +224,6 @@ def plan_summary(configs, fields=PLAN_FIELDS) -> str:
 
 def layer_summary(model) -> str:
     """The model's conv layers: name, channels in -> out, kernel, frozen or not."""
-    from torch import nn
-
     lines = [f"{type(model).__name__}: {count_parameters(model):,d} parameters"]
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -292,8 +299,6 @@ def histories(runs, seed: int | None = None, name=None) -> dict[str, list[dict]]
 
 def option_column(df, name: str, model: str = "baseline"):
     """A model option as a column of a results frame (the model's default where unset)."""
-    from cnnlib.models.registry import model_options
-
     default = model_options(model)[name]
     return df["options"].map(lambda s: json.loads(s).get(name, default))
 
@@ -312,8 +317,6 @@ def with_parameters(df):
 def cost_table(df):
     """Per dataset and network (label): parameters, epochs, wall minutes per run and test
     accuracy (%), the last two mean ± std over seeds; groups in first-seen order."""
-    import pandas as pd
-
     rows = []
     for (dataset, label), part in with_parameters(df).groupby(["dataset", "label"], sort=False):
         rows.append({"dataset": dataset, "network": label,
@@ -329,8 +332,6 @@ def summary_table(df, by=("dataset", "label")):
 
     Groups keep the order in which they first appear (the order of the runs).
     """
-    import pandas as pd
-
     rows = []
     for key, part in df.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -359,24 +360,22 @@ def seed_table(df, exported=()):
 
 
 def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: str = "variant"):
-    """`metric` of each label against the `reference` label, per dataset (`findings.compare`).
+    """`metric` of each label against the `reference` label, per dataset (`stats.compare`).
 
     Columns per dataset: accuracy (mean ± std over seeds, %), the paired change (pp, mean ±
     std), its 95% confidence interval and the verdict. Rows: labels (the index is `name`).
     """
-    import pandas as pd
-
     table: dict[str, dict[str, str]] = {}
     for dataset, part in df.groupby("dataset", sort=False):
         if reference not in set(part["label"]):
             raise ValueError(f"delta_table: no {reference!r} run on {dataset}")
-        deltas = {d.label: d for d in findings.compare(part, reference, metric=metric)}
+        deltas = {d.label: d for d in stats.compare(part, reference, metric=metric)}
         for label, runs_ in part.groupby("label", sort=False):
             row = table.setdefault(label, {})
             row[f"{dataset} acc %"] = plus_minus(runs_[metric] * 100)
             d = deltas.get(label)
             row[f"{dataset} Δ pp"] = d.change() if d else ""
-            row[f"{dataset} {findings.CONFIDENCE:.0%} CI"] = d.interval_text() if d else ""
+            row[f"{dataset} {stats.CONFIDENCE:.0%} CI"] = d.interval_text() if d else ""
             row[f"{dataset} verdict"] = d.verdict if d else "reference"
     out = pd.DataFrame.from_dict(table, orient="index").fillna("")
     if order is not None:
@@ -387,8 +386,6 @@ def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: 
 
 def long_metrics(df, x: str, metrics=("train_acc", "val_acc", "test_acc")):
     """Results in long format (one row per run and metric) for grouped bars; values in %."""
-    import pandas as pd
-
     names = {"train_acc": "train", "val_acc": "validation", "test_acc": "test"}
     parts = [pd.DataFrame({x: df[x], "dataset": df["dataset"], "seed": df["seed"],
                            "split": names.get(m, m), "accuracy %": df[m] * 100})
@@ -398,10 +395,6 @@ def long_metrics(df, x: str, metrics=("train_acc", "val_acc", "test_acc")):
 
 def confused_pairs(metrics: dict, top: int = 10):
     """The `top` most confused (true, predicted) pairs of a run's test metrics, as a frame."""
-    import pandas as pd
-
-    from cnnlib.training.evaluate import most_confused_pairs
-
     rows = most_confused_pairs(metrics["confusion"], metrics["classes"], top=top)
     df = pd.DataFrame(rows, columns=["true", "predicted", "count", "share_of_true"])
     f2c, supers = metrics.get("fine_to_coarse"), metrics.get("superclasses")

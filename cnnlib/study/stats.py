@@ -14,17 +14,34 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["CONFIDENCE", "Delta", "NAMES", "Ranking", "compare", "grouped", "metric_values", "rank",
-           "n_seeds", "signed"]
+__all__ = ["CONFIDENCE", "Delta", "NAMES", "Ranking", "compare", "grouped", "mean_sd", "metric_values",
+           "n_seeds", "plus_minus", "rank", "signed"]
 
 CONFIDENCE = 0.95
 # Words for a detectable positive / negative delta; accuracy unless named here.
 _WORDS = {"gap": ("raises the gap", "lowers the gap"), "test_loss": ("hurts", "improves")}
 
 
-def signed(x: float) -> str:
-    text = f"{x:+.1f}"
-    return "+0.0" if text == "-0.0" else text
+def signed(x: float, digits: int = 1) -> str:
+    """`x` with its sign ('+4.3', '-0.2'); a value that rounds to zero is '+0.0'."""
+    text = f"{x:+.{digits}f}"
+    return "+" + text[1:] if text.startswith("-") and not float(text) else text
+
+
+def mean_sd(mean: float, sd: float, digits: int = 1, *, sign: bool = False) -> str:
+    """The study's one mean ± sd format: "mean ± sd", or the mean alone when there is no sd
+    (NaN: one value). `sign`: the mean with its sign, as a change ('+4.3 ± 0.2')."""
+    head = signed(mean, digits) if sign else f"{mean:.{digits}f}"
+    return head if sd != sd else f"{head} ± {sd:.{digits}f}"
+
+
+def plus_minus(values, digits: int = 1) -> str:
+    """`mean_sd` of a pandas Series over its non-missing values (the sample sd, ddof 1):
+    "mean ± sd", "mean" for one value, "" for none."""
+    values = values.dropna()
+    if not len(values):
+        return ""
+    return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else math.nan, digits)
 
 
 def n_seeds(n: int) -> str:
@@ -60,6 +77,7 @@ class Delta:
         """The 95% confidence interval of the mean delta (NaNs below two seeds)."""
         if self.n < 2:
             return math.nan, math.nan
+        # Imported here, not at the top: scipy is slow to import and only intervals need it.
         from scipy.stats import t
 
         half = t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.sd / math.sqrt(self.n)
@@ -80,7 +98,7 @@ class Delta:
 
     def change(self) -> str:
         """'+4.3 ± 0.2' (mean ± sd of the deltas, pp); '+4.3' for one seed."""
-        return signed(self.mean) + (f" ± {self.sd:.1f}" if self.n > 1 else "")
+        return mean_sd(self.mean, self.sd, 1, sign=True)  # sd: NaN below two seeds
 
     def interval_text(self) -> str:
         """'+2.5 to +6.1'; '' below two seeds."""

@@ -1,54 +1,150 @@
-"""The results table: one row per run, its columns, and a study's rows on disk.
+"""The results table: one row per run (`Row`), its columns, and the rows on disk.
 
-A notebook writes its study's rows to `<outputs>/results/<study>.csv` (`save_results`);
-`readme.collect_results` merges them into `<outputs>/results.csv`.
+`Row`'s fields are the columns of every results csv, in order (`COLUMNS`). A notebook
+writes its study's rows to `<outputs>/results/<study>.csv` (`save_results`);
+`readme.collect_results` reads every study's rows once (`read_studies`) and merges them
+into `<outputs>/results.csv`. Every results csv is read by `read_results` and written,
+atomically, by `write_results`.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import pandas as pd
 
 from cnnlib import _fileio as fileio
 from cnnlib.study.cache import Run
 from cnnlib.study.locations import outputs_root
-
-# The keys of `Run.row`, in table order.
-RESULT_COLUMNS = ["study", "label", "dataset", "model", "options", "augmentations", "seed", "epochs",
-                  "epochs_run", "best_epoch", "optimizer", "lr", "schedule", "weight_decay",
-                  "label_smoothing", "batch_size", "train_images", "val_size", "train_acc", "val_acc",
-                  "test_acc", "test_loss", "test_top5", "tta", "precision", "wall_seconds", "device",
-                  "hardware", "profile", "commit", "run_key"]
+from cnnlib.training.config import RunConfig
 
 
-def results_frame(runs: list[Run], study: str = ""):
-    import pandas as pd
+@dataclass(frozen=True)
+class Row:
+    """One run's row of the results table; the fields are the columns, in table order."""
 
-    return pd.DataFrame([r.row(study) for r in runs], columns=RESULT_COLUMNS)
+    study: str
+    label: str
+    dataset: str
+    model: str
+    options: str  # the model options as sorted JSON
+    augmentations: str
+    seed: int
+    epochs: float
+    epochs_run: int
+    best_epoch: int | None
+    optimizer: str
+    lr: float
+    schedule: str
+    weight_decay: float
+    label_smoothing: float
+    batch_size: int
+    train_images: int | None
+    val_size: int
+    train_acc: float | None
+    val_acc: float | None
+    test_acc: float
+    test_loss: float
+    test_top5: float | None
+    tta: int  # the test-time augmentation level
+    precision: str
+    wall_seconds: float
+    device: str
+    hardware: str
+    profile: str
+    commit: str
+    run_key: str
+
+    @classmethod
+    def from_run(cls, run: Run, study: str = "") -> Row:
+        c, r = run.config, run.result
+        last = r["history"][-1] if r.get("history") else {}
+        return cls(
+            study=study, label=run.label, dataset=c.dataset, model=c.model,
+            options=json.dumps(c.model_options, sort_keys=True), augmentations=c.augment,
+            seed=c.seed, epochs=c.epochs, epochs_run=len(r.get("history") or []),
+            best_epoch=r.get("best_epoch"), optimizer=c.optimizer, lr=c.lr,
+            schedule=c.schedule, weight_decay=c.weight_decay,
+            label_smoothing=c.label_smoothing, batch_size=c.batch_size,
+            train_images=r.get("train_images"), val_size=c.val_size,
+            train_acc=last.get("train_acc"),
+            val_acc=r["val"].get("val_acc"), test_acc=r["test"]["acc"],
+            test_loss=r["test"]["loss"], test_top5=r["test"].get("top5"), tta=c.tta,
+            precision=r.get("precision") or _precision_before_recorded(c, r["device"]),
+            wall_seconds=round(r["wall_seconds"], 1), device=r["device"],
+            hardware=r.get("hardware", ""), profile=r.get("profile", ""),
+            commit=r.get("commit", ""), run_key=run.path.name,
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
-def save_results(runs: list[Run], study: str, out=None):
+def _precision_before_recorded(config: RunConfig, device: str) -> str:
+    """Runs finished before results recorded it: `auto` then meant bf16 on CUDA, fp32 on CPUs."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+COLUMNS = [f.name for f in fields(Row)]
+
+
+# Text columns stay text whatever they hold (a commit of digits, a label "None"); "" when empty.
+_TEXT = [f.name for f in fields(Row) if f.type == "str"]
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` in `COLUMNS` order (missing columns empty, others kept after them) with the
+    schema's types: text columns "" where empty, a number column of None only NaN. A frame
+    `write_results` wrote, `read_results` reads back equal; the bytes written do not change."""
+    df = df.reindex(columns=[*COLUMNS, *(c for c in df.columns if c not in COLUMNS)])
+    for c in COLUMNS:
+        if c in _TEXT:
+            df[c] = df[c].astype(object).fillna("").astype(str)  # a missing column is float NaN
+        elif df[c].dtype == object:  # None (no value) in every row: a number column of NaN
+            df[c] = pd.to_numeric(df[c])
+    return df
+
+
+def results_frame(runs: list[Run], study: str = "") -> pd.DataFrame:
+    return _typed(pd.DataFrame([Row.from_run(r, study).as_dict() for r in runs], columns=COLUMNS))
+
+
+def read_results(path) -> pd.DataFrame:
+    """A results csv (a study's rows or results.csv) as a frame in `COLUMNS` order; a file
+    written before a column existed reads that column as empty."""
+    numbers = {c: [""] for c in COLUMNS if c not in _TEXT}  # only an empty cell is missing
+    return _typed(pd.read_csv(path, dtype=dict.fromkeys(_TEXT, str), keep_default_na=False,
+                              na_values=numbers))
+
+
+def write_results(df: pd.DataFrame, path) -> Path:
+    """Write a results frame as csv at `path`, atomically (`COLUMNS` first, in order)."""
+    return fileio.write_text(_typed(df).to_csv(index=False), path)
+
+
+def read_studies(out=None) -> pd.DataFrame:
+    """Every study's rows, `<out>/results/*.csv` in file-name order (01_..., 02_...), as one
+    frame; a run in two studies (or under two labels) keeps a row in each. A row without a
+    study belongs to the one its file is named after."""
+    paths = sorted((Path(out or outputs_root()) / "results").glob("*.csv"))
+    frames = [df.assign(study=df["study"].where(df["study"] != "", p.stem))
+              for p in paths if len(df := read_results(p))]
+    return pd.concat(frames, ignore_index=True) if frames else _typed(pd.DataFrame(columns=COLUMNS))
+
+
+def save_results(runs: list[Run], study: str, out=None) -> pd.DataFrame:
     """Write this study's rows to <outputs>/results/<study>.csv; returns the frame.
 
     A run that appears twice in a study (the same config under two labels) keeps
     both rows: each label is a point of its own sweep.
     """
     df = results_frame(runs, study)
-    path = Path(out or outputs_root()) / "results" / f"{study}.csv"
-    fileio.write_text(df.to_csv(index=False), path)
+    write_results(df, Path(out or outputs_root()) / "results" / f"{study}.csv")
     return df
-
-
-def mean_sd(mean: float, sd: float, digits: int = 1) -> str:
-    """"mean ± sd", or the mean alone when there is no sd (NaN: one value)."""
-    return f"{mean:.{digits}f}" if sd != sd else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def plus_minus(values, digits: int = 1) -> str:
-    """A pandas Series as "mean ± std" over its non-missing values ("mean" for one, "" for none)."""
-    values = values.dropna()
-    if not len(values):
-        return ""
-    return mean_sd(values.mean(), values.std(ddof=1) if len(values) > 1 else float("nan"), digits)
 
 
 def compact_number(x) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cnnlib._checks import check_int
 from cnnlib.data.augment import PAD_MODES, AugmentOptions, parse_augment
 from cnnlib.data.obtain import DATASETS
 from cnnlib.models.registry import list_models
@@ -78,9 +79,6 @@ class RunConfig:
             value = getattr(self, name)
             raise ValueError(f"{name}: {value!r} is not allowed; allowed: {allowed}")
 
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
         # NaN and inf first: NaN passes checks such as "not x <= 0", inf fails only mid-run.
         for f in dataclasses.fields(self):
             if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
@@ -101,16 +99,14 @@ class RunConfig:
             bad("tta", ", ".join(map(str, TTA_LEVELS)))
         if not (isinstance(self.epochs, int | float) and self.epochs > 0):
             bad("epochs", "a number > 0")
-        if not (is_int(self.batch_size) and self.batch_size >= 1):
-            bad("batch_size", "an integer >= 1")
-        for name in ("val_size", "train_subset", "test_subset", "early_stop_patience", "seed",
+        # Stored back as plain ints: a numpy integer would not serialise into the config hash.
+        ints = {"batch_size": (1, None), "seed": (0, 2**63 - 1),  # torch.manual_seed: 64-bit
+                "randaugment_magnitude": (0, 30)}
+        for name in ("val_size", "train_subset", "test_subset", "early_stop_patience",
                      "crop_padding", "cutout_size", "randaugment_ops"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
-                bad(name, "an integer >= 0")
-        if self.seed >= 2**63:  # torch.manual_seed takes a 64-bit integer
-            bad("seed", "an integer in [0, 2**63)")
-        if not (is_int(self.randaugment_magnitude) and 0 <= self.randaugment_magnitude <= 30):
-            bad("randaugment_magnitude", "an integer in [0, 30]")
+            ints[name] = (0, None)
+        for name, (low, high) in ints.items():
+            setattr(self, name, check_int(name, getattr(self, name), low, high))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             bad("lr", "a finite number > 0")
         for name in ("weight_decay", "label_smoothing", "jitter"):

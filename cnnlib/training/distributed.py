@@ -39,6 +39,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cnnlib._checks import check_int
+
 TIMEOUT_ENV = "CNNLIB_DDP_TIMEOUT"
 DEFAULT_TIMEOUT = 1800.0  # seconds
 
@@ -67,10 +69,7 @@ def _int_env(name: str, default: int | None = None) -> int:
         if default is None:
             raise ValueError(f"{name}: not set; torchrun sets RANK, LOCAL_RANK and WORLD_SIZE")
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{name}: {text!r} is not an integer") from None
+    return check_int(name, text, text=True)
 
 
 def env_info() -> DistInfo:

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
+from cnnlib._checks import check_int
 from cnnlib._fileio import child_env, hold_folder, write_text
 from cnnlib.training.checkpoint import load_safe, save_atomic
 from cnnlib.training.config import RunConfig
@@ -95,9 +97,7 @@ def guard(command: str):
         after = "" if first else " (another rank failed first: see its error)"
         print(f"cnnlib {command}{rank_tag()}: error{after}: {e}", file=sys.stderr, flush=True)
         if first:
-            with contextlib.suppress(Exception):
-                from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
+            with contextlib.suppress(Exception):  # the error file is a courtesy to torchrun
                 ErrorHandler().record_exception(e)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -114,13 +114,7 @@ def guard(command: str):
 def nproc_from_env() -> int:
     """$CNNLIB_NPROC: processes per run for train_or_launch (unset or empty = 1)."""
     text = os.environ.get(NPROC_ENV, "").strip()
-    try:
-        n = int(text) if text else 1
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{NPROC_ENV}: {text!r} is not allowed; allowed: an integer >= 1")
-    return n
+    return check_int(NPROC_ENV, text, 1, text=True) if text else 1
 
 
 def torchrun_command(config_file, out_dir, nproc: int, *, resume=True, data_root=None,

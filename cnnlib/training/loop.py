@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnlib import _fileio as fileio
+from cnnlib._checks import check_int
 from cnnlib.data import cifar as cdata
 from cnnlib.data.augment import BatchLoader, normalize
 from cnnlib.models.registry import create_model
@@ -104,11 +105,6 @@ class Lookahead:
     @staticmethod
     def decay(step: int, total: int) -> float:
         return 0.95**5 * (step / total) ** 3
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Cross-entropy for hard labels or soft (MixUp/CutMix) targets."""
-    return F.cross_entropy(logits, target, label_smoothing=smoothing)
 
 
 def _hard(target: torch.Tensor) -> torch.Tensor:
@@ -275,7 +271,8 @@ class Trainer:
             set_lr(self.optimizer, lr_factor(cfg, self.step, self.total_steps))
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.forward(x)
-                loss = soft_cross_entropy(logits.float(), y, cfg.label_smoothing)
+                # hard labels, or soft MixUp/CutMix targets
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             # On a GPU, checking every step would force a sync; NaN/inf also poisons the sum.
             # Under DDP all ranks stop together, on the summed loss after the epoch.
             if (not self.dist.enabled and (self.device.type != "cuda" or i % 25 == 0)
@@ -338,11 +335,10 @@ class Trainer:
         self.run_epochs()
         return self.finish()
 
-    def run_epochs(self, limit: int | None = None) -> None:
-        """Train (at most `limit` more) epochs, checkpointing after each."""
+    def run_epochs(self) -> None:
+        """Train the remaining epochs, checkpointing after each."""
         cfg = self.config
-        end = self.num_epochs if limit is None else min(self.num_epochs, self.epoch + limit)
-        while self.epoch < end and not self.stopped_early:
+        while self.epoch < self.num_epochs and not self.stopped_early:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.diverged:  # the unfinished epoch leaves no history row and no checkpoint
@@ -451,9 +447,7 @@ def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, 
     """
     if not 0 < start_lr < end_lr < math.inf:
         raise ValueError(f"lr_find: need 0 < start_lr < end_lr < inf, got {start_lr}, {end_lr}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
-        raise ValueError(f"steps: {steps!r} is not allowed; allowed: an integer >= 3 "
-                         "(the suggestion needs a curve)")
+    check_int("steps", steps, 3)  # the suggestion needs a curve
     if cdist.env_info().enabled:
         raise ValueError("lr_find: runs in a single process; start it without torchrun")
     trainer = Trainer(config.replace(schedule="constant", lookahead=False), None,
@@ -469,7 +463,7 @@ def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, 
             lr = start_lr * gamma ** len(lrs)
             for g in opt.param_groups:
                 g["lr"] = lr * g["base_lr"] / config.lr
-            loss_t = soft_cross_entropy(trainer.forward(x).float(), y, config.label_smoothing)
+            loss_t = F.cross_entropy(trainer.forward(x).float(), y, label_smoothing=config.label_smoothing)
             loss = loss_t.item()
             if not math.isfinite(loss):
                 break

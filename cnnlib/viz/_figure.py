@@ -20,6 +20,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from cnnlib import _fileio as fileio
+
 __all__ = ["as_numpy", "describe", "legend_outside", "listing", "new_figure", "palette",
            "percent_axis", "pretty", "save_figure", "to_hwc"]
 
@@ -27,12 +29,16 @@ DPI = 120
 
 
 def save_figure(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    """Write ``fig`` as a PNG at ``path`` (folders created) when a path is given; return it."""
+    """Write ``fig`` as a PNG at ``path`` (folders created) when a path is given; return it.
+
+    Atomic: the PNG is written to a temporary file in the same folder, then renamed, so a
+    failure midway leaves the previous figure as it was.
+    """
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         alt = fig.get_label()
-        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Description": alt} if alt else None)
+        fileio.atomic_write(Path(path), lambda f: fig.savefig(
+            f, format="png", dpi=DPI, bbox_inches="tight",
+            metadata={"Description": alt} if alt else None))
     return fig
 
 

@@ -177,7 +177,7 @@ def _points_alt(df, x, y, panel, percent, title, value_label, hue=None) -> str:
 
 def plot_deltas(deltas, path=None, value_label: str = "test accuracy", order=None,
                 title: str | None = None, alt: str | None = None) -> Figure:
-    """Paired changes against a reference (``findings.Delta``, percentage points): per label
+    """Paired changes against a reference (``stats.Delta``, percentage points): per label
     the mean change with its 95% confidence interval, one panel per dataset, a line at 0.
 
     The colour is the verdict (the interval above 0, below 0, or spanning it); one seed has

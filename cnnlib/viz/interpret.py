@@ -37,7 +37,6 @@ __all__ = [
     "layer_labels",
     "misclassified",
     "mistake_titles",
-    "normalize",
     "plot_attributions",
     "plot_first_layer_filters",
     "saliency",
@@ -311,7 +310,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tens
     every model exposes. The coarse map is ReLU'd, upsampled bilinearly to the
     input size and scaled per image so its maximum is 1.
     """
-    from captum.attr import LayerAttribution, LayerGradCam
+    from captum.attr import LayerAttribution, LayerGradCam  # lazy: ~0.3 s, for attributions only
 
     _, module = _resolve(model, layer if layer is not None else default_gradcam_layer(model))
     x = x.to(model_device(model))
@@ -325,7 +324,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tens
 
 def saliency(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """Vanilla gradient saliency ``[B, H, W]`` in [0, 1]: max over channels of |d logit / d x|."""
-    from captum.attr import Saliency
+    from captum.attr import Saliency  # lazy: ~0.3 s, for attributions only
 
     x = x.to(model_device(model)).detach().requires_grad_(True)
     with _attribution_mode(model):
