@@ -79,15 +79,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
-def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Rename `tmp`, a file written whole in `path`'s folder by a program that takes a file
-    name (papermill), to `path`, its bytes on disk first."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return Path(path)
-
-
 def write_text(text: str, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -137,6 +137,10 @@ def test_notebooks_execute_export_and_skip_when_done(tmp_path, capsys):
     executed = nbformat.read(out / "notebooks" / "01_tiny.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert "profile is smoke" in printed and "a training log line" in printed
+    # written atomically through a temporary file, yet naming itself, and nothing left behind
+    assert executed.metadata.papermill.output_path == str(out / "notebooks" / "01_tiny.ipynb")
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == [".01_tiny.done",
+                                                                     "01_tiny.ipynb"]
     report = (out / "reports" / "01_tiny.html").read_text()
     assert "profile is smoke" in report and "<title>01_tiny</title>" in report
     assert "a training log line" not in report  # tagged remove_output

@@ -138,20 +138,27 @@ def execute(notebook: Path, executed: Path, profile: str) -> None:
                                    kernel_name=KERNEL, cwd=str(locations.project_root()),
                                    log_output=True, progress_bar=False)
     except BaseException:
-        if _whole_notebook(partial):  # papermill writes the failed notebook before it raises
-            fileio.move_into_place(partial, executed)
-        else:
-            partial.unlink(missing_ok=True)
+        nb = _whole_notebook(partial)
+        if nb is not None:  # papermill writes the failed notebook before it raises
+            _keep(nb, executed)
+        partial.unlink(missing_ok=True)
         raise
-    fileio.move_into_place(partial, executed)
+    _keep(nbformat.read(partial, as_version=4), executed)
+    partial.unlink()
 
 
-def _whole_notebook(path: Path) -> bool:
+def _whole_notebook(path: Path):
     try:
-        nbformat.read(path, as_version=4)
+        return nbformat.read(path, as_version=4)
     except Exception:  # noqa: BLE001 - missing, half written or not a notebook: not whole
-        return False
-    return True
+        return None
+
+
+def _keep(nb, executed: Path) -> None:
+    """Write the executed notebook atomically, naming itself (not the temporary file papermill
+    wrote) as its output."""
+    nb.metadata.get("papermill", {})["output_path"] = str(executed)
+    fileio.write_text(nbformat.writes(nb), executed)
 
 
 def export_html(executed: Path, report: Path) -> None:
