@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -160,6 +162,25 @@ def lock_holder(folder: str | os.PathLike) -> str:
     return text if text.isdigit() else "unknown"
 
 
+def _open_lock(folder: Path):
+    """`folder`'s lock file, opened for writing without following a link: a `.lock` planted as
+    a symbolic link would otherwise truncate whatever it points at, outside the folder."""
+    lock = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(lock, flags, 0o666)  # O_NONBLOCK: a FIFO planted there must not hang us
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{lock}: is a symbolic link, refused (a lock file is never a link; "
+                             "remove it)") from None
+        raise ValueError(f"{folder}: cannot be used as a run folder: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{lock}: not a regular file, refused (remove it)")
+    return os.fdopen(fd, "a+")
+
+
 @contextlib.contextmanager
 def hold_folder(folder: str | os.PathLike, *, wait: bool = False,
                 on_wait: Callable[[str], object] | None = None) -> Iterator[Path]:
@@ -181,11 +202,7 @@ def hold_folder(folder: str | os.PathLike, *, wait: bool = False,
             if not _HELD[key]:
                 del _HELD[key]
         return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - closed below
-    except OSError as e:
-        raise ValueError(f"{folder}: cannot be used as a run folder: {e.strerror or e}") from None
+    f = _open_lock(folder)
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

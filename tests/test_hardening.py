@@ -218,6 +218,32 @@ def test_second_writer_stops_at_once_and_kill_leaves_no_stale_lock(synthetic_roo
         assert fileio.lock_holder(out) == str(os.getpid())
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_planted_lock_file_is_refused_and_what_it_points_at_is_untouched(kind, synthetic_root,
+                                                                          tmp_path):
+    """A `.lock` that is a link (or not a regular file) stops `cnnlib train` with one line and
+    exit 2: opening it for writing would truncate a file outside the run folder."""
+    out, precious = tmp_path / "run", tmp_path / "elsewhere" / "important"
+    precious.parent.mkdir()
+    precious.write_text("keep me\n")
+    out.mkdir()
+    if kind == "symlink":
+        (out / fileio.LOCK_NAME).symlink_to(precious)
+    else:
+        os.mkfifo(out / fileio.LOCK_NAME)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnlib", "--data-root", str(synthetic_root), "train",
+         *TINY_ARGS, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert (proc.returncode, len(lines)) == (2, 1), proc.stderr
+    assert str(out / fileio.LOCK_NAME) in lines[0] and "refused" in lines[0]
+    assert precious.read_text() == "keep me\n"
+    assert sorted(p.name for p in out.iterdir()) == [fileio.LOCK_NAME]  # nothing trained
+    with pytest.raises(ValueError, match="refused"):
+        with fileio.hold_folder(out):
+            pass
+
+
 def test_lock_passes_nested_calls_and_the_holders_children(tmp_path):
     """runs.run holds the lock, then train() takes it again, in-process or in torchrun workers."""
     child = "import sys; from cnnlib import _fileio as fileio\nwith fileio.hold_folder(sys.argv[1]): print('in')"
