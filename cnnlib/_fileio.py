@@ -162,23 +162,25 @@ def lock_holder(folder: str | os.PathLike) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _open_lock(folder: Path):
-    """`folder`'s lock file, opened for writing without following a link: a `.lock` planted as
-    a symbolic link would otherwise truncate whatever it points at, outside the folder."""
-    lock = folder / LOCK_NAME
+def open_append(path: str | os.PathLike, mode: str = "a"):
+    """`path` opened for appending (created when missing) without following a link: a file
+    the project writes in place (a run's lock, its log), planted as a symbolic link, would
+    otherwise write to whatever it points at, outside the folder. A link, or anything but a
+    regular file, raises ValueError naming it."""
+    path = Path(path)
+    flags = os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # FIFO: no hang
+    flags |= os.O_RDWR if "+" in mode else os.O_WRONLY
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(lock, flags, 0o666)  # O_NONBLOCK: a FIFO planted there must not hang us
+        fd = os.open(path, flags, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise ValueError(f"{lock}: is a symbolic link, refused (a lock file is never a link; "
-                             "remove it)") from None
-        raise ValueError(f"{folder}: cannot be used as a run folder: {e.strerror or e}") from None
+            raise ValueError(f"{path}: is a symbolic link, refused (the project never writes "
+                             "through one; remove it)") from None
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ValueError(f"{lock}: not a regular file, refused (remove it)")
-    return os.fdopen(fd, "a+")
+        raise ValueError(f"{path}: not a regular file, refused (remove it)")
+    return os.fdopen(fd, mode)
 
 
 @contextlib.contextmanager
@@ -202,7 +204,11 @@ def hold_folder(folder: str | os.PathLike, *, wait: bool = False,
             if not _HELD[key]:
                 del _HELD[key]
         return
-    f = _open_lock(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open_append(folder / LOCK_NAME, "a+")
+    except OSError as e:
+        raise ValueError(f"{folder}: cannot be used as a run folder: {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

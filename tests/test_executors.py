@@ -154,6 +154,26 @@ def test_a_failed_run_is_reported_and_the_others_finish(jobs, executor, syntheti
     assert not runs.is_finished(bad_dir)
 
 
+def test_a_planted_log_link_fails_its_run_and_leaves_its_target_alone(synthetic_root, tmp_path,
+                                                                     use):
+    """A worker's train.log is appended to without following a link: one planted in a shared
+    run cache fails that run in one line, and the file it points at is untouched."""
+    use(2, "local")
+    precious = tmp_path / "important"
+    precious.write_text("keep me\n")
+    folder = runs.run_dir(CONFIGS[0][1], tmp_path / "cache", synthetic_root)
+    folder.mkdir(parents=True)
+    (folder / executors.LOG_NAME).symlink_to(precious)
+    with pytest.raises(executors.RunsFailed) as failed:
+        executors.run_all(CONFIGS[:2], profile="smoke", root=tmp_path / "cache",
+                          data_root=synthetic_root, progress=False)
+    message = str(failed.value)
+    assert message.startswith("1 of 2 runs failed: ") and "\n" not in message
+    assert f"{executors.LOG_NAME}: is a symbolic link, refused" in message
+    assert precious.read_text() == "keep me\n"
+    assert runs.is_finished(runs.run_dir(CONFIGS[1][1], tmp_path / "cache", synthetic_root))
+
+
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_killed_worker_resumes_its_run_from_the_last_epoch(executor, synthetic_root, tmp_path,
                                                             use, capsys):

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from cnnlib._checks import check_int
-from cnnlib._fileio import first_line, write_text
+from cnnlib._fileio import first_line, open_append, write_text
 from cnnlib.data.obtain import data_root as data_root_of
 from cnnlib.flags import Parser
 from cnnlib.study import cache as runs
@@ -291,7 +291,10 @@ def _local(todo: list[Job], s: Settings, *, profile: str, root: Path, data_root,
                                  threads=int(env["OMP_NUM_THREADS"]))
             for attempt in range(KILL_RETRIES + 1):
                 board.started(job, where)
-                code = workers.train(cmd, env, job.path / LOG_NAME)
+                try:
+                    code = workers.train(cmd, env, job.path / LOG_NAME)
+                except ValueError as e:  # its log refused (a planted link): this run fails
+                    return board.finished(job, Failure(job, first_line(e)))
                 if code is None:  # the driver is stopping: no report, no second try
                     return None
                 if code == 0:
@@ -329,7 +332,7 @@ class _Workers:
     def train(self, cmd: list[str], env: dict, log: Path) -> int | None:
         """The worker's exit status (negative: the signal that ended it); None once stopped."""
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as out:
+        with open_append(log) as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}\n")
             out.flush()
             with self.lock:
@@ -428,7 +431,7 @@ def ray_task(config_json: str, label: str, profile: str, root: str, data_root: s
     config = RunConfig.from_dict(json.loads(config_json))
     path = runs.run_dir(config, root, data_root)
     path.mkdir(parents=True, exist_ok=True)
-    with open(path / LOG_NAME, "a") as out, contextlib.redirect_stdout(out), \
+    with open_append(path / LOG_NAME) as out, contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(out):
         print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} "
               f"(Ray, {threads} threads)", flush=True)

@@ -1,6 +1,6 @@
 """Findings: the sentences about the results, computed from the results tables.
 
-Every comparison follows one rule, `paired`'s: each variant's run is paired with the
+Every comparison follows one rule, `stats`': each variant's run is paired with the
 reference run of the same seed and dataset, and a difference counts only when the 95%
 confidence interval of the per-seed differences excludes 0. A sweep's line also says when
 it ran outside a regime that can answer it: labels whose runs stayed at chance level, and
@@ -106,7 +106,7 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
             continue
         part = part[part["label"].isin(members)]
         means = metric_values(part, metric).groupby(part["label"], sort=False).mean() * 100
-        n = part[part["label"].isin(members)].groupby("label")["seed"].nunique()
+        n = part.groupby("label")["seed"].nunique()
         seeds = n_seeds(int(n.min())) if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
         text = (f"- **{sweep.name}, {dataset}** ({seeds}): {name} "
                 f"{' / '.join(f'`{x}`' for x in members)}: "
@@ -317,14 +317,14 @@ def confusion_sentence(pairs, dataset: str, top: int = 3) -> str:
 def sweep_finding(df, sweep: Sweep) -> list[str]:
     """A sweep's lines by the function it names (`Sweep.finding`); where that function finds
     nothing to say, `sweep_lines` says what is missing."""
-    if sweep.finding == "epochs_saved":  # also says what early stopping saved
-        found = epochs_saved(df, stopped=sweep.variants[0], full=sweep.reference).splitlines()
-    elif sweep.finding == "sweep_lines":
-        found = sweep_lines(df, sweep)
-    else:
+    finders = {"sweep_lines": lambda: sweep_lines(df, sweep),
+               # also says what early stopping saved
+               "epochs_saved": lambda: epochs_saved(df, stopped=sweep.variants[0],
+                                                    full=sweep.reference).splitlines()}
+    if sweep.finding not in finders:
         raise ValueError(f"sweep {sweep.name}: finding {sweep.finding!r} is not allowed; "
-                         "allowed: sweep_lines, epochs_saved")
-    return found or sweep_lines(df, sweep)
+                         f"allowed: {', '.join(finders)}")
+    return finders[sweep.finding]() or sweep_lines(df, sweep)
 
 
 def readme_section(rows, confused: dict | None = None) -> str:

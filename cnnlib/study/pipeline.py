@@ -125,26 +125,23 @@ def is_done(marker: Path, report: Path, expected: str) -> bool:
 
 def execute(notebook: Path, executed: Path, profile: str) -> None:
     """Run `notebook` with papermill into `executed`, its cell outputs logged as they come.
-
-    Papermill writes its notebook again after each cell: it writes to a temporary file in
-    the same folder, renamed to `executed` once papermill has written it whole, also when a
-    cell failed (the traceback is in it). Stopped midway through a write, the previous
+    Papermill writes its notebook again after each cell, so it writes a temporary file in the
+    same folder; once it is whole (also when a cell failed: the traceback is in it), it is
+    written into `executed` atomically. Stopped midway through a write, the previous
     `executed` is kept.
     """
     executed = Path(executed)
     partial = executed.with_name(f".{executed.stem}.partial.ipynb")
+    partial.unlink(missing_ok=True)  # papermill opens it following links: none may be there
     try:
         papermill.execute_notebook(str(notebook), str(partial), parameters={"PROFILE": profile},
                                    kernel_name=KERNEL, cwd=str(locations.project_root()),
                                    log_output=True, progress_bar=False)
-    except BaseException:
+    finally:  # a failed cell too: papermill writes the whole notebook before it raises
         nb = _whole_notebook(partial)
-        if nb is not None:  # papermill writes the failed notebook before it raises
+        if nb is not None:
             _keep(nb, executed)
         partial.unlink(missing_ok=True)
-        raise
-    _keep(nbformat.read(partial, as_version=4), executed)
-    partial.unlink()
 
 
 def _whole_notebook(path: Path):

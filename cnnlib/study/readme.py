@@ -173,15 +173,10 @@ def time_to_accuracy_section(out, targets=(0.90, 0.94)) -> str | None:
                if reach else ""))
 
 
+# The README's generated sections sit between these markers.
 BEGIN, END = "<!-- key-results:begin -->", "<!-- key-results:end -->"
-
-
 FINDINGS = ("<!-- findings:begin -->", "<!-- findings:end -->")
-
-
 COMPRESSION = ("<!-- compression:begin -->", "<!-- compression:end -->")
-
-
 TIME_TO_ACCURACY = ("<!-- time-to-accuracy:begin -->", "<!-- time-to-accuracy:end -->")
 
 

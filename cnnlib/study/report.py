@@ -29,7 +29,6 @@ from cnnlib.models.registry import count_parameters, create_model, model_options
 from cnnlib.study import cache as cruns
 from cnnlib.study import locations, stats
 from cnnlib.study.provenance import git_commit
-from cnnlib.study.stats import plus_minus
 from cnnlib.study.table import markdown_table
 from cnnlib.training.evaluate import most_confused_pairs
 
@@ -322,8 +321,8 @@ def cost_table(df):
         rows.append({"dataset": dataset, "network": label,
                      "parameters": int(part["parameters"].iloc[0]),
                      "epochs": ", ".join(f"{e:g}" for e in dict.fromkeys(part["epochs"])),
-                     "wall min": plus_minus(part["wall_seconds"] / 60, 2),
-                     "test acc %": plus_minus(part["test_acc"] * 100), "seeds": len(part)})
+                     "wall min": stats.plus_minus(part["wall_seconds"] / 60, 2),
+                     "test acc %": stats.plus_minus(part["test_acc"] * 100), "seeds": len(part)})
     return pd.DataFrame(rows).set_index(["dataset", "network"])
 
 
@@ -341,7 +340,7 @@ def summary_table(df, by=("dataset", "label")):
                                          ("val_acc", "val acc %", 100, 1),
                                          ("test_acc", "test acc %", 100, 1),
                                          ("test_loss", "test loss", 1, 3)):
-            row[name] = plus_minus(part[col] * scale, digits)
+            row[name] = stats.plus_minus(part[col] * scale, digits)
         rows.append(row)
     return pd.DataFrame(rows).set_index(list(by))
 
@@ -372,7 +371,7 @@ def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: 
         deltas = {d.label: d for d in stats.compare(part, reference, metric=metric)}
         for label, runs_ in part.groupby("label", sort=False):
             row = table.setdefault(label, {})
-            row[f"{dataset} acc %"] = plus_minus(runs_[metric] * 100)
+            row[f"{dataset} acc %"] = stats.plus_minus(runs_[metric] * 100)
             d = deltas.get(label)
             row[f"{dataset} Δ pp"] = d.change() if d else ""
             row[f"{dataset} {stats.CONFIDENCE:.0%} CI"] = d.interval_text() if d else ""

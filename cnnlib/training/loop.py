@@ -463,7 +463,8 @@ def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, 
             lr = start_lr * gamma ** len(lrs)
             for g in opt.param_groups:
                 g["lr"] = lr * g["base_lr"] / config.lr
-            loss_t = F.cross_entropy(trainer.forward(x).float(), y, label_smoothing=config.label_smoothing)
+            loss_t = F.cross_entropy(trainer.forward(x).float(), y,
+                                     label_smoothing=config.label_smoothing)
             loss = loss_t.item()
             if not math.isfinite(loss):
                 break
