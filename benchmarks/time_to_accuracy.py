@@ -2,23 +2,23 @@
 
 Each point is a complete run with its own schedule (a 2-epoch schedule is not the
 first two epochs of a 6-epoch one) on the 50,000 training images (less ``--val-size``
-held out): the fast recipe (fastnet) at several epoch budgets, and the baseline CNN
-for contrast.
-Every budget runs with several seeds (``--seeds``; the longest fastnet budget with
+held out): a fast recipe (``--recipe``: fastnet_muon, or fastnet, airbench94's SGD
+recipe) at several epoch budgets, and the baseline CNN for contrast.
+Every budget runs with several seeds (``--seeds``; the longest fast budget with
 ``--seeds-longest``), so each point is a mean with its standard deviation. Runs go
 through the run cache: an interrupted benchmark resumes and finished runs are reused.
 The precision is the trainer's (``auto``: bf16 on a CPU with native bf16, else fp32)
 unless ``--precision`` forces one.
 
-    python benchmarks/time_to_accuracy.py                       # fastnet 1,2,3 epochs + baseline
-    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 8 --seeds 2 --seeds-longest 3
-    # the cpu profile's best CIFAR-10 model at 10 epochs (its runs come from notebook 01's
-    # cache: same config, 2,000 images held out) and shorter budgets of the same recipe
-    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 6 10 --baseline-epochs --val-size 2000
+    python benchmarks/time_to_accuracy.py                       # fastnet_muon 1,2,3 epochs + baseline
+    python benchmarks/time_to_accuracy.py --fast-epochs 2 4 8 --seeds 2 --seeds-longest 5
+    # airbench94's SGD recipe, as notebook 01's study v2 trained it (2,000 images held out)
+    python benchmarks/time_to_accuracy.py --recipe fastnet --fast-epochs 2 4 6 10 \
+        --baseline-epochs --val-size 2000
 
 Writes <outputs>/time_to_accuracy.csv (mean and std per point, with the machine),
 time_to_accuracy_runs.csv (one row per run and seed) and time_to_accuracy.png. The last
-two lines are ``minutes_to_90=<x>`` and ``minutes_to_94=<x>``: where the mean fastnet
+two lines are ``minutes_to_90=<x>`` and ``minutes_to_94=<x>``: where the mean fast-recipe
 curve first reaches the target, interpolated between budgets (``n/a`` when it does not).
 ``python -m cnnlib.study collect`` then writes the table into the README.
 """
@@ -36,7 +36,7 @@ from cnnlib.study import cache as runs
 from cnnlib.study import locations
 from cnnlib.study.readme import minutes_to
 from cnnlib.study.table import Row
-from cnnlib.training.config import recipe
+from cnnlib.training.config import RECIPES, recipe
 from cnnlib.training.device import PRECISIONS
 from cnnlib.viz import charts as plots
 
@@ -54,7 +54,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 minutes_mean=("minutes", "mean"), minutes_std=("minutes", "std"),
                 test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
                 train_images=("train_images", "first"),
-                hardware=("hardware", "first"), precision=("precision", "first"),
+                # the run cache is not keyed by machine: a point whose runs come from two
+                # machines says so rather than passing one machine's minutes as the other's
+                hardware=("hardware", lambda s: " + ".join(sorted(set(s)))),
+                precision=("precision", "first"),
                 commit=("commit", lambda s: " ".join(sorted(set(s)))))
     return out.reset_index()
 
@@ -65,14 +68,16 @@ def fmt(value: float | None) -> str:
 
 def main() -> None:
     p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", choices=[r for r in RECIPES if r != "baseline"],
+                   default="fastnet_muon", help="the fast recipe (default fastnet_muon)")
     p.add_argument("--fast-epochs", type=epochs_arg, nargs="+", default=[1, 2, 3])
     p.add_argument("--baseline-epochs", type=epochs_arg, nargs="*", default=[6])
     p.add_argument("--seeds", type=int, default=2, help="seeds per budget (default 2)")
     p.add_argument("--seeds-longest", type=int, default=3,
-                   help="seeds for the longest fastnet budget (default 3)")
+                   help="seeds for the longest fast budget (default 3)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--val-size", type=int, default=0,
-                   help="training images held out of fastnet's runs (default 0; notebook 01's "
+                   help="training images held out of the fast runs (default 0; notebook 01's "
                         "best model holds out 2000)")
     p.add_argument("--out", default=os.environ.get("CNNLIB_OUTPUTS", "outputs"))
     args = p.parse_args()
@@ -87,8 +92,8 @@ def main() -> None:
     points = []
     for e in args.fast_epochs:
         n = args.seeds_longest if e == longest else args.seeds
-        points += [("fastnet", recipe("fastnet", epochs=e, seed=s, precision=args.precision,
-                                      val_size=args.val_size))
+        points += [(args.recipe, recipe(args.recipe, epochs=e, seed=s, precision=args.precision,
+                                        val_size=args.val_size))
                    for s in range(n)]
     points += [("baseline", recipe("baseline", epochs=e, val_size=0, seed=s,
                                    precision=args.precision))
@@ -116,7 +121,7 @@ def main() -> None:
             "precision"]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"machine: {machine}")
-    fast = summary[summary.recipe == "fastnet"]
+    fast = summary[summary.recipe == args.recipe]
     print(f"minutes_to_90={fmt(minutes_to(fast, 0.90))}")
     print(f"minutes_to_94={fmt(minutes_to(fast, 0.94))}")
 

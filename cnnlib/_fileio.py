@@ -63,8 +63,47 @@ def _umask() -> int:
     return mask
 
 
+class DiskFullError(OSError):
+    """A write failed for want of space; the message names the folder and its free space."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """True when `e`, or an exception it was raised while handling, is ENOSPC or EDQUOT:
+    torch.save reports a failed write as a RuntimeError ("unexpected pos") raised while
+    the OSError is handled."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "free space unknown"
+    unit = "bytes"
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if free < 1000 or unit == "TB":
+            break
+        free /= 1000
+    return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Call `write(f)` on a temporary file next to `path`, then rename it to `path`."""
+    """Call `write(f)` on a temporary file next to `path`, then rename it to `path`.
+
+    A full disk raises DiskFullError naming the folder and its free space, `path` left as
+    it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -75,10 +114,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            raise DiskFullError(f"{path.parent}: disk full while writing {path.name} "
+                                f"({_free_space(path.parent)}); free some space and run "
+                                "again") from None
         raise
     return path
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """`folder` (created when missing) if a file can be created in it, else ValueError
+    naming it: a read-only file system stops a command in one line, before any work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {folder}: cannot be written ({e.strerror or e})") from None
+    return folder
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
@@ -91,10 +147,14 @@ def copy_file(src: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 
 def set_aside(path: str | os.PathLike) -> Path:
-    """Rename a damaged file to `<name>.damaged` (kept for a look, never read again)."""
+    """Rename a damaged file (or a folder or link where a file belongs) to `<name>.damaged`,
+    else `<name>.damaged.1`, ... (kept for a look, never read again, never overwritten)."""
     path = Path(path)
-    aside = path.with_name(path.name + ".damaged")
-    os.replace(path, aside)
+    aside, n = path.with_name(path.name + ".damaged"), 0
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged.{n}")
+    os.rename(path, aside)
     return aside
 
 
@@ -191,7 +251,9 @@ def hold_folder(folder: str | os.PathLike, *, wait: bool = False,
     Another holder makes it raise FolderInUseError at once, or with `wait` block until the
     holder ends (`on_wait(pid)` is called first). Nested calls for the same folder in one
     process, and processes started with `child_env(folder)`, pass through. A folder that cannot
-    be created or written raises ValueError naming it, before any work starts.
+    be created or written raises ValueError naming it, before any work starts. A block that
+    raises while the folder this call made holds only the lock removes it: input found bad
+    once the folder is locked (a model option, a split size) leaves no empty folder behind.
     """
     folder = Path(folder)
     key = str(folder.resolve())
@@ -204,33 +266,61 @@ def hold_folder(folder: str | os.PathLike, *, wait: bool = False,
             if not _HELD[key]:
                 del _HELD[key]
         return
+    f, created = _lock(folder, wait, on_wait)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open_append(folder / LOCK_NAME, "a+")
-    except OSError as e:
-        raise ValueError(f"{folder}: cannot be used as a run folder: {e.strerror or e}") from None
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = lock_holder(folder)
-            if not wait:
-                raise FolderInUseError(f"{folder}: in use by process {pid} (one run writes to a "
-                                       "folder at a time); wait for it or choose another folder") from None
-            if on_wait:
-                on_wait(pid)
-            fcntl.flock(f, fcntl.LOCK_EX)
         f.truncate(0)
         f.write(f"{os.getpid()}\n")
         f.flush()
         _HELD[key] = 1
         try:
             yield folder
+        except BaseException:
+            # A holder that failed before writing anything (bad input found late) leaves
+            # no empty folder behind, when it made the folder.
+            with contextlib.suppress(OSError):  # the error that got here is the one to report
+                if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                    (folder / LOCK_NAME).unlink()
+                    folder.rmdir()
+            raise
         finally:
             del _HELD[key]
             f.truncate(0)
     finally:
         f.close()  # closing releases the lock
+
+
+def _lock(folder: Path, wait: bool, on_wait) -> tuple:
+    """`folder/.lock` open and locked, and whether this call made the folder."""
+    while True:
+        try:
+            created = not folder.is_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            f = open_append(folder / LOCK_NAME, "a+")
+        except OSError as e:
+            raise ValueError(f"{folder}: cannot be used as a run folder: {e.strerror or e}") from None
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = lock_holder(folder)
+                if not wait:
+                    raise FolderInUseError(f"{folder}: in use by process {pid} (one run writes "
+                                           "to a folder at a time); wait for it or choose "
+                                           "another folder") from None
+                if on_wait:
+                    on_wait(pid)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            mine = os.fstat(f.fileno())
+            now = os.stat(folder / LOCK_NAME, follow_symlinks=False)
+        except FileNotFoundError:  # the holder we waited for removed its empty folder
+            f.close()
+            continue
+        except BaseException:
+            f.close()
+            raise
+        if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+            return f, created
+        f.close()  # locked a lock file that was removed meanwhile: lock the folder's own
 
 
 def child_env(folder: str | os.PathLike) -> dict[str, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 import typing
 import warnings
@@ -18,19 +20,19 @@ from cnnlib._checks import check_int
 from cnnlib._fileio import FolderInUseError, first_line
 from cnnlib.compress.saving import load_model
 from cnnlib.data import cifar as cdata
-from cnnlib.data.obtain import DATASETS
+from cnnlib.data.obtain import DATASETS, NUM_CLASSES
 from cnnlib.flags import Parser
 from cnnlib.models.registry import count_parameters, create_model, list_models
 from cnnlib.study import cache as runs
 from cnnlib.study import definitions as studies
 from cnnlib.study import locations, records, report
-from cnnlib.training.checkpoint import evaluation_settings
+from cnnlib.training.checkpoint import evaluation_settings, load_safe
 from cnnlib.training.config import RECIPES, RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
 from cnnlib.training.distributed import is_main
 from cnnlib.training.evaluate import evaluate, predict_logits
 from cnnlib.training.launch import LaunchError, guard
-from cnnlib.training.loop import lr_find, train
+from cnnlib.training.loop import lr_find, same_config, train
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _READS_AS = {bool: "true or false", int: "an integer", float: "a number", dict: "a JSON object",
@@ -88,7 +90,21 @@ def config_from_args(args) -> RunConfig:
     options = {k: _literal(v) for k, v in _pairs(args.opt, "--opt").items()}
     if options:
         values["model_options"] = {**values.get("model_options", {}), **options}
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    _check_up_front(config)
+    return config
+
+
+def _check_up_front(config: RunConfig) -> None:
+    """What training would find only after loading the data and locking its folder: the
+    model's options (the model built once), and a training subset too small to hold every
+    class (the library only warns: `data.cifar.SubsetWarning`)."""
+    create_model(config.model, NUM_CLASSES[config.dataset], **config.model_options)
+    classes = NUM_CLASSES[config.dataset]
+    if 0 < config.train_subset < classes:
+        raise ValueError(f"--train-subset: {config.train_subset} images cannot hold the "
+                         f"{classes} classes of {config.dataset}; the model would never see "
+                         f"the others (give at least {classes}, or 0 for all)")
 
 
 def cmd_data(args) -> int:
@@ -112,24 +128,54 @@ def cmd_models(args) -> int:
     return 0
 
 
+DIVERGED = 3  # exit status of a `cnnlib train` whose loss became non-finite
+
+
 def cmd_train(args) -> int:
     config = config_from_args(args)
     if not args.out.strip():
         raise ValueError("--out: empty; give the folder for the run's checkpoints")
     out = Path(args.out)
+    if not args.force:
+        _refuse_another_model(out / "model.pt", config)
     with guard("train"):  # under torchrun: a failing rank names itself and exits at once
+        # A diverged run writes no model.pt rather than model.diverged.pt: its weights may
+        # hold NaN (every loader refuses them), and last.pt keeps the last finished epoch.
         result = train(config, out, resume=not args.restart, data_root=args.data_root,
-                       progress=not args.quiet)
+                       progress=not args.quiet, save_diverged=False)
     if not is_main():
-        return 0  # under torchrun rank 0 reports
+        return DIVERGED if result.diverged else 0  # under torchrun rank 0 reports
     t = result.test
     extra = f" superclass_acc={t['superclass_acc']:.4f}" if "superclass_acc" in t else ""
-    print(f"checkpoint: {result.checkpoint}")
-    if result.diverged:
-        print(f"diverged: {result.diverged}; scored as chance (uniform probabilities)")
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
     print(f"wall_seconds={result.wall_seconds:.1f} test_loss={t['loss']:.4f} top5={t['top5']:.4f}{extra}")
     print(f"test_acc={t['acc']:.4f}")
+    if result.diverged:  # a result, not a model to use: a distinct status, no model.pt
+        scored = ("scored as chance (uniform probabilities)" if result.best_epoch is None else
+                  f"scored with epoch {result.best_epoch}'s weights")
+        print(f"cnnlib train: diverged: {result.diverged}; {scored}; no model.pt written "
+              f"(exit status {DIVERGED})", file=sys.stderr)
+        return DIVERGED
     return 0
+
+
+def _refuse_another_model(model: Path, config: RunConfig) -> None:
+    """A model.pt in --out that is not this config's (the user's own model, another run)
+    stops the run before any work: training would replace it. This config's own model.pt
+    is a finished run of it: resumed (evaluated again) or, with --restart, trained again."""
+    if not (model.exists() or model.is_symlink()):
+        return
+    try:
+        saved = load_safe(model).get("config")
+    except (ValueError, OSError) as e:  # DamagedFileError is a ValueError
+        what = f"is not a readable cnnlib model ({first_line(e)})"
+    else:
+        if isinstance(saved, dict) and same_config(saved, config):
+            return
+        what = "holds a model of another config"
+    raise ValueError(f"--out: {model} {what}; training would replace it: give another "
+                     "folder, or --force to replace it")
 
 
 def cmd_evaluate(args) -> int:
@@ -162,8 +208,7 @@ def cmd_records(args) -> int:
     source, dest = locations.runs_root(args.runs), Path(args.dest)
     if not source.is_dir():
         raise ValueError(f"--runs: {source} is not a folder (the run cache to record)")
-    if dest.resolve() == source.resolve():
-        raise ValueError(f"{dest}: that is the run cache itself; give another folder")
+    records.check_destination(source, dest)  # before any work: also under another path
     profile = locations.resolve_profile(args.profile)
     # The models notebooks 01, 04 and 05 load, once the baseline study is finished.
     baseline = [runs.cached(c, label, root=source, data_root=args.data_root)
@@ -190,22 +235,46 @@ def cmd_records(args) -> int:
 
 
 def load_image(path: str, size: int = 32) -> torch.Tensor:
-    """Any PNG/JPEG as uint8 [3, size, size]: RGB, resized with antialiasing."""
+    """Any PNG/JPEG as uint8 [3, size, size]: RGB, resized with antialiasing. 16-bit
+    grayscale is scaled to 8 bits (PIL's own conversion would clip it to white)."""
     if Path(path).is_dir():
         raise ValueError(f"image: {path} is a folder; give image files")
+    f = _regular_file(path)
     try:
         with warnings.catch_warnings():  # a decompression bomb is refused, not decoded
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image: {path} does not exist") from None
+            with f, Image.open(f) as im:
+                im = _eight_bit(im).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"image: {path} is too large to decode ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL's errors for damaged files
         raise ValueError(f"image: {path} is not a readable image, PNG or JPEG expected "
                          f"({type(e).__name__}: {e})") from None
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
+def _regular_file(path: str):
+    """`path` opened for reading if it is a regular file, else ValueError: a FIFO or a device
+    would block or never end (opened non-blocking, so that checking it cannot hang)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image: {path} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"image: {path} cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"image: {path} is not a regular file (a FIFO, device or socket); "
+                         "give image files")
+    return os.fdopen(fd, "rb")
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16- and 32-bit integer grayscale ("I;16*", "I") as 8-bit "L", scaled from 16 bits."""
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        values = np.asarray(im).astype(np.float64)  # "I;16B" is big-endian: numpy reads it
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    return im
 
 
 def cmd_predict(args) -> int:
@@ -267,10 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run; last line test_acc=<float>; "
                                      "torchrun --nproc_per_node=N -m cnnlib train ... trains on N "
-                                     "processes (DDP)")
+                                     "processes (DDP)",
+                       epilog=f"exit status: 0 trained, model.pt written; 2 an error, in one "
+                              "line (bad input and an unusable --out stop it before training); "
+                              f"{DIVERGED} diverged: the loss became non-finite, the metrics are "
+                              "printed and no model.pt is written")
     _add_config_flags(p)
     p.add_argument("--out", required=True, help="folder for last.pt (resume) and model.pt")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace a model.pt of another config in --out (refused without it)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
 
@@ -313,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     # Bad input, unusable files and folders, a busy run folder, a failed multi-process run
     # (its workers printed their errors): one line. Anything else is a bug and keeps its
-    # traceback. A diverged run is a result (cmd_train says so), not an error.
+    # traceback. A diverged run is a result (cmd_train says so, exit status 3), not an error.
     except (ValueError, OSError, FolderInUseError, LaunchError) as e:
         print(f"cnnlib {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2

@@ -47,6 +47,16 @@ def test_cpuinfo_fallback_when_torch_cannot_tell(monkeypatch, tmp_path):
     assert not {"amx_bf16", "avx512_bf16"} & device.cpu_flags(str(info))
 
 
+def test_the_cpu_model_names_its_family_and_model(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n")
+    assert device.cpu_model(str(info)) == "AMD EPYC family 25 model 17"
+    info.write_text("model name\t: Some Xeon\n")
+    assert device.cpu_model(str(info)) == "Some Xeon"
+    assert device.cpu_model(str(tmp_path / "missing")) == "CPU"
+
+
 @pytest.mark.parametrize("flags, expected", [(("amx_bf16",), "bf16"), ((), "fp32")])
 def test_training_records_the_precision_it_used(cpu_with, synthetic_root, tmp_path, flags, expected):
     cpu_with(*flags)

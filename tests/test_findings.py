@@ -35,16 +35,16 @@ def _rows(study, dataset, acc, keys=None):
 
 def _write_results(out):
     (out / "results").mkdir(parents=True)
-    pd.DataFrame(_rows("02_augmentation_ablation", "cifar10", ACC),
-                 columns=results.COLUMNS).to_csv(out / "results" /
-                                                     "02_augmentation_ablation.csv", index=False)
+    results.write_results(pd.DataFrame(_rows("02_augmentation_ablation", "cifar10", ACC),
+                                       columns=results.COLUMNS),
+                          out / "results" / "02_augmentation_ablation.csv")
     # A depth sweep and a width sweep whose standard network (`depth 6` = `width 32`) is one run.
     depth = {"depth 2": (0.40, 0.41, 0.42), "depth 6": (0.50, 0.52, 0.51),
              "depth 10": (0.505, 0.53, 0.505), "width 16": (0.45, 0.46, 0.455),
              "width 32": (0.50, 0.52, 0.51)}
     rows = _rows("03_depth_study", "cifar10", depth, keys={"width 32": "depth 6"})
-    pd.DataFrame(rows, columns=results.COLUMNS).to_csv(out / "results" / "03_depth_study.csv",
-                                                           index=False)
+    results.write_results(pd.DataFrame(rows, columns=results.COLUMNS),
+                          out / "results" / "03_depth_study.csv")
 
 
 def test_interval_is_the_t_interval_of_the_paired_deltas():
@@ -144,8 +144,8 @@ def test_epochs_saved_per_seed_and_paired_with_the_full_run():
 def test_the_readme_says_what_early_stopping_saved(tmp_path):
     out = tmp_path / "outputs"
     (out / "results").mkdir(parents=True)
-    _early_stopping_frame().assign(study="03_depth_study").to_csv(
-        out / "results" / "03_depth_study.csv", index=False)
+    results.write_results(_early_stopping_frame().assign(study="03_depth_study"),
+                          out / "results" / "03_depth_study.csv")
     section = findings.readme_section(results.read_studies(out))
     assert "- **early stopping, cifar10** (3 seeds): 11.0 of 30 epochs saved on average" in section
     assert section.count("early stopping, cifar10") == 1  # instead of the plain sweep line
@@ -222,7 +222,7 @@ def test_best_check_holds_the_best_models_against_the_targets():
 def test_readme_section_states_the_reference_bar(tmp_path):
     out = tmp_path / "outputs"
     (out / "results").mkdir(parents=True)
-    _baseline_frame().to_csv(out / "results" / "01_baseline.csv", index=False)
+    results.write_results(_baseline_frame(), out / "results" / "01_baseline.csv")
     section = findings.readme_section(results.read_studies(out))
     assert "paired by seed: improves" in section and "it meets the study's bar of 85%" in section
     assert "4.0 pp short of the study's bar of 55%" in section

@@ -63,6 +63,8 @@ RUNS: dict[str, tuple[str | None, dict]] = {
     "recipe-baseline": ("baseline", dict(model_options=TINY)),
     "recipe-fastnet": ("fastnet", dict(model_options={"widths": (8, 16, 16)},
                                        epochs=1.5)),  # 6 steps: the lookahead's 5-step update
+    "recipe-fastnet_muon": ("fastnet_muon", dict(model_options={"widths": (8, 16, 16)},
+                                                 epochs=2)),  # altflip's two epochs
     "densenet-jitter-cutout": (None, dict(model="densenet_bc", model_options={"depth": 10,
                                           "growth": 4}, augment="jitter+cutout",
                                           optimizer="sgd", schedule="step")),

@@ -344,8 +344,8 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
     assert "old numbers" not in text
     assert "Machine: test CPU, bf16, commit abc1234." in text
     assert "| fastnet | 4 | 2 | 48000 | 6.00 ± 0.10 | 92.00 ± 0.20 |" in text
-    assert "- 90%: after 5.0 min (between budgets: interpolated)" in text  # 3 + (0.04/0.06) * 3
-    assert "- 94%: not reached; the best budget gives 92.00% in 6.0 min" in text
+    assert "- fastnet, 90%: after 5.0 min (between budgets: interpolated)" in text  # 3 + 0.04/0.06 * 3
+    assert "- fastnet, 94%: not reached; the best budget gives 92.00% in 6.0 min" in text
     assert "| best | int8 | 2.00 | 92.81 | -0.19 | 2.00 | 2,300 | 4.6x |" in text
     # Hardware as `device.hardware` writes it names its threads: the header says them once.
     compression = pd.read_csv(out / "compression.csv")

@@ -101,7 +101,7 @@ def test_text_stays_text_and_missing_numbers_stay_missing(two_runs, tmp_path):
 def test_a_row_without_a_study_belongs_to_its_file(two_runs, tmp_path):
     results.save_results(two_runs, "02_x", tmp_path)
     path = tmp_path / "results" / "02_x.csv"
-    results.read_results(path).assign(study="").to_csv(path, index=False)
+    results.write_results(results.read_results(path).assign(study=""), path)
     assert set(results.read_studies(tmp_path)["study"]) == {"02_x"}
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import re
+import time
 
 import pytest
 import torch
@@ -184,6 +185,36 @@ def test_a_run_at_an_absurd_lr_diverges_into_a_finished_chance_result(tiny, synt
     again = runs.run(config, "absurd lr", root=tmp_path, data_root=synthetic_root,
                      progress=False)
     assert again.result == run.result  # from the cache, not trained again
+
+
+def test_a_run_diverging_in_its_first_epoch_counts_that_epochs_time(tiny, synthetic_root):
+    """No epoch finished, yet its steps took time: wall_seconds counts them."""
+    t = Trainer(tiny(epochs=1), data_root=synthetic_root, progress=False)
+    steps = []
+
+    def slow_then_nan(module, inputs, out):
+        if not module.training:
+            return out
+        steps.append(len(steps))
+        time.sleep(0.2)  # 0.2 s per training step, NaN from the fourth
+        return out * math.nan if len(steps) >= 4 else out
+
+    t.model.register_forward_hook(slow_then_nan)
+    result = t.run()
+    assert result.diverged and result.history == [] and len(steps) == 4
+    assert result.wall_seconds >= 0.8
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_a_diverged_run_writes_model_pt_only_when_its_caller_asks(save, tiny, synthetic_root,
+                                                                  tmp_path):
+    """The run cache keeps a diverged run as finished (model.pt, the default); `cnnlib train`
+    asks for none."""
+    t = Trainer(tiny(epochs=1), tmp_path, data_root=synthetic_root, progress=False)
+    t.model.register_forward_hook(lambda m, i, out: out * math.nan if m.training else out)
+    result = t.run(save_diverged=save)
+    assert result.diverged
+    assert (tmp_path / "model.pt").exists() is save and (result.checkpoint is not None) is save
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlib._fileio import atomic_write
+from cnnlib._fileio import DamagedFileError, atomic_write, first_line
 from cnnlib.compress.prune import make_permanent
 
 ONNX_META_KEY = "cnnlib"
@@ -61,11 +61,19 @@ class OnnxModel(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        custom = self.session.get_modelmeta().custom_metadata_map
-        self.meta = {**json.loads(custom.get(ONNX_META_KEY, "{}")), "kind": "onnx"}
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+            custom = self.session.get_modelmeta().custom_metadata_map
+            meta = json.loads(custom.get(ONNX_META_KEY, "{}"))
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
+            raise DamagedFileError(f"onnx: {path} is damaged or not an ONNX model "
+                                   f"({type(e).__name__}: {first_line(e)})") from None
+        if not isinstance(meta, dict):
+            raise DamagedFileError(f"onnx: {path}: its {ONNX_META_KEY!r} metadata is not a "
+                                   "JSON object")
+        self.meta = {**meta, "kind": "onnx"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().contiguous().cpu().numpy()

@@ -10,6 +10,9 @@ jitter, cutout, MixUp or CutMix.  Per batch the pipeline runs in this fixed orde
   padded copy at a random offset, i.e. a pure translation by at most ``crop_padding`` pixels.
   The crop and the batch gather are one indexing op over a strided window view.
 * flip, crop offsets, jitter factors and cutout positions are drawn per sample.
+* altflip (the airbench paper's alternating flip) mirrors each image in every other epoch:
+  a random half in even epochs, the other half in odd ones. Every pair of consecutive epochs
+  then shows each image both ways, where independent flips repeat a view half the time.
 * jitter (brightness, contrast, saturation, each factor uniform in
   ``[max(0, 1 - jitter), 1 + jitter]``) runs in that fixed order, unlike torchvision's
   random order.
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 from cnnlib._checks import check_int
 from cnnlib.data.policies import POLICIES, PolicyAugment
 
-AUGMENTATIONS = ("none", "crop", "flip", "jitter", "cutout", "mixup", "cutmix",
+AUGMENTATIONS = ("none", "crop", "flip", "altflip", "jitter", "cutout", "mixup", "cutmix",
                  "autoaugment", "randaugment", "trivialaugment")
 PAD_MODES = ("reflect", "zeros")
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -58,6 +61,8 @@ def parse_augment(spec: str) -> frozenset[str]:
             raise ValueError(f"augment: unknown {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
         names.add(name)
     names.discard("none")
+    if {"flip", "altflip"} <= names:
+        raise ValueError("augment: flip and altflip are two ways to mirror; choose one")
     return frozenset(names)
 
 
@@ -248,6 +253,8 @@ class BatchLoader:
         self._store = self._prepare_store(images)
         self._n = len(images)
         self.epoch = 0
+        # altflip: whether each image is mirrored in even epochs (odd epochs: the opposite)
+        self._even_flips = torch.rand(self._n, generator=_generator(self.seed, 2)) < 0.5
 
     # -- setup ---------------------------------------------------------------
     def _check_classes(self, num_classes, labels: torch.Tensor) -> int | None:
@@ -325,6 +332,9 @@ class BatchLoader:
         x = self._pixels(idx_dev, gen)
         if "flip" in self.augmentations:
             flips = (torch.rand(len(idx), generator=gen) < 0.5).nonzero().squeeze(1)
+            flip_rows(x, flips.to(self.device, non_blocking=True))
+        elif "altflip" in self.augmentations:
+            flips = (self._even_flips[idx] ^ bool(self.epoch % 2)).nonzero().squeeze(1)
             flip_rows(x, flips.to(self.device, non_blocking=True))
         x = x.to(self._work)
         if "jitter" in self.augmentations:

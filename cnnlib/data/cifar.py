@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,10 @@ def _take(images: torch.Tensor, labels: torch.Tensor, coarse, idx: np.ndarray) -
     return Split(images[index], labels[index], None if coarse is None else coarse[index])
 
 
+class SubsetWarning(UserWarning):
+    """A training subset too small to hold every class (the CLI refuses it)."""
+
+
 def train_split(
     data: CifarData, val_size: int = 0, subset: int = 0, seed: int = 0
 ) -> tuple[Split, Split | None]:
@@ -305,7 +310,8 @@ def train_split(
 
     ``val_size`` images are held out (0 -> no validation split); then ``subset`` > 0 keeps a
     stratified subset of the remaining training images. Indices depend only on the labels and
-    the arguments, and both parts keep the original order of the images.
+    the arguments, and both parts keep the original order of the images. A subset that
+    leaves a class out warns (SubsetWarning): the model could never predict that class.
     """
     labels = data.train_labels.numpy()
     n = len(labels)
@@ -319,6 +325,10 @@ def train_split(
     if subset:
         sub_q = _quotas(np.array([len(idx) for idx in rest]), subset)
         rest = [idx[:q] for idx, q in zip(rest, sub_q, strict=True)]
+        if (held := int((sub_q > 0).sum())) < len(sub_q):
+            warnings.warn(SubsetWarning(
+                f"train_subset: {subset} images hold {held} of the {len(sub_q)} classes; the "
+                f"model never sees the others (give at least {len(sub_q)})"), stacklevel=2)
     imgs, labs, coarse = data.train_images, data.train_labels, data.train_coarse
     if not val_size and not subset:  # the whole training set: no copy
         return Split(imgs, labs, coarse), None

@@ -30,7 +30,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.command == "collect":
         out = Path(args.out or outputs_root())
-        df = collect_results(out, args.readme or None)
+        try:
+            df = collect_results(out, args.readme or None)
+        except (ValueError, OSError) as e:  # a refused (edited) table, an unusable file
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"results: {len(df)} rows -> {out / 'results.csv'}, {out / 'results.md'}")
         return 0
     try:

@@ -83,7 +83,7 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
     precision = resolve_precision(config.precision, device)
     key = _key(config, device, precision)
     path = Path(store) if store else None
-    table = fileio.read_json(path) if path and path.exists() else {}
+    table = _read_speeds(path)
     if key not in table:
         options = f" {config.model_options}" if config.model_options else ""
         print(f"[speed] timing {config.model}{options} at batch {config.batch_size} "
@@ -92,10 +92,33 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
         table[key] = round(_measure(config, device, precision), 1)
         if path:
             with fileio.hold_folder(path.parent, wait=True):
-                latest = fileio.read_json(path) if path.exists() else {}
+                latest = _read_speeds(path, repair=True)
                 table = {**latest, key: latest.get(key, table[key])}
                 fileio.write_json(table, path)
     return float(table[key])
+
+
+def _read_speeds(path: Path | None, repair: bool = False) -> dict:
+    """The stored speeds ({} when there are none). A damaged store (content hash, JSON, a
+    speed that is not a positive number) reads as empty, so the speeds are measured again;
+    with `repair` (under the store's lock) it is set aside as `speeds.json.damaged`."""
+    if path is None or not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        if not path.is_file() or path.is_symlink():
+            raise fileio.DamagedFileError(f"{path}: not a regular file")
+        table = fileio.read_json(path)
+        bad = [k for k, v in table.items() if isinstance(v, bool)
+               or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise fileio.DamagedFileError(f"{path}: damaged, {bad[0]!r} is not a speed")
+        return table
+    except fileio.DamagedFileError as e:
+        if repair:
+            fileio.set_aside(path)
+            print(f"[damaged] {e}; set aside as *.damaged, the speeds are measured again",
+                  file=sys.stderr, flush=True)
+        return {}
 
 
 def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = None) -> float:

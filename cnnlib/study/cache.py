@@ -13,6 +13,7 @@ row and history are read, its model is not there.
 from __future__ import annotations
 
 import hashlib
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -94,11 +95,15 @@ class Run:
         if path.exists():
             try:
                 metrics = load_safe(path)
-            except fileio.DamagedFileError:  # derived from model.pt: computed again below
+            except ValueError:  # damaged or not a file; derived from model.pt: computed again
                 fileio.set_aside(path)
         if metrics is None:
             metrics = _compute_test_metrics(self, data_root)
-            save_atomic(metrics, path)
+            try:
+                save_atomic(metrics, path)
+            except OSError as e:  # a read-only or full cache still serves its runs
+                print(f"[not saved] {path}: {fileio.first_line(e)}; computed again next time",
+                      file=sys.stderr, flush=True)
         d = cdata.load_cifar(self.config.dataset, root=data_root)
         split = test_split(self.config, data_root)
         return {**metrics, "labels": split.labels, "coarse": split.coarse, "images": split.images,
@@ -136,43 +141,83 @@ class RecordOnlyError(FileNotFoundError):
     """The model of a record (a run finished elsewhere, carried without it) was asked for."""
 
 
-def _finished(path: Path, repair: bool = False) -> dict | None:
+def _present(f: Path) -> bool:
+    return f.exists() or f.is_symlink()  # a link that loops or dangles is there too
+
+
+def _regular(f: Path) -> None:
+    """The cache writes only regular files: a folder or a link in a file's place is damage."""
+    if not stat.S_ISREG(f.lstat().st_mode):
+        what = "a symbolic link" if f.is_symlink() else "not a regular file"
+        raise fileio.DamagedFileError(f"{f}: {what} where the run cache keeps a file")
+
+
+def _not_this_run(summary: dict, path: Path, config: RunConfig | None) -> str | None:
+    """Why `summary` (a result.json in `path`) is not the run asked for, else None.
+
+    It records the folder it was written in (`run_key`, since this check; older files are
+    checked by their config alone) and its config, which must be `config`'s (equal keys)."""
+    recorded = summary.get("run_key")
+    if recorded is not None and recorded != path.name:
+        return f"it records run {recorded}, not {path.name}"
+    if config is None:
+        return None
+    try:
+        stored = RunConfig.from_dict(summary["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"its config does not read ({fileio.first_line(e)})"
+    if stored.key() != config.key():
+        return "its config is not the one asked for"
+    precision = summary.get("precision")  # recorded since the key resolves it
+    wanted = resolve_precision(config.precision, config.resolved_device())
+    if precision is not None and precision != wanted:
+        return f"it was trained in {precision}, this run's key is for {wanted}"
+    return None
+
+
+def _finished(path: Path, repair: bool = False, config: RunConfig | None = None) -> dict | None:
     """The summary of a finished run in `path`, else None.
 
-    result.json must match its content hash and model.pt its CRCs; a record (result.json
+    result.json must match its content hash, and its run key and config the run asked for
+    (`config`); model.pt must be a regular file with intact CRCs; a record (result.json
     and no checkpoint at all) has no model.pt to check. With `repair` (under the run's
-    lock) a damaged one is set aside, so that the run resumes from last.pt, which
-    evaluates again and rewrites both (a record without last.pt trains again).
+    lock) a damaged or foreign one is set aside, so that the run resumes from last.pt,
+    which evaluates again and rewrites both (a record without last.pt trains again).
     """
     done, model = path / "result.json", path / "model.pt"
-    if not done.exists():
+    if not _present(done):
         return None
-    record = not model.exists() and not (path / "last.pt").exists()
+    record = not _present(model) and not (path / "last.pt").exists()
     try:
+        _regular(done)
         summary = fileio.read_json(done)
+        why = _not_this_run(summary, path, config)
+        if why:
+            raise fileio.DamagedFileError(f"{done}: not the run asked for: {why}")
         if not record:
+            _regular(model)
             fileio.verify_zip(model, "checkpoint")
         return summary
     except (fileio.DamagedFileError, FileNotFoundError) as e:
         if repair:
             for f in (done, model):
-                if f.exists():
+                if _present(f):
                     fileio.set_aside(f)
             print(f"[damaged] {e}; set aside as *.damaged, the run resumes from its last "
                   "epoch checkpoint", file=sys.stderr, flush=True)
         return None
 
 
-def is_finished(path: Path) -> bool:
+def is_finished(path: Path, config: RunConfig | None = None) -> bool:
     """True when the run folder `path` holds a finished run (intact result.json, and
-    model.pt unless it is a record)."""
-    return _finished(Path(path)) is not None
+    model.pt unless it is a record), of `config` when given."""
+    return _finished(Path(path), config=config) is not None
 
 
 def cached(config: RunConfig, label: str = "", *, root=None, data_root=None) -> Run | None:
     """The finished run of `config` in the cache (a record included), else None; never trains."""
     path = run_dir(config, root, data_root)
-    summary = _finished(path)
+    summary = _finished(path, config=config)
     return None if summary is None else Run(config, label, summary, path)
 
 
@@ -186,7 +231,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
     path = run_dir(config, root, data_root)
     done = path / "result.json"
     name = label or config.model
-    summary = None if force else _finished(path)
+    summary = None if force else _finished(path, config=config)
     if summary is not None:
         if progress:
             print(f"[cached] {name}: {path.name}", flush=True)
@@ -198,7 +243,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
 
     # The same lock as train(config, out_dir): a CLI run into this folder stops at once.
     with fileio.hold_folder(path, wait=True, on_wait=waiting):
-        summary = None if force else _finished(path, repair=True)
+        summary = None if force else _finished(path, repair=True, config=config)
         if summary is not None:  # finished by the process we waited for
             if progress:
                 print(f"[cached] {name}: {path.name}", flush=True)
@@ -207,6 +252,8 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
             tmp.unlink(missing_ok=True)
         if force:
             for f in ("result.json", TEST_METRICS, "model.pt", "last.pt"):
+                if (path / f).is_dir() and not (path / f).is_symlink():
+                    fileio.set_aside(path / f)  # a folder in a file's place: kept for a look
                 (path / f).unlink(missing_ok=True)
         if progress:
             state = "resuming" if (path / "last.pt").exists() else "training"
@@ -215,7 +262,9 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
         result: TrainResult = train_or_launch(config, path, resume=True,
                                               data_root=data_root, progress=progress)
         summary = portable(result.summary())
-        summary.update(profile=profile, commit=git_commit(), finished=time.time(), label=label,
+        # run_key: the folder it belongs to, so that a copy in another folder is not served.
+        summary.update(run_key=path.name, profile=profile, commit=git_commit(),
+                       finished=time.time(), label=label,
                        train_images=_train_images(config, data_root),
                        call_seconds=time.time() - t0, hardware=hardware(summary["device"]))
         if result.test_metrics is not None:

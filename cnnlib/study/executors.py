@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from cnnlib._checks import check_int
-from cnnlib._fileio import first_line, open_append, write_text
+from cnnlib._fileio import check_writable, first_line, open_append, write_text
 from cnnlib.data.obtain import data_root as data_root_of
 from cnnlib.flags import Parser
 from cnnlib.study import cache as runs
@@ -130,6 +130,7 @@ def run_all(configs: list[tuple[str, RunConfig]], *, profile: str = "", root=Non
     with _threads(s.threads):
         todo = pending(configs, root, data_root)
         if todo:
+            check_writable(locations.runs_root(root), "run cache")  # before any run starts
             execute = _ray if s.executor == "ray" else _local if s.jobs > 1 else _here
             failures = execute(todo, s, profile=profile, root=locations.runs_root(root).resolve(),
                                data_root=data_root, progress=progress)
@@ -145,7 +146,7 @@ def pending(configs, root=None, data_root=None) -> list[Job]:
     out, seen = [], set()
     for label, config in configs:
         path = runs.run_dir(config, root, data_root).resolve()
-        if path not in seen and not runs.is_finished(path):
+        if path not in seen and not runs.is_finished(path, config):
             seen.add(path)
             out.append(Job(label, config, path))
     return out

@@ -55,25 +55,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(prog="run_all.sh", error_prefix="run_all:", allow_abbrev=False,
                description="Execute the notebooks, export their HTML reports, rebuild the "
                            "results tables (./run_all.sh sets up .venv first).")
-    p.add_argument("--profile", default=os.environ.get(locations.PROFILE_ENV) or "auto",
+    p.add_argument("--profile",
                    help=f"one of {', '.join(PROFILE_CHOICES)} (default $CNNLIB_PROFILE or auto)")
     p.add_argument("--only", metavar="NOTEBOOK",
                    help="one notebook: 01, 01_baseline or notebooks/01_baseline.ipynb")
     p.add_argument("--force", action="store_true", help="execute notebooks again even when done")
-    p.add_argument("--nproc", default=os.environ.get(NPROC_ENV) or "1",
+    p.add_argument("--nproc",
                    help="processes per training run (torchrun; default $CNNLIB_NPROC or 1)")
-    p.add_argument("--jobs", default=os.environ.get(executors.JOBS_ENV) or "1",
-                   help="training runs at once (default $CNNLIB_JOBS or 1)")
-    p.add_argument("--executor", default=os.environ.get(executors.EXECUTOR_ENV) or "local",
-                   help="local or ray (default $CNNLIB_EXECUTOR or local)")
+    p.add_argument("--jobs", help="training runs at once (default $CNNLIB_JOBS or 1)")
+    p.add_argument("--executor", help="local or ray (default $CNNLIB_EXECUTOR or local)")
     args = p.parse_args(argv)
-    if args.profile not in PROFILE_CHOICES:
-        p.error(f"--profile '{args.profile}' is not allowed; allowed: {', '.join(PROFILE_CHOICES)}")
+
+    def given(flag: str, env: str, default: str) -> tuple[str, str]:
+        """The flag's value, else its variable's, with the name to blame when it is bad."""
+        value = getattr(args, flag.removeprefix("--"))
+        if value is not None:
+            return value, flag
+        return (os.environ[env], env) if os.environ.get(env) else (default, flag)
+
+    # The variables the notebooks' kernels read are checked here too, named as themselves:
+    # a bad one stops the pipeline before any work, not in the first notebook.
+    profile, name = given("--profile", locations.PROFILE_ENV, "auto")
+    if profile not in PROFILE_CHOICES:
+        p.error(f"{name} '{profile}' is not allowed; allowed: {', '.join(PROFILE_CHOICES)}")
+    args.profile = profile
     try:
-        args.nproc = executors.count(args.nproc, "--nproc")
-        args.jobs = executors.count(args.jobs, "--jobs")
-        args.executor = executors.executor_name(args.executor, "--executor")
-        executors.exclusive(args.jobs, args.nproc, "--jobs", "--nproc")
+        (nproc, nproc_name), (jobs, jobs_name) = (given("--nproc", NPROC_ENV, "1"),
+                                                  given("--jobs", executors.JOBS_ENV, "1"))
+        args.nproc = executors.count(nproc, nproc_name)
+        args.jobs = executors.count(jobs, jobs_name)
+        args.executor = executors.executor_name(*given("--executor", executors.EXECUTOR_ENV,
+                                                       "local"))
+        executors.exclusive(args.jobs, args.nproc, jobs_name, nproc_name)
+        if os.environ.get(executors.THREADS_ENV):  # no flag: read by the kernels' executors
+            executors.count(os.environ[executors.THREADS_ENV], executors.THREADS_ENV)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -272,6 +287,9 @@ def main(argv=None) -> int:
     try:
         notebooks = select(notebooks_in(locations.in_project("notebooks")), args.only)
         profile = locations.resolve_profile(args.profile)
+        for folder, what in ((locations.outputs_root(), "outputs"),
+                             (locations.runs_root(), "run cache")):
+            fileio.check_writable(folder, what)  # a read-only one: here, not in a notebook
         obtain_data()
     except (ValueError, OSError) as e:  # bad flags, missing data, an unusable folder
         print(f"run_all: {e}", file=sys.stderr)

@@ -4,11 +4,14 @@
 writes its study's rows to `<outputs>/results/<study>.csv` (`save_results`);
 `readme.collect_results` reads every study's rows once (`read_studies`) and merges them
 into `<outputs>/results.csv`. Every results csv is read by `read_results` and written,
-atomically, by `write_results`.
+atomically, by `write_results`, with its SHA-256 beside it (`<name>.csv.sha256`, in
+`sha256sum`'s format): `read_studies` refuses a study's table that does not match it, so
+that a damaged or hand-edited table never reaches results.csv or the README unseen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -122,17 +125,44 @@ def read_results(path) -> pd.DataFrame:
 
 
 def write_results(df: pd.DataFrame, path) -> Path:
-    """Write a results frame as csv at `path`, atomically (`COLUMNS` first, in order)."""
-    return fileio.write_text(_typed(df).to_csv(index=False), path)
+    """Write a results frame as csv at `path`, atomically (`COLUMNS` first, in order), and
+    its SHA-256 beside it (`checksum_path`)."""
+    text = _typed(df).to_csv(index=False)
+    path = fileio.write_text(text, path)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    fileio.write_text(f"{digest}  {path.name}\n", checksum_path(path))
+    return path
+
+
+def checksum_path(path) -> Path:
+    """`<name>.sha256` beside a results csv: its SHA-256 as `sha256sum` writes it."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def verified(path) -> Path:
+    """`path` if its bytes match the SHA-256 beside it, else DamagedFileError naming it
+    (a table edited by hand, damaged, or written without its checksum)."""
+    path, sums = Path(path), checksum_path(path)
+    rebuild = f"run its notebook again to rebuild it (./run_all.sh --only {path.stem} --force)"
+    try:
+        want = sums.read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise fileio.DamagedFileError(f"{path}: no readable checksum beside it ({sums.name}); "
+                                      f"refused: {rebuild}") from None
+    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        raise fileio.DamagedFileError(f"{path}: changed since it was written (it does not "
+                                      f"match {sums.name}); refused: {rebuild}")
+    return path
 
 
 def read_studies(out=None) -> pd.DataFrame:
     """Every study's rows, `<out>/results/*.csv` in file-name order (01_..., 02_...), as one
     frame; a run in two studies (or under two labels) keeps a row in each. A row without a
-    study belongs to the one its file is named after."""
+    study belongs to the one its file is named after. A file that does not match its
+    checksum is refused (`verified`)."""
     paths = sorted((Path(out or outputs_root()) / "results").glob("*.csv"))
     frames = [df.assign(study=df["study"].where(df["study"] != "", p.stem))
-              for p in paths if len(df := read_results(p))]
+              for p in paths if len(df := read_results(verified(p)))]
     return pd.concat(frames, ignore_index=True) if frames else _typed(pd.DataFrame(columns=COLUMNS))
 
 

@@ -2,11 +2,13 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
 can be loaded without unpickling code. A file that carries code is refused, and so is
-one that fails its zip CRCs (damaged) or holds NaN/inf tensors.
+one that fails its zip CRCs (damaged) or holds NaN/inf tensors; `load_model` also checks
+what the model computes (`check_outputs`): finite tensors can still give NaN outputs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -113,6 +115,7 @@ def load_model(path: str | os.PathLike, device="cpu", *, loaders=None) -> nn.Mod
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
         reason = f"missing {e}" if isinstance(e, KeyError) else first_line(e)
         raise ValueError(f"checkpoint: {path} does not rebuild its {kind} model: {reason}") from None
+    check_outputs(model.eval(), ckpt["mean"], ckpt["std"], path)
     model = model.to(device).eval()  # a device error is not the file's fault: its own message
     model.meta = {k: ckpt[k] for k in ("classes", "mean", "std", "config", "metrics", "kind")}
     model.meta["evaluation"] = evaluation_settings(ckpt)
@@ -166,8 +169,39 @@ def _check_meta(ckpt: dict, path) -> None:
     for key in ("mean", "std"):
         if len(ckpt[key]) != 3 or not all(isinstance(v, int | float) for v in ckpt[key]):
             bad(f"{key!r} must be 3 numbers (one per channel)")
+        if not all(math.isfinite(v) and (key == "mean" or v > 0) for v in ckpt[key]):
+            # Finite numbers, positive std: anything else turns every input into NaN.
+            raise DamagedFileError(f"checkpoint: {path}: {key!r} is {ckpt[key]}; expected "
+                                   f"{'finite numbers' if key == 'mean' else 'positive finite numbers'}")
     if not isinstance(ckpt["config"].get("dataset"), str):
         bad("its config names no dataset")
+
+
+PROBE_SEED, PROBE_IMAGES = 0, 2  # the fixed probe batch: uniform random 32x32 RGB images
+
+
+def check_outputs(model: nn.Module, mean, std, path) -> None:
+    """Refuse (DamagedFileError) a model whose outputs would be garbage from finite weights:
+    a BatchNorm variance that is not positive and finite, or non-finite logits on a fixed
+    probe batch. Finite tensors pass `load_safe`, yet a negative variance gives NaN."""
+    for name, m in model.named_modules():
+        var = getattr(m, "running_var", None)
+        if isinstance(m, nn.modules.batchnorm._NormBase) and isinstance(var, torch.Tensor):
+            if not bool(torch.isfinite(var).all() and (var > 0).all()):
+                worst = float(var[~(torch.isfinite(var) & (var > 0))][0])
+                raise DamagedFileError(f"checkpoint: {path}: BatchNorm {name}.running_var holds "
+                                       f"{worst} (a variance must be positive); refusing it")
+    x = torch.rand(PROBE_IMAGES, 3, 32, 32, generator=torch.Generator().manual_seed(PROBE_SEED))
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except RuntimeError as e:  # rebuilt, yet its layers do not fit together
+        raise ValueError(f"checkpoint: {path}: its model fails on a 32x32 probe batch: "
+                         f"{first_line(e)}") from None
+    if not bool(torch.isfinite(logits).all()):
+        raise DamagedFileError(f"checkpoint: {path}: its forward pass on a fixed probe batch "
+                               "gives NaN or inf logits; refusing it")
 
 
 def _load_fp32(ckpt: dict) -> nn.Module:

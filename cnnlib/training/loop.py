@@ -33,6 +33,7 @@ from cnnlib.training.checkpoint import load_safe, model_checkpoint, save_atomic
 from cnnlib.training.config import RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, precision_note, resolve_precision
 from cnnlib.training.evaluate import metrics_from_logits, predict_logits, scalar_metrics
+from cnnlib.training.muon import Muon
 
 STEP_MILESTONES = (0.5, 0.75)  # fractions of training where "step" divides the lr by 10
 
@@ -64,18 +65,26 @@ def lr_factor(config: RunConfig, step: int, total: int) -> float:
 
 
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Two groups: BatchNorm parameters (lr scaled, decay scaled inversely) and the rest."""
+    """BatchNorm parameters (lr scaled, decay scaled inversely) and the rest; with Muon,
+    conv filters form a third group and every bias joins the BatchNorm group."""
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                 for p in m.parameters(recurse=False)}
     params = [p for p in model.parameters() if p.requires_grad]
-    norm = [p for p in params if id(p) in norm_ids]
-    rest = [p for p in params if id(p) not in norm_ids]
+    muon = config.optimizer == "muon"
+    filters = [p for p in params if muon and p.ndim == 4]
+    scaled = [p for p in params if id(p) in norm_ids or (muon and p.ndim == 1)]
+    rest = [p for p in params if not any(p is q for q in filters + scaled)]
     s = config.norm_lr_scale
     groups = [dict(params=rest, lr=config.lr, weight_decay=config.weight_decay),
-              dict(params=norm, lr=config.lr * s, weight_decay=config.weight_decay / s)]
+              dict(params=scaled, lr=config.lr * s, weight_decay=config.weight_decay / s)]
+    if muon:
+        groups.append(dict(params=filters, lr=config.muon_lr, momentum=config.muon_momentum,
+                           orthogonalize=True))
     for g in groups:
         g["base_lr"] = g["lr"]
     groups = [g for g in groups if g["params"]]
+    if muon:
+        return Muon(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.optimizer in ("sgd", "nesterov"):
         return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.optimizer == "nesterov")
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
@@ -212,7 +221,7 @@ class Trainer:
         }
 
     def load_state(self, s: dict) -> None:
-        if not _same_config(s["config"], self.config):
+        if not same_config(s["config"], self.config):
             raise ValueError(f"resume: {self.last_path} belongs to a different config; "
                              "use another out dir or delete it")
         self.model.load_state_dict(s["model"])
@@ -331,9 +340,9 @@ class Trainer:
             return True
         return False
 
-    def run(self) -> TrainResult:
+    def run(self, *, save_diverged: bool = True) -> TrainResult:
         self.run_epochs()
-        return self.finish()
+        return self.finish(save_diverged=save_diverged)
 
     def run_epochs(self) -> None:
         """Train the remaining epochs, checkpointing after each."""
@@ -341,7 +350,8 @@ class Trainer:
         while self.epoch < self.num_epochs and not self.stopped_early:
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            if self.diverged:  # the unfinished epoch leaves no history row and no checkpoint
+            if self.diverged:  # the unfinished epoch leaves no history row and no checkpoint,
+                self.elapsed += time.perf_counter() - t0  # but its time was spent
                 break
             row.update(cdist.from_main(self.dist, self.validate))  # under DDP: rank 0's numbers
             row["seconds"] = time.perf_counter() - t0
@@ -358,7 +368,9 @@ class Trainer:
             if self.progress:
                 tqdm.write(_format_row(row, self.num_epochs))
 
-    def finish(self) -> TrainResult:
+    def finish(self, *, save_diverged: bool = True) -> TrainResult:
+        """Evaluate and, with an out dir, write model.pt; a diverged run writes it only with
+        `save_diverged` (the run cache needs it to count the run finished)."""
         cfg = self.config
         best_epoch = None
         if cfg.early_stop_patience and self.best is not None:
@@ -376,7 +388,7 @@ class Trainer:
         self.elapsed += time.perf_counter() - t0
         test = scalar_metrics(test_metrics)
         ckpt_path = None
-        if self.out_dir:
+        if self.out_dir and (save_diverged or self.diverged is None):
             ckpt = model_checkpoint(self.model, cfg.to_dict(), classes=self.data.classes,
                                     mean=self.mean, std=self.std,
                                     metrics={**scalar_metrics(test_metrics, "test_"), **val},
@@ -402,7 +414,7 @@ class Trainer:
                            model=self.model)
 
 
-def _same_config(saved: dict, config: RunConfig) -> bool:
+def same_config(saved: dict, config: RunConfig) -> bool:
     """Equal after normalization (a JSON round trip turns tuples into lists; fields added
     since a checkpoint was written take their defaults)."""
     try:
@@ -421,11 +433,13 @@ def _format_row(row: dict, total: int) -> str:
 
 
 def train(config: RunConfig, out_dir=None, *, resume: bool = True, data_root=None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, save_diverged: bool = True) -> TrainResult:
     """Train one run. With `out_dir`, each epoch is checkpointed there and a rerun resumes.
 
     The out dir is locked first (`fileio.hold_folder`, the run cache's lock): an unusable
-    folder, or one another process is writing, stops the call before any work.
+    folder, or one another process is writing, stops the call before any work. A run whose
+    loss became non-finite still finishes (scored as chance); with `save_diverged=False` it
+    writes no model.pt (`result.checkpoint` is None), so nothing mistakes it for a model.
     """
     main = out_dir is not None and cdist.is_main()  # under torchrun rank 0 writes
     with fileio.hold_folder(out_dir) if main else contextlib.nullcontext():
@@ -435,7 +449,7 @@ def train(config: RunConfig, out_dir=None, *, resume: bool = True, data_root=Non
                        f"{precision_note(config.precision, trainer.precision, trainer.device)}")
         if resume and trainer.try_resume() and trainer.progress:
             tqdm.write(f"resuming {out_dir} after epoch {trainer.epoch}/{trainer.num_epochs}")
-        return trainer.run()
+        return trainer.run(save_diverged=save_diverged)
 
 
 def lr_find(config: RunConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, steps: int = 100,
