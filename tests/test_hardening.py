@@ -358,8 +358,7 @@ def test_a_diverging_train_fails_a_shell_chain_and_leaves_no_model(synthetic_roo
     assert "diverged: training loss became" in proc.stderr.strip().splitlines()[-1]
     assert proc.stdout.strip().splitlines()[-1].startswith("test_acc=")
     assert not deployed.exists() and not (out / "model.pt").exists()
-    wall = float(re.search(r"wall_seconds=(\S+)", proc.stdout).group(1))
-    assert wall > 0, proc.stdout  # its unfinished epoch counts (it printed 0.1 before)
+    # (that its unfinished epoch's time counts: tests/test_train.py, to the microsecond)
 
 
 def test_cli_train_help_documents_the_exit_statuses():
