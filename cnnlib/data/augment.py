@@ -254,7 +254,8 @@ class BatchLoader:
         self._n = len(images)
         self.epoch = 0
         # altflip: whether each image is mirrored in even epochs (odd epochs: the opposite)
-        self._even_flips = torch.rand(self._n, generator=_generator(self.seed, 2)) < 0.5
+        self._even_flips = (torch.rand(self._n, generator=_generator(self.seed, 2)) < 0.5
+                            if "altflip" in self.augmentations else None)
 
     # -- setup ---------------------------------------------------------------
     def _check_classes(self, num_classes, labels: torch.Tensor) -> int | None:

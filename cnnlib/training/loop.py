@@ -73,7 +73,8 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     muon = config.optimizer == "muon"
     filters = [p for p in params if muon and p.ndim == 4]
     scaled = [p for p in params if id(p) in norm_ids or (muon and p.ndim == 1)]
-    rest = [p for p in params if not any(p is q for q in filters + scaled)]
+    taken = {id(p) for p in filters + scaled}
+    rest = [p for p in params if id(p) not in taken]
     s = config.norm_lr_scale
     groups = [dict(params=rest, lr=config.lr, weight_decay=config.weight_decay),
               dict(params=scaled, lr=config.lr * s, weight_decay=config.weight_decay / s)]
