@@ -15,12 +15,22 @@
 #   ./run_all.sh --jobs 8 --executor ray
 #                                     each run a Ray task, on $RAY_ADDRESS or a Ray started here
 #                                     (pip install '.[cluster]'); default $CNNLIB_EXECUTOR or local
+#   ./run_all.sh --remeasure          take the range tests (03) and the compression measurements
+#                                     (05) again instead of reusing them from the run cache, and
+#                                     execute those notebooks again; default $CNNLIB_REMEASURE (1/0)
+#   ./run_all.sh --verbose            also log papermill's per-cell lines, every cell's output and
+#                                     the kernel's own warnings (default: what the cells print)
+#
+# It first says what it will do: per notebook, the runs recorded in the run cache and those to
+# train, with the time expected on this machine; a long step prints a line each minute with the
+# time left; the last line separates this run's time from the training the study's runs cost.
 #
 # Writes (under $CNNLIB_OUTPUTS, default outputs/): notebooks/<name>.ipynb (executed),
 # reports/<name>.html, results.csv, results.md, the figures; models/cnn_cifar10{,0}.pth;
 # and the README's Key Results table. Training runs are cached in outputs/runs/ (or
-# $CNNLIB_RUNS): killed at any moment and started again, the script loses at most the epoch in
-# progress. A notebook that finished for the same profile (and unchanged sources) is skipped.
+# $CNNLIB_RUNS), and so are the range tests and compression measurements: killed at any
+# moment and started again, the script loses at most the epoch in progress. A notebook that
+# finished for the same profile (and unchanged sources) is skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 

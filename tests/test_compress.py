@@ -20,7 +20,7 @@ from cnnlib.study import compression as compression_study
 from cnnlib.study import definitions as studies
 from cnnlib.training import checkpoint
 from cnnlib.training.checkpoint import load_safe, model_checkpoint, save_atomic
-from cnnlib.training.config import recipe
+from cnnlib.training.config import RunConfig, recipe
 from cnnlib.training.evaluate import evaluate
 from cnnlib.viz import charts as plots
 
@@ -314,7 +314,7 @@ def test_compress_model_writes_every_variant(trained, data, tmp_path):
     d, _, _ = data
     s = studies.compression_settings("smoke")
     rows = compression_study.compress_model(model, d, tmp_path, label="baseline", progress=False,
-                                            **s)
+                                            root=tmp_path / "runs", **s)
     df = compression_study.results_frame(rows)
     assert list(df["variant"]) == ["fp32", "magnitude 50%", "magnitude 80%", "channels 50%",
                                    "channels 80%", "int8", "channels 50% + int8", "onnx"]
@@ -323,11 +323,52 @@ def test_compress_model_writes_every_variant(trained, data, tmp_path):
     assert sizes["int8"] < 0.8 * sizes["fp32"]  # 8-bit weights (the file's metadata stays)
     assert sizes["channels 80%"] < sizes["channels 50%"] < sizes["fp32"]  # channels removed
     assert all((tmp_path / p.split("/")[-1]).exists() for p in df["path"])
+    assert list(df.columns) == compression_study.COLUMNS
     assert df.loc[df["variant"] == "fp32", "acc_change_pp"].item() == 0
     acc = df.set_index("variant")["test_acc"]  # ONNX runs the same fp32 function
     assert acc["onnx"] == pytest.approx(acc["fp32"], abs=1 / s["test_subset"])
     fig = plots.plot_tradeoffs(df, tmp_path / "tradeoffs.png")
     assert (tmp_path / "tradeoffs.png").stat().st_size > 0 and len(fig.axes) == 2
+
+
+def test_compress_model_measures_once_and_again_when_asked(trained, data, synthetic_root,
+                                                            tmp_path, monkeypatch, capsys):
+    """A model's rows are kept in the run cache: a second call times and writes nothing and
+    returns the same rows; remeasure (or $CNNLIB_REMEASURE=1) measures again."""
+    _, model = trained("residual")
+    d, _, _ = data
+    s = studies.compression_settings("smoke")
+    timed = []
+    real = compression_study.time_models
+    monkeypatch.setattr(compression_study, "time_models",
+                        lambda *a, **k: timed.append(1) or real(*a, **k))
+    monkeypatch.delenv("CNNLIB_REMEASURE", raising=False)
+    root, out = tmp_path / "runs", tmp_path / "variants"
+
+    def compress(**kwargs):
+        return compression_study.compress_model(model, d, out, label="residual", root=root,
+                                                **s, **kwargs)
+
+    first = compress(progress=False)
+    files = sorted(out.iterdir())
+    written = [f.stat().st_mtime_ns for f in files]
+    for row in first:  # each timing: the median of five rounds, and their range
+        assert row["timing_rounds"] == bench.ROUNDS >= 5
+        for key in bench.TIMINGS:
+            assert row[f"{key}_min"] <= row[key] <= row[f"{key}_max"]
+    again = compress()
+    assert again == first and len(timed) == 1
+    assert [f.stat().st_mtime_ns for f in sorted(out.iterdir())] == written
+    assert "[cached] residual: 8 variants measured on this machine at commit " in capsys.readouterr().out
+    config = RunConfig.from_dict(model.meta["config"])
+    assert compression_study.recorded("residual", [config], s, root, synthetic_root)
+    assert not compression_study.recorded("residual", [config], {**s, "steps": 3}, root,
+                                          synthetic_root)
+    compress(progress=False, remeasure=True)
+    assert len(timed) == 2 and files[0].stat().st_mtime_ns != written[0]  # built and timed again
+    monkeypatch.setenv("CNNLIB_REMEASURE", "1")
+    compress(progress=False)
+    assert len(timed) == 3
 
 
 def test_save_compressed_needs_meta(tmp_path):

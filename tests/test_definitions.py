@@ -133,7 +133,7 @@ def test_a_frame_of_the_studies_own_runs_gets_a_finding_for_every_sweep(profile,
     section = findings.readme_section(frame)
     for study in STUDIES.values():
         for sweep in study.sweeps:
-            assert f"**{sweep.name}, cifar10**" in section, sweep.name
+            assert f"**{sweep.name}, CIFAR-10**" in section, sweep.name
         if study.sweeps:
             answer = findings.answer(frame[frame["study"] == study.name], study.sweeps)
             assert "no run" not in answer and "to compare" not in answer

@@ -52,11 +52,11 @@ def test_interval_is_the_t_interval_of_the_paired_deltas():
     assert (d.n, d.mean, d.sd) == (3, 2.0, 1.0)
     low, high = d.interval  # 2 ± t(0.975, 2) * 1 / sqrt(3), t = 4.3027
     assert low == pytest.approx(2 - 2.4841, abs=1e-3) and high == pytest.approx(2 + 2.4841, abs=1e-3)
-    assert d.verdict == "no detectable difference with 3 seeds"
+    assert d.verdict == "inconclusive with 3 seeds"
     assert stats.Delta("c", "b", "a", "test_acc", (3.0, 3.2, 2.9)).verdict == "improves"
     assert stats.Delta("c", "b", "a", "test_acc", (-4.0, -5.0, -4.0)).verdict == "hurts"
     one = stats.Delta("c", "b", "a", "test_acc", (9.0,))
-    assert one.verdict == "no detectable difference with 1 seed" and "no interval" in one.numbers()
+    assert one.verdict == "inconclusive with 1 seed" and "no interval" in one.numbers()
     gap = stats.Delta("c", "b", "a", "gap", (2.0, 2.1, 1.9))
     assert gap.verdict == "raises the gap"
 
@@ -84,16 +84,16 @@ def test_readme_section_follows_the_wording_rule(tmp_path):
     # Clear effects say so; an overlapping one says it cannot tell.
     assert f"improves: `{CUTMIX}` +3.0 ± 0.2 pp (95% CI +2.7 to +3.4)" in section
     assert "hurts: `none` -4.3 ± 0.6 pp (95% CI -5.8 to -2.9)" in section
-    assert (f"no detectable difference with 3 seeds: `{MIXUP}` +0.7 ± 1.5 pp "
+    assert (f"inconclusive with 3 seeds: `{MIXUP}` +0.7 ± 1.5 pp "
             "(95% CI -3.1 to +4.5)") in section
     assert f"`{MIXUP}` improves" not in section and f"improves: `{MIXUP}`" not in section
-    # The ranking states its margin and that it is not detectable.
+    # The ranking states its margin and that it is inconclusive.
     assert ("highest: `depth 10` (51.3%), ahead of `depth 6` by +0.3 ± 0.8 pp "
-            "(95% CI -1.6 to +2.2): a lead not detectable with 3 seeds") in section
+            "(95% CI -1.6 to +2.2): a lead inconclusive with 3 seeds") in section
     # The width sweep's reference is the standard network's width (`Sweep.reference`).
     assert "Against `width 32`: hurts: `width 16`" in section
     # Sweeps of the study without a run here are named, not left out.
-    assert "- **dropout, cifar10**: no run of the dropout sweep (`dropout 0.0` / `dropout 0.5`)" \
+    assert "- **dropout, CIFAR-10**: no run of the dropout sweep (`dropout 0.0` / `dropout 0.5`)" \
         in section
     assert "Profile `smoke`, 24 runs, trained on test CPU" in section
 
@@ -132,11 +132,11 @@ def test_epochs_saved_per_seed_and_paired_with_the_full_run():
     assert list(table["epochs saved"]) == [18, 0, 15] and list(table["best epoch"]) == [7, 28, 10]
     assert list(table["Δ pp"]) == [2.0, 0.0, 2.5]
     text = findings.epochs_saved(df)
-    assert text.startswith("- **early stopping, cifar10** (3 seeds): 11.0 of 30 epochs saved on "
+    assert text.startswith("- **early stopping, CIFAR-10** (3 seeds): 11.0 of 30 epochs saved on "
                            "average (37% of the schedule; seed 0: stopped after epoch 12, "
                            "weights of epoch 7 restored; seed 1: ran every epoch, weights of "
                            "epoch 28 restored; seed 2: stopped after epoch 15")
-    assert text.endswith("test accuracy 61.5% with, 60.0% without: no detectable difference "
+    assert text.endswith("test accuracy 61.5% with, 60.0% without: inconclusive "
                          "with 3 seeds, +1.5 ± 1.3 pp (95% CI -1.8 to +4.8).")
     assert findings.epochs_saved(df[df["label"] != "early stopping"]) == ""
 
@@ -147,8 +147,8 @@ def test_the_readme_says_what_early_stopping_saved(tmp_path):
     results.write_results(_early_stopping_frame().assign(study="03_depth_study"),
                           out / "results" / "03_depth_study.csv")
     section = findings.readme_section(results.read_studies(out))
-    assert "- **early stopping, cifar10** (3 seeds): 11.0 of 30 epochs saved on average" in section
-    assert section.count("early stopping, cifar10") == 1  # instead of the plain sweep line
+    assert "- **early stopping, CIFAR-10** (3 seeds): 11.0 of 30 epochs saved on average" in section
+    assert section.count("early stopping, CIFAR-10") == 1  # instead of the plain sweep line
 
 
 def test_a_ranking_of_the_gap_names_percentage_points():
@@ -164,8 +164,9 @@ def test_confusion_sentence_counts_pairs_outside_a_superclass():
                           "count": [27, 16, 23], "% of true class": [27.0, 16.0, 23.0],
                           "same superclass": [True, False, True]})
     text = findings.confusion_sentence(pairs, "cifar100", top=2)
-    assert "girl→woman (27.0% of girl), bus→streetcar (16.0% of bus)" in text
-    assert "2 of the 3 most confused pairs lie inside one superclass (not bus→streetcar)" in text
+    assert ("girl taken for woman (27.0% of the girl images), bus taken for streetcar (16.0% of "
+            "the bus images)") in text
+    assert "2 of the 3 most confused pairs lie inside one superclass (not bus → streetcar)" in text
 
 
 # Notebook 01: the reference meets its bar on CIFAR-10 (86.0 ± 1.0%), not on CIFAR-100 (51.0%).
@@ -179,10 +180,10 @@ def _baseline_frame():
 
 def test_baseline_answer_pairs_best_with_the_reference():
     text = findings.baseline_answer(_baseline_frame())
-    assert ("- **cifar10**: the best model (baseline, 3 seeds) reaches 93.0% test accuracy, the "
+    assert ("- **CIFAR-10**: the best model (baseline, 3 seeds) reaches 93.0% test accuracy, the "
             "sweeps' reference network (3 seeds) 86.0%; paired by seed: improves, +7.0 ± 0.5 pp"
             ) in text
-    assert "- **cifar100**:" in text and "paired by seed: improves, +20.0 ± 1.0 pp" in text
+    assert "- **CIFAR-100**:" in text and "paired by seed: improves, +20.0 ± 1.0 pp" in text
     # A dataset without both labels (e.g. the old `baseline` label) gives no sentence.
     old = _baseline_frame().replace({"label": {"reference": "baseline"}})
     assert findings.baseline_answer(old) == ""
@@ -190,15 +191,15 @@ def test_baseline_answer_pairs_best_with_the_reference():
 
 def test_reference_check_holds_each_dataset_against_its_bar():
     text = findings.reference_check(_baseline_frame())
-    assert ("- **cifar10**: the reference network reaches 86.0 ± 1.0% test accuracy (mean ± sd "
+    assert ("- **CIFAR-10**: the reference network reaches 86.0 ± 1.0% test accuracy (mean ± sd "
             "over 3 seeds): it meets the study's bar of 85%") in text
-    assert ("- **cifar100**: the reference network reaches 51.0 ± 1.0% test accuracy (mean ± sd "
+    assert ("- **CIFAR-100**: the reference network reaches 51.0 ± 1.0% test accuracy (mean ± sd "
             "over 3 seeds): 4.0 pp short of the study's bar of 55%, so the sweeps' comparisons "
-            "on cifar100 are outside the regime") in text
+            "on CIFAR-100 are outside the regime") in text
     one = findings.reference_check(_baseline_frame().query("seed == 0"), {"cifar10": 0.9})
-    assert one == ("- **cifar10**: the reference network reaches 86.0% test accuracy (mean over "
+    assert one == ("- **CIFAR-10**: the reference network reaches 86.0% test accuracy (mean over "
                    "1 seed): 4.0 pp short of the study's bar of 90%, so the sweeps' comparisons "
-                   "on cifar10 are outside the regime the study asks for.")
+                   "on CIFAR-10 are outside the regime the study asks for.")
     assert findings.reference_check(_baseline_frame().query("label == 'best'")) == ""
 
 
@@ -206,14 +207,14 @@ def test_best_check_holds_the_best_models_against_the_targets():
     df = _baseline_frame()
     df.loc[df["label"] == "best", "wall_seconds"] = [780.0, 840.0, 810.0, 960.0, 1080.0, 1000.0]
     text = findings.best_check(df)
-    assert ("- **cifar10**: the best model reaches 93.00 ± 0.50% test accuracy (mean ± sd over "
+    assert ("- **CIFAR-10**: the best model reaches 93.00 ± 0.50% test accuracy (mean ± sd over "
             "3 seeds): it is 1.00 pp short of the target of 94%; a run took 13.0 to 14.0 min on "
             "test CPU (within the target of about 15 min).") in text
-    assert ("- **cifar100**: the best model reaches 71.00 ± 1.00% test accuracy (mean ± sd over "
+    assert ("- **CIFAR-100**: the best model reaches 71.00 ± 1.00% test accuracy (mean ± sd over "
             "3 seeds): it is 1.00 pp short of the target of 72%; a run took 16.0 to 18.0 min on "
             "test CPU (3.0 min over the target of about 15 min).") in text
     one = findings.best_check(df.query("seed == 0"), {"cifar10": 0.92})
-    assert one == ("- **cifar10**: the best model reaches 93.00% test accuracy (mean over 1 seed): "
+    assert one == ("- **CIFAR-10**: the best model reaches 93.00% test accuracy (mean over 1 seed): "
                    "it meets the target of 92% (which asks for 3 seeds, not 1); a run took 13.0 "
                    "min on test CPU (within the target of about 15 min).")
     assert findings.best_check(df.query("label == 'reference'")) == ""
@@ -287,9 +288,9 @@ def test_architectures_ranked_and_paired_against_the_simple_cnn():
             "(95% CI +3.9 to +6.8): a detectable lead") in text
     assert "against `baseline`: improves: `resnet20` +5.2 pp, `fastnet` +10.5 pp" in text
     lines = findings.lines(_architecture_frame(), "06_architectures", ("architecture",))
-    assert lines.startswith("- **architecture, cifar10** (3 seeds): test accuracy `baseline` / "
+    assert lines.startswith("- **architecture, CIFAR-10** (3 seeds): test accuracy `baseline` / "
                             "`resnet20` / `fastnet`: 80.3 / 85.5 / 90.8%")
-    assert "cifar100** (3 seeds)" in lines and "no `baseline` run" not in lines
+    assert "CIFAR-100** (3 seeds)" in lines and "no `baseline` run" not in lines
 
 
 def test_cost_table_and_parameters_of_each_network():

@@ -73,6 +73,21 @@ def test_only_check_cells_carry_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_report_leaves_out_checks_and_code_names(path):
+    """Check cells (nbval's compared outputs) stay in the notebook but out of the HTML report,
+    and the report's prose names no module, function or setting of the code."""
+    from cnnlib.study.pipeline import REMOVE_CELL_TAG
+
+    for cell in _read(path).cells:
+        if cell.cell_type == "code" and report.CHECK_MARK in cell.source:
+            assert REMOVE_CELL_TAG in cell.metadata.get("tags", []), cell.source[:60]
+        if cell.cell_type == "markdown":
+            names = re.findall(r"`[^`]*\b(?:cnnlib|studies|findings|definitions|SETTINGS|report)"
+                               r"\.[^`]*`", cell.source)
+            assert not names, f"{path.name}: code names in the prose: {names}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebooks_are_thin_and_portable(path):
     """No functions or classes (the logic lives in cnnlib), no absolute paths; every notebook
     starts through report.start and gets its runs through the executors (executors.run_all)."""

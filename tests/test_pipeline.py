@@ -1,18 +1,25 @@
 """The notebook loop behind ./run_all.sh (flags, notebook matching, done-markers, real
-executions) and the data check of ./run_tests.sh."""
+executions, what it says it will do and did, the measurement caches it reuses) and the data
+check of ./run_tests.sh."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
+from cnnlib import _fileio as fileio
 from cnnlib import cli
-from cnnlib.study import pipeline
+from cnnlib.study import budget, cache, definitions, locations, pipeline, readme
+from cnnlib.study import compression as compression_study
+from cnnlib.training import loop
+from cnnlib.training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = pipeline.notebooks_in(ROOT / "notebooks")
@@ -20,6 +27,13 @@ NOTEBOOKS = pipeline.notebooks_in(ROOT / "notebooks")
 
 def _clean_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("CNNLIB_PROFILE", "CNNLIB_NPROC")}
+
+
+@pytest.fixture(autouse=True)
+def _scratch_cache(tmp_path, monkeypatch):
+    """Every test's run cache (and the notebook times kept in it) in a scratch folder."""
+    monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("CNNLIB_REMEASURE", raising=False)
 
 
 def test_a_bad_flag_stops_the_command_with_one_line_and_status_2(tmp_path):
@@ -46,6 +60,8 @@ def test_a_bad_flag_stops_the_command_with_one_line_and_status_2(tmp_path):
     (["--profile"], "argument --profile: expected one argument"),
     (["--prof", "smoke"], "unrecognized arguments: --prof smoke"),  # no abbreviations
     (["--setup-only"], "unrecognized arguments: --setup-only"),  # the shell script's flag
+    (["--verbose=yes"], "argument --verbose: ignored explicit argument 'yes'"),
+    (["--remeasure=1"], "argument --remeasure: ignored explicit argument '1'"),
 ])
 def test_parse_args_rejects(flags, message, capsys, monkeypatch):
     for name in ("CNNLIB_NPROC", "CNNLIB_JOBS", "CNNLIB_EXECUTOR"):
@@ -190,3 +206,164 @@ def test_the_data_check_of_run_tests_never_downloads(synthetic_root, tmp_path, m
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("cnnlib data: error: cifar10 not found in ")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing fetched
+
+
+# -- what the pipeline says, and the caches it reuses ---------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "true", " 1"])
+def test_a_bad_remeasure_variable_stops_the_command_with_one_line(value, monkeypatch, capsys):
+    monkeypatch.setenv("CNNLIB_REMEASURE", value)
+    with pytest.raises(SystemExit) as stop:
+        pipeline.parse_args(["--profile", "smoke"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"run_all: CNNLIB_REMEASURE: {value!r} is not allowed; "
+                                       "allowed: 0, 1\n")
+    with pytest.raises(ValueError, match="CNNLIB_REMEASURE: .* allowed: 0, 1$"):
+        cache.remeasure_asked()  # a kernel started by hand reads it the same way
+
+
+def test_remeasure_comes_from_the_flag_or_the_variable(monkeypatch):
+    assert (pipeline.parse_args([]).remeasure, pipeline.parse_args([]).verbose) == (False, False)
+    args = pipeline.parse_args(["--remeasure", "--verbose"])
+    assert (args.remeasure, args.verbose) == (True, True)
+    for value, expected in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("CNNLIB_REMEASURE", value)
+        assert pipeline.parse_args([]).remeasure is expected
+
+
+def test_papermills_cell_lines_and_kernel_warnings_only_with_verbose(tmp_path, capfd):
+    nb = _notebook(tmp_path / "01_tiny.ipynb",
+                   ('PROFILE = "auto"', ["parameters"]),
+                   ('import sys\nprint("profile is", PROFILE)\n'
+                    'print("a progress line", file=sys.stderr)', []),
+                   ("6 * 7", []))
+    pipeline.execute(nb, tmp_path / "quiet.ipynb", "smoke")
+    out, err = capfd.readouterr()
+    assert "profile is smoke" in out and "a progress line" in err  # what the cells print
+    log = out + err
+    for noise in ("Executing Cell", "Ending Cell", "Input Notebook", "[IPKernelApp]", "42"):
+        assert noise not in log, noise
+    executed = nbformat.read(tmp_path / "quiet.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["data"]["text/plain"] == "42"  # kept in the notebook
+
+    pipeline.execute(nb, tmp_path / "verbose.ipynb", "smoke", verbose=True)
+    out, err = capfd.readouterr()
+    assert "Executing Cell 2---" in err and "Ending Cell 3---" in err
+    assert "profile is smoke" in err and "42" in err  # every output, through papermill's log
+
+
+def test_a_quiet_notebook_gets_a_line_with_the_time_left(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "HEARTBEAT_SECONDS", 0.2)
+    nb = _notebook(tmp_path / "01_slow.ipynb",
+                   ('import sys, time\nprint("\\rstep 1", end="", file=sys.stderr)\n'
+                    'time.sleep(4)\nprint("done")', []))
+    work = budget.Work("01_slow", frozenset(), frozenset(), 0, 0.0, {"other": 3600.0})
+    assert pipeline.run_notebooks([nb], tmp_path / "out", "smoke", work={"01_slow": work}) == 0
+    out = capsys.readouterr().out
+    assert "(1/1) 01_slow: executing (profile smoke), about 60 min expected" in out
+    beats = [line for line in out.splitlines() if line.startswith("[run_all] 01_slow: running for")]
+    assert beats and all("left of the 60 min expected" in line for line in beats)
+    assert "(1/1) 01_slow: done in" in out and "(0 runs trained, 0 measurements taken)" in out
+
+
+def test_work_between_counts_runs_and_measurements_written_in_the_span(tmp_path):
+    root = tmp_path / "runs"
+    t0 = time.time()
+    for name, finished, seconds in (("a", t0 + 100, 60.0), ("b", t0 + 130, 60.0),
+                                    ("old", t0 - 500, 60.0)):
+        fileio.write_json({"finished": finished, "call_seconds": seconds},
+                          root / f"cifar10-baseline-{name}" / "result.json")
+    cache.measured("lr_find", {"run": "x", "steps": 3}, lambda: {"suggested_lr": 0.1},
+                   root=root)
+    done = cache.work_between(t0, t0 + 200, root)
+    # a ran 40-100, b 70-130: side by side they took 90 s of the span, not 120
+    assert (done.runs, done.train_seconds, done.measurements) == (2, pytest.approx(90.0), 1)
+    assert cache.work_between(t0 + 300, t0 + 400, root).runs == 0
+
+
+def test_the_last_line_separates_this_run_from_what_the_study_cost():
+    df = pd.DataFrame({"wall_seconds": [7.4 * 3600 / 138] * 138,
+                       "hardware": ["AMD EPYC, 2 threads"] * 138})
+    line = pipeline.last_line(31 * 60, cache.Work(), 6, readme.training_time(df))
+    assert line == ("[run_all] this run: 31 min (0 runs trained, 0 measurements taken, 6 reports "
+                    "rebuilt); the study's 138 recorded runs cost 7.4 h of training on AMD EPYC, "
+                    "2 threads")
+
+
+def _record(config: RunConfig) -> None:
+    """The run of `config` in the run cache as a record (a result.json only)."""
+    path = cache.run_dir(config)
+    fileio.write_json({"run_key": path.name, "config": config.to_dict()}, path / "result.json")
+
+
+@pytest.fixture
+def smoke_plan_here(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLIB_DATA_ROOT", str(synthetic_root))
+    monkeypatch.setattr(budget, "_measure", lambda *a: 1000.0)  # the timing is not the point
+    return tmp_path / "runs"
+
+
+def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
+    """Every smoke run recorded, and the range tests and compressed models they need: the plan
+    says 0 to train; what the notebooks take besides, once measured here, comes from then."""
+    lines = definitions.plan_lines("smoke")
+    unique = len({c.key() for s in definitions.STUDIES.values() for _, c in s.runs("smoke", None)})
+    assert lines[-1].startswith(f"total: {unique} runs, 0 recorded, {unique - 4} to train, "
+                                "4 waiting for measurements; about ")  # the range tests' lrs
+    assert "besides training not yet measured on this machine" in lines[0]
+    steps = definitions.lr_find_steps("smoke")
+    for config in definitions.lr_find_configs("smoke").values():
+        cache.lr_find(config, steps=steps, progress=False)
+    runs = {c.key(): c for s in definitions.STUDIES.values() for _, c in s.runs("smoke", None)}
+    for config in runs.values():
+        _record(config)
+    settings = definitions.compression_settings("smoke")
+    for label in ("reference", "best"):
+        config = dict(definitions.baseline_runs("smoke", datasets=("cifar10",)))[label]
+        what = compression_study._what(label, cache.run_key(config, cache.data_fingerprint(
+            "cifar10")), settings)
+        cache.measured("compression", {**what, "weights": "w"}, lambda: [])
+    lines = definitions.plan_lines("smoke")
+    unique = len(runs)  # the runs at the range tests' lrs now: some may equal others
+    assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
+                                "training; evaluation, figures, range tests, compressed models "
+                                "not yet measured on this machine; on ")
+    assert lines[2].startswith("03_depth_study: ") and "0 to train" in lines[2]
+    assert lines[2].endswith("; range tests recorded")
+    assert lines[4].endswith("; compressed models recorded")
+    assert definitions.plan_lines("smoke", remeasure=True)[2].endswith("; 4 range tests to measure")
+
+    for name in definitions.STUDIES:
+        budget.record_notebook_seconds("smoke", name, locations.notebook_seconds_path(), 30.0,
+                                       120.0 if definitions.STUDIES[name].measures else None)
+    lines = definitions.plan_lines("smoke")
+    assert lines[0].endswith("; about 30 s besides training")
+    assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
+                                "training; about 3 min of evaluation, figures, range tests, "
+                                "compressed models; on ")
+    again = definitions.plan_lines("smoke", remeasure=True)  # measured again: as long as before
+    assert again[2].endswith("; about 2 min besides training; 4 range tests to measure")
+    only = definitions.plan_lines("smoke", notebooks=["04_interpretability"])
+    assert [line.split(":")[0] for line in only] == ["04_interpretability", "total"]
+
+
+def test_range_tests_are_measured_once_and_again_when_asked(smoke_plan_here, synthetic_root,
+                                                             monkeypatch):
+    calls = []
+    real = loop.lr_find
+    monkeypatch.setattr(loop, "lr_find", lambda *a, **k: calls.append(a) or real(*a, **k))
+    config = RunConfig(dataset="cifar10", model="baseline", model_options={"width": 4},
+                       batch_size=32, train_subset=128, val_size=0, device="cpu")
+    first = cache.lr_find(config, steps=4, progress=False)
+    assert len(calls) == 1 and len(first["lrs"]) == 4
+    files = sorted((smoke_plan_here / cache.MEASUREMENTS).iterdir())
+    written = [f.stat().st_mtime_ns for f in files]
+    assert cache.lr_find(config, steps=4, progress=False) == first  # from the cache
+    assert len(calls) == 1 and [f.stat().st_mtime_ns for f in files] == written
+    assert cache.recorded_lr_find(config, 4) == first
+    assert cache.recorded_lr_find(config, 5) is None  # another number of batches: not recorded
+    assert cache.lr_find(config, steps=4, remeasure=True, progress=False) == first
+    monkeypatch.setenv("CNNLIB_REMEASURE", "1")
+    cache.lr_find(config, steps=4, progress=False)
+    assert len(calls) == 3

@@ -212,7 +212,7 @@ def test_misclassified_most_confident_mistakes_first():
     assert interpret.misclassified(preds, labels, probs, k=2) == [4, 3]
     assert interpret.misclassified(labels, labels, probs) == []
     titles = interpret.mistake_titles([4], preds, labels, probs, [f"c{i}" for i in range(6)])
-    assert titles == ["c4 -> c1 (0.95)"]
+    assert titles == ["c4 ->\nc1 (0.95)"]
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_points_zoom_to_values_of_a_few_points_and_panel_per_dataset(tmp_path):
     fig = plots.plot_points(df, "label", "acc %", panel="dataset", percent=100,
                             path=tmp_path / "p.png", title="ablation")
     c10, c100 = fig.axes
-    assert (c10.get_title(), c100.get_title()) == ("cifar10", "cifar100")
+    assert (c10.get_title(), c100.get_title()) == ("CIFAR-10", "CIFAR-100")
     for ax in fig.axes:
         assert ax.get_xlim()[0] > 70  # dots, not bars: the value axis need not start at 0
         assert _tick(ax.xaxis, 85) == "85%"
@@ -437,7 +437,7 @@ def test_deltas_show_the_paired_interval_coloured_by_verdict(tmp_path):
     fig = plots.plot_deltas(deltas, order=["crop+flip", "+mixup", "+cutout", "none"],
                             path=tmp_path / "d.png", title="against crop+flip")
     c10, c100 = fig.axes
-    assert (c10.get_title(), c100.get_title()) == ("cifar10", "cifar100")
+    assert (c10.get_title(), c100.get_title()) == ("CIFAR-10", "CIFAR-100")
     # The order given, without the reference and labels that have no delta.
     assert [t.get_text() for t in c10.get_yticklabels()] == ["+mixup", "none"]
     assert c10.get_xlabel() == "test accuracy minus crop+flip (pp)"
@@ -452,8 +452,8 @@ def test_deltas_show_the_paired_interval_coloured_by_verdict(tmp_path):
     assert not one_seed.has_xerr  # one seed: no interval to draw
     _legend_clear_of_axes(fig, c100)
     legend = [t.get_text() for t in c100.get_legend().get_texts()]
-    assert legend == ["hurts", "no detectable difference with 3 seeds",
-                      "no detectable difference with 1 seed"]
+    assert legend == ["hurts", "inconclusive with 3 seeds",
+                      "inconclusive with 1 seed"]
     alt = _png_description(tmp_path / "d.png")
     assert alt.startswith("against crop+flip.") and "none -5.5 pp (hurts)" in alt
 
@@ -463,8 +463,8 @@ def test_points_and_lines_legends_outside_the_data():
     points = plots.plot_points(df, "label", "acc %", hue="dataset", percent=100)
     _legend_clear_of_axes(points, points.axes[0])
     # The alt text describes each series, not means over series of different things.
-    assert "cifar10: highest aug 3 (84.3%), lowest aug 0 (80.3%)" in points.get_label()
-    assert "cifar100: highest aug 3 (89.7%)" in points.get_label()
+    assert "CIFAR-10: highest aug 3 (84.3%), lowest aug 0 (80.3%)" in points.get_label()
+    assert "CIFAR-100: highest aug 3 (89.7%)" in points.get_label()
     sweep = _sweep_table()
     lines = plots.plot_lines(sweep, "depth", "test_acc", hue="residual", percent=1)
     _legend_clear_of_axes(lines, lines.axes[0])
@@ -597,7 +597,7 @@ def test_tradeoff_points_mean_and_sd_per_network_and_dataset(tmp_path):
     assert any(list(line.get_xdata()) == [2.0, 2.0] for line in minutes.lines)  # the budget mark
     _legend_clear_of_axes(fig, params)
     labels = [t.get_text() for t in params.get_legend().get_texts()]
-    assert labels == ["cifar10", "cifar100", "small", "wide", "deep", "budget"]
+    assert labels == ["CIFAR-10", "CIFAR-100", "small", "wide", "deep", "budget"]
     alt = _png_description(tmp_path / "t.png")
-    assert alt.startswith("Networks.") and "cifar10: highest deep (84.5% at 4.1 minutes" in alt
+    assert alt.startswith("Networks.") and "CIFAR-10: highest deep (84.5% at 4.1 minutes" in alt
     assert "lowest small (50.5%)" in alt

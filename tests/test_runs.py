@@ -317,8 +317,11 @@ def test_training_time_sums_each_runs_own_wall_time_per_machine():
     # A study resumed on a second machine: three runs here, one there.
     df = pd.DataFrame({"wall_seconds": [1800.0, 1800.0, 3600.0, 5400.0],
                        "hardware": ["cpu A", "cpu A", "cpu A", "gpu B"]})
-    assert readme.training_time(df) == "4 runs trained for 3.5 h in all (3 on cpu A; 1 on gpu B)"
-    assert readme.training_time(df.iloc[:0]) == "no runs"
+    assert readme.training_time(df) == ("the study's 4 recorded runs cost 3.5 h of training "
+                                        "(3 on cpu A; 1 on gpu B)")
+    assert readme.training_time(df.iloc[:3]) == ("the study's 3 recorded runs cost 2.0 h of "
+                                                 "training on cpu A")
+    assert readme.training_time(df.iloc[:0]) == "the study has no recorded runs yet"
 
 
 def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
@@ -352,8 +355,18 @@ def test_collect_writes_the_benchmarks_tables_into_the_readme(tmp_path):
     compression.assign(hardware="test CPU (AVX2), 2 threads, torch 2.0").to_csv(
         out / "compression.csv", index=False)
     readme.collect_results(out, readme_md)
-    assert ("Machine: test CPU (AVX2), 2 threads, torch 2.0, bf16, commit abc1234.\n"
-            in readme_md.read_text())
+    assert ("Machine: test CPU (AVX2), 2 threads, torch 2.0, bf16, commit abc1234. Timings: "
+            "one round each.\n" in readme_md.read_text())
+    # Timings measured in rounds show their median with the lowest and highest round.
+    compression.assign(hardware="test CPU", latency_ms_b1_min=compression["latency_ms_b1"] - 0.5,
+                       latency_ms_b1_max=compression["latency_ms_b1"] + 0.5,
+                       throughput_b256_min=compression["throughput_b256"] - 100,
+                       throughput_b256_max=compression["throughput_b256"] + 100,
+                       timing_rounds=5).to_csv(out / "compression.csv", index=False)
+    readme.collect_results(out, readme_md)
+    text = readme_md.read_text()
+    assert "Timings: median of 5 rounds (range in brackets)." in text
+    assert "| best | int8 | 2.00 | 92.81 | -0.19 | 2.00 (1.50–2.50) | 2,300 (2,200–2,400) | 4.6x |" in text
     # Without the benchmarks' files the README keeps what it has.
     (out / "compression.csv").unlink()
     readme_md.write_text(f"{readme.COMPRESSION[0]}\nkept\n{readme.COMPRESSION[1]}\n")

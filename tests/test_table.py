@@ -122,7 +122,7 @@ def test_collect_reads_every_file_once(two_runs, tmp_path, monkeypatch):
                                                      out / "tables" / "confused_pairs_cifar10.csv"])
     assert len(merged) == 2
     text = md.read_text()
-    assert "2 runs, trained on" in text and "most confused cat→dog (30.0% of cat)" in text
+    assert "2 runs, trained on" in text and "mistakes are cat taken for dog (30.0% of the cat images)" in text
 
 
 @pytest.mark.parametrize("mean, sd, digits, sign, text", [

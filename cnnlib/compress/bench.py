@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +50,31 @@ def benchmark(model: nn.Module, *, seconds: float = 1.0) -> dict:
     }
 
 
-def time_models(models: dict[str, nn.Module], *, seconds: float = 1.0,
-                rounds: int = 3) -> dict[str, dict]:
+ROUNDS = 5  # timings are the median of this many rounds, with their range
+TIMINGS = ("latency_ms_b1", "throughput_b256")  # what benchmark() times
+
+
+def time_models(models: dict[str, nn.Module], *, seconds: float = 1.0, rounds: int = ROUNDS,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
     """:func:`benchmark` of several models, in rounds that each visit every model.
 
     A burst of other work on the machine then spreads over all models instead of
-    landing on one; per model the median over rounds is kept.
+    landing on one. Per model: the median over rounds of each timing, its lowest and
+    highest round (``<timing>_min``, ``<timing>_max``) and the number of rounds.
+    ``progress(round, rounds)`` is called after each round.
     """
     runs = {name: [] for name in models}
-    for _ in range(rounds):
+    for i in range(rounds):
         for name, model in models.items():
             runs[name].append(benchmark(model, seconds=seconds))
-    return {name: {k: float(np.median([r[k] for r in rs])) if k != "threads" else rs[0][k]
-                   for k in rs[0]} for name, rs in runs.items()}
-
+        if progress:
+            progress(i + 1, rounds)
+    out = {}
+    for name, rs in runs.items():
+        row = {}
+        for key in TIMINGS:
+            values = [r[key] for r in rs]
+            row |= {key: float(np.median(values)), f"{key}_min": float(min(values)),
+                    f"{key}_max": float(max(values))}
+        out[name] = {**row, "threads": rs[0]["threads"], "timing_rounds": rounds}
+    return out

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("cifar10", "cifar100")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}  # as a reader writes them
 DEFAULT_ROOT = "data"
 ROOT_ENV = "CNNLIB_DATA_ROOT"
 MIRROR_ENV = "CNNLIB_DATA_MIRROR"

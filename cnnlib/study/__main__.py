@@ -2,7 +2,8 @@
 
 - profile: the profile a run would use ($CNNLIB_PROFILE, else full on CUDA, cpu otherwise);
 - plan:    per notebook, its runs and their time estimated from speeds measured here;
-- collect: merge the studies' results into results.csv and refresh the README's tables
+- collect: merge the studies' results into results.csv, write the reports' landing page
+           (outputs/reports/index.html) and refresh the README's tables
            (the pipeline's last step).
 """
 

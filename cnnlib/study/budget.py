@@ -10,6 +10,10 @@ speeds into a plan's time estimate.
 
 The speed excludes the loader and evaluation: a run's measured wall time, recorded in
 its results row, is somewhat longer than its budget.
+
+What a notebook takes besides training (loading, evaluation, figures, and its measurements:
+range tests, compression) is measured by the pipeline as each notebook runs and kept per
+machine and profile (`notebook_seconds`), for the next plan's estimate.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -102,21 +107,30 @@ def _read_speeds(path: Path | None, repair: bool = False) -> dict:
     """The stored speeds ({} when there are none). A damaged store (content hash, JSON, a
     speed that is not a positive number) reads as empty, so the speeds are measured again;
     with `repair` (under the store's lock) it is set aside as `speeds.json.damaged`."""
+    return _read_store(path, _is_speed, "speed", repair)
+
+
+def _is_speed(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and v > 0
+
+
+def _read_store(path: Path | None, valid, what: str, repair: bool) -> dict:
+    """A JSON store of `what`s ({} when absent or damaged; with `repair` a damaged one is set
+    aside, and its figures are measured again)."""
     if path is None or not (path.exists() or path.is_symlink()):
         return {}
     try:
         if not path.is_file() or path.is_symlink():
             raise fileio.DamagedFileError(f"{path}: not a regular file")
         table = fileio.read_json(path)
-        bad = [k for k, v in table.items() if isinstance(v, bool)
-               or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0)]
+        bad = [k for k, v in table.items() if not valid(v)]
         if bad:
-            raise fileio.DamagedFileError(f"{path}: damaged, {bad[0]!r} is not a speed")
+            raise fileio.DamagedFileError(f"{path}: damaged, {bad[0]!r} is not a {what}")
         return table
     except fileio.DamagedFileError as e:
         if repair:
             fileio.set_aside(path)
-            print(f"[damaged] {e}; set aside as *.damaged, the speeds are measured again",
+            print(f"[damaged] {e}; set aside as *.damaged, the {what}s are measured again",
                   file=sys.stderr, flush=True)
         return {}
 
@@ -141,3 +155,125 @@ def estimate_seconds(config: RunConfig, store: str | Path | None = None,
     evaluated = math.ceil(config.epochs) * config.val_size
     evaluated += (config.test_subset or test_images) * TTA_VIEWS[config.tta]
     return train + evaluated / (EVAL_SPEEDUP * speed)
+
+
+# -- a notebook's time besides training ---------------------------------------------------------
+
+NOTEBOOK_PARTS = ("other", "measure")  # besides training and measurements; its measurements
+
+
+def _is_times(v) -> bool:
+    return (isinstance(v, dict) and bool(v) and set(v) <= set(NOTEBOOK_PARTS)
+            and all(not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+                    and x >= 0 for x in v.values()))
+
+
+def _notebook_key(profile: str, notebook: str) -> str:
+    return f"{hardware(str(RunConfig().resolved_device()))} | {profile} | {notebook}"
+
+
+def notebook_seconds(profile: str, notebook: str, store: str | Path | None) -> dict:
+    """What `notebook` took here on `profile` besides training: {"other": seconds of the
+    rest, "measure": seconds of its measurements when last taken}; {} when not yet measured."""
+    table = _read_store(Path(store) if store else None, _is_times, "notebook time", False)
+    return table.get(_notebook_key(profile, notebook), {})
+
+
+def record_notebook_seconds(profile: str, notebook: str, store: str | Path, other: float,
+                            measure: float | None = None) -> None:
+    """Keep what `notebook` took besides training; `measure` None keeps the last figure."""
+    path, key = Path(store), _notebook_key(profile, notebook)
+    with fileio.hold_folder(path.parent, wait=True):
+        table = _read_store(path, _is_times, "notebook time", repair=True)
+        entry = {**table.get(key, {}), "other": round(max(0.0, other), 1)}
+        if measure is not None:
+            entry["measure"] = round(max(0.0, measure), 1)
+        fileio.write_json({**table, key: entry}, path)
+
+
+def duration(seconds: float) -> str:
+    """A time span in words, to the precision an estimate deserves: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class Work:
+    """What executing one notebook will do here: its distinct runs (config keys), those
+    recorded in the run cache, those to train (an earlier notebook trains the rest) and their
+    seconds estimated from speeds measured here; what it took here besides training last time
+    (`notebook_seconds`, {} when not yet measured); what it measures besides training, how
+    many, how many of them are recorded; the runs not recorded whose configs wait for those
+    measurements (notebook 03's runs at its range tests' lrs: trained, or found recorded)."""
+
+    name: str
+    keys: frozenset = field(repr=False)
+    recorded: frozenset = field(repr=False)
+    to_train: int
+    train_seconds: float
+    spent: dict
+    measures: str = ""
+    measures_total: int = 0
+    measures_recorded: int = 0
+    waiting: int = 0
+    waiting_seconds: float = 0.0
+
+    @property
+    def other_seconds(self) -> float | None:
+        """Seconds besides training: the rest as last time, plus the measurements to take as
+        long as they took last time; None when either is not yet measured here."""
+        missing = self.measures_total - self.measures_recorded
+        if "other" not in self.spent or (missing and "measure" not in self.spent):
+            return None
+        extra = self.spent["measure"] * missing / self.measures_total if missing else 0.0
+        return self.spent["other"] + extra
+
+    @property
+    def seconds(self) -> float | None:
+        other = self.other_seconds
+        return None if other is None else self.train_seconds + other
+
+    def expected(self) -> str:
+        if self.seconds is not None:
+            return f"about {duration(self.seconds)} expected"
+        return "its time here is not yet measured" + (
+            f"; its training about {duration(self.train_seconds)}" if self.to_train else "")
+
+
+def work_lines(work: list[Work], machine: str) -> list[str]:
+    """A line per notebook, then the total: runs recorded and to train, time expected here."""
+    lines = []
+    for w in work:
+        earlier = len(w.keys) - len(w.recorded) - w.to_train - w.waiting
+        other = w.other_seconds
+        missing = w.measures_total - w.measures_recorded
+        lines.append(
+            f"{w.name}: {len(w.keys)} runs, {len(w.recorded)} recorded, {w.to_train} to train"
+            + (f" (about {duration(w.train_seconds)})" if w.to_train else "")
+            + (f", {earlier} trained by an earlier notebook" if earlier else "")
+            + (f", {w.waiting} waiting for the {w.measures} (up to "
+               f"{duration(w.waiting_seconds)})" if w.waiting else "")
+            + ("; besides training not yet measured on this machine" if other is None
+               else f"; about {duration(other)} besides training")
+            + (f"; {missing} {w.measures} to measure" if missing else
+               f"; {w.measures} recorded" if w.measures else ""))
+    to_train, waiting = sum(w.to_train for w in work), sum(w.waiting for w in work)
+    train = (f"about {duration(sum(w.train_seconds for w in work))} of training (from "
+             "training speeds measured here)" if to_train else "no training")
+    if waiting:
+        train += (f", up to {duration(sum(w.waiting_seconds for w in work))} more for the "
+                  f"{waiting} runs waiting for measurements")
+    what = ", ".join(["evaluation", "figures", *(w.measures for w in work if w.measures)])
+    known = [w.other_seconds for w in work if w.other_seconds is not None]
+    unknown = [w.name for w in work if w.other_seconds is None]
+    rest = f"about {duration(sum(known))} of {what}" if known else what
+    if unknown:
+        rest += (f" (not yet measured on this machine for {', '.join(unknown)})" if known
+                 else " not yet measured on this machine")
+    keys = frozenset().union(*(w.keys for w in work))
+    recorded = frozenset().union(*(w.recorded for w in work))
+    lines.append(f"total: {len(keys)} runs, {len(recorded)} recorded, {to_train} to train"
+                 + (f", {waiting} waiting for measurements" if waiting else "") + "; "
+                 f"{train}; {rest}; on {machine}")
+    return lines

@@ -8,14 +8,21 @@ file in its folder keeps a second process from training it too. A folder holding
 result.json (no checkpoint at all) is a *record*: a run finished on another machine whose
 small files were carried over (`records.save_record`), so that a study resumes there; its
 row and history are read, its model is not there.
+
+What a notebook measures besides training (learning-rate range tests, the compressed models'
+rows) is kept beside the runs, in `<runs>/measurements/<kind>-<key>.json`, keyed by what
+determines it (`measured`); `$CNNLIB_REMEASURE=1` (`./run_all.sh --remeasure`) measures again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +30,12 @@ from cnnlib import _fileio as fileio
 from cnnlib.data import cifar as cdata
 from cnnlib.study.locations import runs_root
 from cnnlib.study.provenance import RESULTS_VERSION, git_commit
+from cnnlib.training import loop
 from cnnlib.training.checkpoint import compact, load_model, load_safe, save_atomic
 from cnnlib.training.config import RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, hardware, resolve_precision
 from cnnlib.training.evaluate import metrics_from_logits, predict_logits
 from cnnlib.training.launch import train_or_launch  # one process unless $CNNLIB_NPROC > 1
-from cnnlib.training.loop import TrainResult
 
 
 def run_key(config: RunConfig, data_fingerprint: str) -> str:
@@ -259,7 +266,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
             state = "resuming" if (path / "last.pt").exists() else "training"
             print(f"[{state}] {name}: {path.name}", flush=True)
         t0 = time.time()
-        result: TrainResult = train_or_launch(config, path, resume=True,
+        result: loop.TrainResult = train_or_launch(config, path, resume=True,
                                               data_root=data_root, progress=progress)
         summary = portable(result.summary())
         # run_key: the folder it belongs to, so that a copy in another folder is not served.
@@ -310,3 +317,175 @@ def portable(summary: dict) -> dict:
 
 def write_compact(checkpoint: Path, path) -> Path:
     return save_atomic(compact(load_safe(checkpoint)), path)
+
+
+# -- measurements besides training ---------------------------------------------------------------
+
+MEASUREMENTS = "measurements"  # the run cache's folder of them
+REMEASURE_ENV = "CNNLIB_REMEASURE"  # "1": measure again (./run_all.sh --remeasure)
+
+
+def remeasure_asked(value: str | None = None, name: str = REMEASURE_ENV) -> bool:
+    """`value` (else $CNNLIB_REMEASURE) read as a switch: "1" yes; "0" or "" no."""
+    value = os.environ.get(REMEASURE_ENV, "") if value is None else value
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{name}: {value!r} is not allowed; allowed: 0, 1")
+    return value == "1"
+
+
+def _plain(obj):
+    """`obj` as it reads back from JSON: the first measurement and a reused one are equal."""
+    return json.loads(json.dumps(obj, default=float))
+
+
+def measurement_path(kind: str, what: dict, root=None) -> Path:
+    blob = json.dumps({**_plain(what), "version": RESULTS_VERSION}, sort_keys=True)
+    return runs_root(root) / MEASUREMENTS / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+
+
+def recalled(kind: str, what: dict, root=None, repair: bool = False) -> dict | None:
+    """The stored entry of a measurement (`what`, `value`, `seconds`, `finished`, `commit`),
+    else None. A damaged one reads as None; with `repair` it is set aside."""
+    path = measurement_path(kind, what, root)
+    if not _present(path):
+        return None
+    try:
+        _regular(path)
+        entry = fileio.read_json(path)
+        if entry.get("what") != _plain(what) or "value" not in entry:
+            raise fileio.DamagedFileError(f"{path}: not the measurement asked for")
+        return entry
+    except fileio.DamagedFileError as e:
+        if repair:
+            fileio.set_aside(path)
+            print(f"[damaged] {e}; set aside as *.damaged, measured again", file=sys.stderr,
+                  flush=True)
+        return None
+
+
+def measured(kind: str, what: dict, measure: Callable[[], object], *, remeasure=None,
+             root=None) -> tuple[object, dict | None]:
+    """`measure()`'s value, measured once per `what` (with the results version) and kept in
+    the run cache; `remeasure` (default $CNNLIB_REMEASURE) measures again. Returns the value
+    (as it reads back from JSON) and the stored entry it came from, None when measured now."""
+    again = remeasure_asked() if remeasure is None else remeasure
+    entry = None if again else recalled(kind, what, root, repair=True)
+    if entry is not None:
+        return entry["value"], entry
+    t0 = time.time()
+    value = _plain(measure())
+    path = measurement_path(kind, what, root)
+    entry = {"kind": kind, "what": _plain(what), "value": value,
+             "seconds": time.time() - t0, "finished": time.time(), "commit": git_commit()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fileio.write_json(entry, path)
+    except OSError as e:  # a read-only or full cache: the value still serves this notebook
+        print(f"[not saved] {path}: {fileio.first_line(e)}; measured again next time",
+              file=sys.stderr, flush=True)
+    return value, None
+
+
+def stored_measurements(kind: str, root=None, **fields) -> list[dict]:
+    """The stored entries of `kind` whose `what` holds `fields` (a plan's look-up)."""
+    folder = runs_root(root) / MEASUREMENTS
+    out = []
+    for path in sorted(folder.glob(f"{kind}-*.json")) if folder.is_dir() else ():
+        try:
+            entry = fileio.read_json(path)
+        except (fileio.DamagedFileError, OSError):
+            continue  # measured again when asked for
+        what = entry.get("what") or {}
+        if all(what.get(k) == _plain(v) for k, v in fields.items()):
+            out.append(entry)
+    return out
+
+
+def _lr_find_what(config: RunConfig, steps: int, data_root=None) -> dict:
+    return {"run": run_key(config, data_fingerprint(config.dataset, data_root)), "steps": steps}
+
+
+def lr_find(config: RunConfig, *, steps: int, root=None, data_root=None, remeasure=None,
+            progress: bool = True) -> dict:
+    """`training.loop.lr_find` of `config` for `steps` batches, measured once: keyed by the
+    run key of `config` (config, data, precision, results version) and `steps`."""
+    name = f"range test {config.optimizer} on {config.dataset}"
+
+    def measure():
+        if progress:
+            print(f"[measuring] {name}: {steps} batches", flush=True)
+        return loop.lr_find(config, steps=steps, data_root=data_root)
+
+    value, entry = measured("lr_find", _lr_find_what(config, steps, data_root), measure,
+                            remeasure=remeasure, root=root)
+    if progress:
+        print(f"[{'cached' if entry else 'measured'}] {name}: suggested lr "
+              f"{value['suggested_lr']:.2g}", flush=True)
+    return value
+
+
+def recorded_lr_find(config: RunConfig, steps: int, root=None, data_root=None) -> dict | None:
+    """The stored `lr_find(config, steps=steps)`, else None (nothing is measured)."""
+    if not any((runs_root(root) / MEASUREMENTS).glob("lr_find-*.json")):
+        return None  # none stored: the data need not be read for a key
+    entry = recalled("lr_find", _lr_find_what(config, steps, data_root), root)
+    return None if entry is None else entry["value"]
+
+
+def recorded_keys(configs: list[RunConfig], root=None, data_root=None) -> set[str]:
+    """The config keys of `configs` whose runs are in the cache (finished, or records)."""
+    out = set()
+    for dataset in dict.fromkeys(c.dataset for c in configs):
+        if any(runs_root(root).glob(f"{dataset}-*/result.json")):  # else no need to read the data
+            out |= {c.key() for c in configs if c.dataset == dataset
+                    and is_finished(run_dir(c, root, data_root), c)}
+    return out
+
+
+# -- what the cache received in a span of time (the pipeline's accounts) -------------------------
+
+
+@dataclass
+class Work:
+    """Runs finished and measurements taken between two times, with their wall seconds
+    (the runs' as the union of their spans: runs trained side by side count once)."""
+
+    runs: int = 0
+    train_seconds: float = 0.0
+    measurements: int = 0
+    measure_seconds: float = 0.0
+
+
+def work_between(start: float, end: float, root=None) -> Work:
+    """What the run cache received between `start` and `end` (time.time())."""
+    base, work, spans = runs_root(root), Work(), []
+    for done in base.glob("*/result.json") if base.is_dir() else ():
+        summary = _written_between(done, start, end)
+        if summary:
+            finished, seconds = summary["finished"], summary.get("call_seconds")
+            seconds = seconds if isinstance(seconds, int | float) else 0.0
+            spans.append((max(start, finished - seconds), finished))
+    work.runs = len(spans)
+    reach = start
+    for s, e in sorted(spans):  # the union of the spans
+        s = max(s, reach)
+        if e > s:
+            work.train_seconds += e - s
+            reach = e
+    for path in (base / MEASUREMENTS).glob("*.json") if (base / MEASUREMENTS).is_dir() else ():
+        entry = _written_between(path, start, end)
+        if entry and isinstance(entry.get("seconds"), int | float):
+            work.measurements += 1
+            work.measure_seconds += entry["seconds"]
+    return work
+
+
+def _written_between(path: Path, start: float, end: float) -> dict | None:
+    try:
+        if not start <= path.stat().st_mtime <= end + 1:
+            return None
+        entry = fileio.read_json(path)
+    except (OSError, fileio.DamagedFileError):
+        return None
+    finished = entry.get("finished")
+    return entry if isinstance(finished, int | float) and start <= finished <= end + 1 else None

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlib.models.registry import model_options as _model_defaults
-from cnnlib.study.budget import epochs_for, estimate_seconds
-from cnnlib.study.locations import speeds_path
+from cnnlib.study import cache
+from cnnlib.study.budget import Work, epochs_for, estimate_seconds, notebook_seconds, work_lines
+from cnnlib.study.locations import notebook_seconds_path, speeds_path
 from cnnlib.training.config import RECIPES, RunConfig, recipe
 from cnnlib.training.device import hardware, resolve_precision
 
@@ -327,14 +328,20 @@ class Sweep:
 @dataclass(frozen=True)
 class Study:
     """One notebook: its runs per profile (`runs(profile, speeds store)`), its sweeps, the
-    figures it writes (file names in the outputs folder or its figures/) and the names of the
-    `findings` functions it states."""
+    figures it writes (file names in the outputs folder or its figures/; the first is its main
+    figure, the landing page's thumbnail), the names of the `findings` functions it states,
+    and its title and question in a line each (the notebook states the question in full)."""
 
     name: str
     runs: Callable[[str, Any], list[tuple[str, RunConfig]]]
     sweeps: tuple[Sweep, ...] = ()
     figures: tuple[str, ...] = ()
     findings: tuple[str, ...] = ()
+    title: str = ""
+    question: str = ""
+    # What it measures besides training, kept in the run cache: (what, recorded, total, the
+    # runs whose configs wait for measurements not recorded yet) on a profile.
+    measures: Callable[[str], tuple[str, int, int, list[RunConfig]]] | None = None
 
     def sweep(self, name: str) -> Sweep:
         return next(s for s in self.sweeps if s.name == name)
@@ -362,17 +369,28 @@ _RECIPE = RECIPES["fastnet"]  # the reference recipe of every sweep but the over
 _ANSWER = ("answer", "lines")
 STUDIES = {s.name: s for s in (
     Study("01_baseline", lambda p, store: baseline_runs(p),
+          title="The reference network and the best model",
+          question="How far above the sweeps' reference network does the best model get, and does "
+                   "it meet the targets of 94% (CIFAR-10) and 72% (CIFAR-100)?",
           figures=("training_curves.png", "confusion_matrix_10.png", "confusion_matrix_100.png",
                    "confusion_matrix_100_superclasses.png",
                    *(f"per_class_accuracy_{ds}.png" for ds in DATASETS)),
           findings=("baseline_answer", "best_check", "reference_check", "confusion_sentence")),
     Study("02_augmentation_ablation", lambda p, store: augmentation_runs(p),
+          title="Data augmentation",
+          question="Which augmentations change the reference network's test accuracy against "
+                   "random crop and flip?",
           sweeps=(Sweep("augmentation", tuple(AUGMENTATIONS), _RECIPE["augment"]),),
           figures=("augmentation_ablation.png", "augmentation_deltas.png",
                    "augmentation_splits.png"),
           findings=_ANSWER),
     Study("03_depth_study",
-          lambda p, store: overfitting_runs(p) + early_stopping_runs(p) + optimizer_runs(p),
+          lambda p, store: (overfitting_runs(p) + early_stopping_runs(p)
+                            + optimizer_runs(p, recorded_suggestions(p))),
+          measures=lambda p: _recorded_range_tests(p),
+          title="Depth and overfitting, early stopping, optimizers",
+          question="How do depth, width, dropout and weight decay change overfitting; what does "
+                   "early stopping save; which optimizer trains best?",
           sweeps=(*(Sweep(k.name, tuple(label for label, _ in k.variants()),
                           k.label(k.standard), rank=k.name == "depth") for k in KNOBS),
                   Sweep("early stopping", EARLY_STOPPING, EARLY_STOPPING[0],
@@ -385,13 +403,22 @@ STUDIES = {s.name: s for s in (
           findings=(*_ANSWER, "epochs_saved")),
     # 04 and 05 reuse 01's models from the run cache.
     Study("04_interpretability", lambda p, store: baseline_runs(p),
-          figures=("first_layer_filters_reference.png", "first_layer_filters_best.png",
-                   "gradcam_saliency.png", "misclassified_cifar10.png",
+          title="Looking inside the trained networks",
+          question="What do the models look at, and which classes do the best models confuse?",
+          figures=("gradcam_saliency.png", "first_layer_filters_reference.png",
+                   "first_layer_filters_best.png", "misclassified_cifar10.png",
                    "top_confused_pair_cifar10.png"),
           findings=("confusion_sentence",)),
     Study("05_compression", lambda p, store: baseline_runs(p, datasets=("cifar10",)),
+          measures=lambda p: ("compressed models", *_recorded_compressions(p), []),
+          title="Compression: pruning, int8, ONNX",
+          question="How small and how fast can the CIFAR-10 models get, and at what cost in "
+                   "test accuracy?",
           figures=("compression_tradeoffs.png",), findings=("compression_answer",)),
     Study("06_architectures", lambda p, store: architecture_runs(p, store),
+          title="Architectures under one wall-clock budget",
+          question="Which network reaches the highest test accuracy when each gets the same "
+                   "training time?",
           sweeps=(Sweep("architecture", ARCHITECTURES, RECIPES["baseline"]["model"], rank=True),),
           figures=("architectures_tradeoff.png",), findings=_ANSWER),
 )}
@@ -412,24 +439,62 @@ def plan(profile: str, store=None) -> dict[str, list[tuple[str, RunConfig]]]:
     return out
 
 
-def plan_lines(profile: str) -> list[str]:
-    """Per notebook: its runs, those not shared with an earlier one, their estimated time here.
+# -- what executing notebooks will do here ------------------------------------------------------
 
-    The estimate comes from training speeds measured on this machine (a few steps per
-    network shape, kept in `speeds_path()`), not from finished runs; runs already in the
-    cache still count.
-    """
-    store = speeds_path()
-    lines, total, count = [], 0.0, 0
-    for name, (listed, new) in plan(profile, store).items():
-        seconds = sum(estimate_seconds(c, store) for _, c in new)
-        total += seconds
-        count += len(new)
-        lines.append(f"{name}: {listed} runs, {len(new)} not shared with an earlier notebook, "
-                     f"about {seconds / 60:.0f} min")
+
+def recorded_suggestions(profile: str) -> dict[str, float] | None:
+    """Per optimizer, the lr its range test suggested, when all are in the run cache; else
+    None (a plan then counts the optimizer runs at a stand-in lr: as many runs)."""
+    steps = lr_find_steps(profile)
+    tests = {o: cache.recorded_lr_find(c, steps) for o, c in lr_find_configs(profile).items()}
+    return None if None in tests.values() else {o: t["suggested_lr"] for o, t in tests.items()}
+
+
+def _recorded_range_tests(profile: str) -> tuple[str, int, int, list[RunConfig]]:
+    steps, configs = lr_find_steps(profile), lr_find_configs(profile).values()
+    done = sum(cache.recorded_lr_find(c, steps) is not None for c in configs)
+    waiting = [] if done == len(configs) else [c for label, c in optimizer_runs(profile)
+                                               if label.endswith(LR_KINDS[1])]
+    return "range tests", done, len(configs), waiting
+
+
+def _recorded_compressions(profile: str) -> tuple[int, int]:
+    """Notebook 05 compresses the first seed of the reference and the best of the best runs."""
+    from cnnlib.study import compression  # slow to import, and only this look-up needs it
+    runs, s = baseline_runs(profile, datasets=("cifar10",)), compression_settings(profile)
+    reference = [min((c for label, c in runs if label == "reference"), key=lambda c: c.seed)]
+    best = [c for label, c in runs if label == "best"]
+    return (compression.recorded("reference", reference, s)
+            + compression.recorded("best", best, s)), 2
+
+
+def plan_work(profile: str, notebooks=None, remeasure: bool = False) -> list[Work]:
+    """Per notebook to execute (names, default all), what it will do here (`remeasure`: take
+    its measurements again)."""
+    speeds = speeds_path()
+    runs = {name: {c.key(): c for _, c in STUDIES[name].runs(profile, speeds)}
+            for name in (notebooks or STUDIES)}
+    recorded = cache.recorded_keys([c for configs in runs.values() for c in configs.values()])
+    seen, out = set(), []
+    for name, configs in runs.items():
+        new = [c for k, c in configs.items() if k not in recorded | seen]
+        seen |= set(configs)
+        what, done, total, waiting = (STUDIES[name].measures or (lambda p: ("", 0, 0, [])))(profile)
+        later = [c for c in new if c.key() in {w.key() for w in waiting}]
+        new = [c for c in new if c not in later]
+        out.append(Work(name, frozenset(configs), frozenset(set(configs) & recorded), len(new),
+                        sum(estimate_seconds(c, speeds) for c in new),
+                        notebook_seconds(profile, name, notebook_seconds_path()),
+                        what, total, 0 if remeasure else done, len(later),
+                        sum(estimate_seconds(c, speeds) for c in later)))
+    return out
+
+
+def plan_lines(profile: str, notebooks=None, remeasure: bool = False,
+               work: list[Work] | None = None) -> list[str]:
+    """Per notebook to execute, its runs recorded or to train and the time expected here (as
+    `budget.Work` estimates it), then the total."""
     config = RunConfig()
-    lines.append(f"total: {count} runs, about {total / 3600:.1f} h on "
-                 f"{hardware(str(config.resolved_device()))} "
-                 f"({resolve_precision(config.precision, config.resolved_device())}), "
-                 "estimated from training speeds measured here")
-    return lines
+    return work_lines(plan_work(profile, notebooks, remeasure) if work is None else work,
+                      f"{hardware(str(config.resolved_device()))} "
+                      f"({resolve_precision(config.precision, config.resolved_device())})")

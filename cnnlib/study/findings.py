@@ -12,11 +12,12 @@ The notebooks print these sentences (the answer at the top of each report) and
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 
-from cnnlib.data.obtain import NUM_CLASSES
+from cnnlib.data.obtain import NUM_CLASSES, TITLES
 from cnnlib.study.definitions import STUDIES, Sweep
 from cnnlib.study.stats import (
     CONFIDENCE,
@@ -28,16 +29,81 @@ from cnnlib.study.stats import (
     plus_minus,
     rank,
 )
+from cnnlib.viz._figure import pretty
 
 __all__ = [
-    "BEST_TARGETS", "CHANCE_FACTOR", "REFERENCE_TARGETS", "answer", "at_chance", "baseline_answer",
-    "best_check", "compression_answer", "confusion_sentence", "early_stopping_table",
-    "epochs_saved", "lines", "readme_section", "reference_check", "regime_notes", "sweep_finding",
-    "sweep_lines",
+    "BEST_TARGETS", "CHANCE_FACTOR", "COMPRESSION_GOAL", "REFERENCE_TARGETS",
+    "TTA_WORDS", "answer", "at_chance", "baseline_answer", "best_check", "compression_answer",
+    "confusion_sentence", "dataset_name", "early_stopping_table", "epochs_saved", "lines",
+    "meets_goal", "options_words", "readme_section", "reference_check", "regime", "regime_notes",
+    "sweep_finding", "sweep_lines",
 ]
 
 # Each sweep's labels and reference come from `definitions.STUDIES`, which makes the runs.
 _STOPPING = STUDIES["03_depth_study"].sweep("early stopping")
+
+
+TTA_WORDS = {0: "none", 1: "flip", 2: "flip and shift"}  # test-time augmentation levels
+
+
+def options_words(text) -> str:
+    """A results row's model options ('{"widths": [32, 128, 128]}') as words."""
+    try:
+        options = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return str(text)
+    return ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in options.items())
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset as a reader writes it (cifar10 -> CIFAR-10)."""
+    return TITLES.get(dataset, dataset)
+
+
+def _augment_words(augment: str) -> str:
+    return "no augmentation" if augment in ("", "none") else augment
+
+
+def _span(values, fmt, what: str) -> str:
+    """One value as itself, several as their range."""
+    values = sorted(set(values))
+    if len(values) == 1:
+        return f"{fmt(values[0])} {what}"
+    return f"{fmt(values[0])} to {fmt(values[-1])} {what}"
+
+
+def regime(part, labels=None) -> str:
+    """The regime a finding holds under, from its rows (of the `labels` given, else all): the
+    network, epochs, training images, augmentation and test-time augmentation. What the
+    labels share is stated once; what they vary is named as varying."""
+    if labels is not None:
+        part = part[part["label"].isin(labels)]
+    if not len(part):
+        return ""
+    models = list(dict.fromkeys(part["model"]))
+    options = set(part["options"].fillna("").astype(str))
+    if len(models) > 1:
+        network = f"{len(models)} networks"
+    elif len(options) == 1:
+        words = options_words(options.pop())
+        network = models[0] + (f" ({words})" if words else "")
+    else:
+        network = f"{models[0]} (each label's options)"
+    epochs = part["epochs"].dropna().round(2)
+    augment = set(part["augmentations"].fillna("").astype(str))
+    tta = sorted({int(x) for x in part["tta"].dropna()})
+    parts = [network,
+             _span(epochs, lambda x: f"{x:g}", "epochs") + (
+                 f" by label ({_span(part['wall_seconds'].dropna() / 60, lambda x: f'{x:.1f}', 'min')}"
+                 " of training per run)" if epochs.nunique() > 1 else ""),
+             _span(part["train_images"].dropna().astype(int), lambda x: f"{x:,}",
+                   "training images"),
+             (_augment_words(augment.pop()) if len(augment) == 1
+              else "each label's augmentation"),
+             "; ".join("no test-time augmentation" if not t
+                       else f"test-time augmentation ({TTA_WORDS.get(t, t)})" for t in tta)]
+    return ", ".join(x for x in parts if x)
 
 
 def _members(df, sweep: Sweep) -> list[str]:
@@ -102,13 +168,13 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
     for dataset, part in df.groupby("dataset", sort=False):
         members = _members(part, sweep)
         if not members:  # the study ran here, the sweep did not: say so
-            lines.append(f"- **{sweep.name}, {dataset}**: {_missing(sweep, members)}.")
+            lines.append(f"- **{sweep.name}, {dataset_name(dataset)}**: {_missing(sweep, members)}.")
             continue
         part = part[part["label"].isin(members)]
         means = metric_values(part, metric).groupby(part["label"], sort=False).mean() * 100
         n = part.groupby("label")["seed"].nunique()
         seeds = n_seeds(int(n.min())) if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
-        text = (f"- **{sweep.name}, {dataset}** ({seeds}): {name} "
+        text = (f"- **{sweep.name}, {dataset_name(dataset)}** ({seeds}): {name} "
                 f"{' / '.join(f'`{x}`' for x in members)}: "
                 f"{' / '.join(f'{means[x]:.1f}' for x in members)}{unit}")
         if sweep.rank:
@@ -135,7 +201,7 @@ def baseline_answer(df) -> str:
             continue
         model = part.loc[part["label"] == "best", "model"].iloc[0]
         d = compare(part, "reference", ["best"])[0]
-        lines.append(f"- **{dataset}**: the best model ({model}, {n_seeds(int(n['best']))}) "
+        lines.append(f"- **{dataset_name(dataset)}**: the best model ({model}, {n_seeds(int(n['best']))}) "
                      f"reaches {acc.mean()['best'] * 100:.1f}% test accuracy, the sweeps' "
                      f"reference network ({n_seeds(int(n['reference']))}) "
                      f"{acc.mean()['reference'] * 100:.1f}%; "
@@ -165,7 +231,7 @@ def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -
         took = f"{low:.1f}" if len(best) == 1 else f"{low:.1f} to {high:.1f}"
         pace = "within" if high <= minutes else f"{high - minutes:.1f} min over"
         hardware = "; ".join(h for h in best["hardware"].dropna().unique() if h)
-        lines.append(f"- **{dataset}**: the best model reaches {plus_minus(acc, 2)}% test "
+        lines.append(f"- **{dataset_name(dataset)}**: the best model reaches {plus_minus(acc, 2)}% test "
                      f"accuracy (mean{' ± sd' if len(acc) > 1 else ''} over {n_seeds(len(acc))}): it "
                      f"{verdict}; a run took {took} min on {hardware} ({pace} the target of "
                      f"about {minutes:g} min).")
@@ -186,38 +252,44 @@ def reference_check(df, targets: dict | None = None) -> str:
         if dataset not in targets or not len(acc):
             continue
         bar = targets[dataset] * 100
-        text = (f"- **{dataset}**: the reference network reaches {plus_minus(acc)}% test "
+        text = (f"- **{dataset_name(dataset)}**: the reference network reaches {plus_minus(acc)}% test "
                 f"accuracy (mean{' ± sd' if len(acc) > 1 else ''} over {n_seeds(len(acc))}): ")
         if acc.mean() >= bar:
-            text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {dataset} run in "
+            text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {dataset_name(dataset)} run in "
                      "the regime the study asks for.")
         else:
             text += (f"{bar - acc.mean():.1f} pp short of the study's bar of {bar:g}%, so the "
-                     f"sweeps' comparisons on {dataset} are outside the regime the study asks for.")
+                     f"sweeps' comparisons on {dataset_name(dataset)} are outside the regime the study asks for.")
         lines.append(text)
     return "\n".join(lines)
 
 
 def answer(df, sweeps: tuple[Sweep, ...]) -> str:
-    """A study's answer in one bullet per dataset: every comparison of its sweeps grouped by
-    verdict (mean changes only), the rankings the sweeps ask for, and the sweeps it lacks."""
+    """A study's answer, one bullet per dataset and sweep: its comparisons grouped by verdict
+    (mean changes only; the tables have the intervals) and the ranking the sweep asks for;
+    then, per dataset, the sweeps it lacks."""
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
-        deltas, ranks, refs, marks, missing = [], [], {}, {}, []
+        marks = {k: "at chance" for k in at_chance(part)}
+        missing = []
         for sweep in sweeps:
             members = _members(part, sweep)
-            if sweep.reference in members:
-                deltas += compare(part, sweep.reference, members)
-                marks.update({k: "at chance" for k in at_chance(part) if k in members})
-                refs[f"`{sweep.reference}`"] = 1
-            else:
+            if sweep.reference not in members:
                 missing.append(_missing(sweep, members, short=True))
-            if sweep.rank and members:
-                ranks.append(rank(part, members)[0].sentence(f"highest {sweep.name}"))
-        refs = list(refs)
-        refs = ", ".join(refs[:-1]) + " and " + refs[-1] if len(refs) > 1 else "".join(refs)
-        said = [f"against {refs}: {grouped(deltas, short=True, marks=marks)}"] if deltas else []
-        lines.append(f"- **{dataset}**, " + "; ".join([*said, *ranks, *missing]) + ".")
+                continue
+            said = []
+            deltas = compare(part, sweep.reference, members)
+            if deltas:
+                said.append(f"against `{sweep.reference}`: "
+                            + grouped(deltas, short=True, marks=marks))
+            if sweep.rank:
+                said.append(rank(part, members)[0].sentence(f"highest {sweep.name}"))
+            if said:
+                lines.append(f"- **{dataset_name(dataset)}, {sweep.name}**: "
+                             + "; ".join(said) + ".")
+        if missing:
+            lines.append(f"- **{dataset_name(dataset)}**: "
+                         + "; ".join(missing) + ".")
     return "\n".join(lines)
 
 
@@ -268,7 +340,7 @@ def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING
             + f", weights of epoch {r['best epoch']} restored" for _, r in part.iterrows())
         share = part["epochs saved"].sum() / part["schedule"].sum()
         d = compare(df[df["dataset"] == dataset], full, [stopped])[0]
-        lines.append(f"- **early stopping, {dataset}** ({n_seeds(len(part))}): "
+        lines.append(f"- **early stopping, {dataset_name(dataset)}** ({n_seeds(len(part))}): "
                      f"{part['epochs saved'].mean():.1f} of {part['schedule'].iloc[0]} epochs "
                      f"saved on average ({share:.0%} of the schedule; {per_seed}); test accuracy "
                      f"{part['test acc % with'].mean():.1f}% with, "
@@ -277,35 +349,57 @@ def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING
     return "\n".join(lines)
 
 
+# Notebook 05's goal for a compressed variant: at least this speed-up of the fp32 throughput at
+# batch 256 for at most this loss of test accuracy (pp).
+COMPRESSION_GOAL = {"speedup_b256": 2.0, "acc_change_pp": -1.0}
+
+
+def meets_goal(row) -> bool:
+    """Whether a compression row (speed-up, accuracy change) meets `COMPRESSION_GOAL`."""
+    return bool(row["speedup_b256"] >= COMPRESSION_GOAL["speedup_b256"]
+                and row["acc_change_pp"] >= COMPRESSION_GOAL["acc_change_pp"])
+
+
 def compression_answer(df) -> str:
-    """Notebook 05: per model, the fastest and the smallest variant against fp32."""
+    """Notebook 05: per model, the fastest variant that meets the goal, then the fastest and
+    the smallest of all, against fp32; test accuracy as the variants score it (no TTA)."""
+    goal = (f"at least {COMPRESSION_GOAL['speedup_b256']:g}× the fp32 throughput at batch 256 "
+            f"for at most {-COMPRESSION_GOAL['acc_change_pp']:g} pp of test accuracy")
     lines = []
     for model, part in df.groupby("model", sort=False):
         rest = part[part["variant"] != "fp32"]
         if not len(rest):
             continue
+        good = rest[[meets_goal(r) for _, r in rest.iterrows()]]
+        if len(good):
+            g = good.loc[good["speedup_b256"].idxmax()]
+            lead = (f"`{g['variant']}` meets the goal ({goal}): {g['speedup_b256']:.1f}×, "
+                    f"test accuracy {g['acc_change_pp']:+.2f} pp, {g['size_mb']:.2f} MB")
+        else:
+            lead = f"no variant meets the goal ({goal})"
         fast = rest.loc[rest["speedup_b256"].idxmax()]
         small = rest.loc[rest["size_mb"].idxmin()]
-        lines.append(f"- **{model}**: fastest `{fast['variant']}`, {fast['speedup_b256']:.1f}× "
-                     f"the fp32 throughput at batch 256, test accuracy "
-                     f"{fast['acc_change_pp']:+.2f} pp; smallest `{small['variant']}`, "
-                     f"{small['size_mb']:.2f} MB, test accuracy {small['acc_change_pp']:+.2f} pp "
-                     "(each variant measured once: no interval).")
+        lines.append(f"- **{model} model**: {lead}. Fastest: `{fast['variant']}`, "
+                     f"{fast['speedup_b256']:.1f}×, test accuracy {fast['acc_change_pp']:+.2f} pp; "
+                     f"smallest: `{small['variant']}`, {small['size_mb']:.2f} MB, test accuracy "
+                     f"{small['acc_change_pp']:+.2f} pp.")
     return "\n".join(lines)
 
 
 def confusion_sentence(pairs, dataset: str, top: int = 3) -> str:
     """The most confused pairs of a `report.confused_pairs` frame (as saved to tables/)."""
+    name = dataset_name(dataset)
     if not len(pairs):
-        return f"- **{dataset}**: no test image was confused with another class."
-    named = ", ".join(f"{r['true']}→{r['predicted']} ({r['% of true class']:.1f}% of "
-                      f"{r['true']})" for _, r in pairs.head(top).iterrows())
-    text = f"- **{dataset}**: most confused {named}"
+        return f"- **{name}**: no test image was confused with another class."
+    named = ", ".join(f"{pretty(r['true'])} taken for {pretty(r['predicted'])} "
+                      f"({r['% of true class']:.1f}% of the {pretty(r['true'])} images)"
+                      for _, r in pairs.head(top).iterrows())
+    text = f"- **{name}**: the best model's most frequent mistakes are {named}"
     if "same superclass" in pairs:
         same = pairs["same superclass"].astype(str).str.lower() == "true"
-        others = ", ".join(f"{t}→{p}" for t, p in zip(pairs.loc[~same, "true"],
-                                                        pairs.loc[~same, "predicted"],
-                                                        strict=True))
+        others = ", ".join(f"{pretty(t)} → {pretty(p)}"
+                           for t, p in zip(pairs.loc[~same, "true"], pairs.loc[~same, "predicted"],
+                                           strict=True))
         text += (f"; {int(same.sum())} of the {len(pairs)} most confused pairs lie inside one "
                  f"superclass" + (f" (not {others})" if others else ""))
     return text + "."

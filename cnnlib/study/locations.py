@@ -78,6 +78,11 @@ def speeds_path() -> Path:
     return runs_root() / "speeds.json"
 
 
+def notebook_seconds_path() -> Path:
+    """Where what each notebook took here besides training is kept (`budget.py`)."""
+    return runs_root() / "notebook_seconds.json"
+
+
 def anchor_data_root() -> None:
     """Make the data root the project's data/ for this process and the ones it starts, unless
     $CNNLIB_DATA_ROOT names one: a kernel started in notebooks/ reads the same data as one

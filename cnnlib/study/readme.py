@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnlib import _fileio as fileio
-from cnnlib.study import findings
+from cnnlib.study import findings, landing
 from cnnlib.study.locations import outputs_root
 from cnnlib.study.stats import mean_sd, plus_minus
 from cnnlib.study.table import compact_number, markdown_table, read_studies, write_results
@@ -29,7 +29,8 @@ def read_confused_pairs(out) -> dict[str, pd.DataFrame]:
 
 
 def collect_results(out=None, readme: str | None = "README.md"):
-    """Merge every study's rows into <outputs>/results.csv and results.md; refresh the README.
+    """Merge every study's rows into <outputs>/results.csv and results.md, write the landing
+    page <outputs>/reports/index.html; refresh the README.
 
     The studies' rows are read once (`table.read_studies`, in file-name order: 01_...,
     02_...), and so are the confused-pairs tables: the merged table, the Key Results and the
@@ -44,10 +45,11 @@ def collect_results(out=None, readme: str | None = "README.md"):
     df = rows.drop_duplicates("run_key", keep="first", ignore_index=True)
     write_results(df, out / "results.csv")
     fileio.write_text(results_markdown(df), out / "results.md")
+    confused = read_confused_pairs(out)
     if readme:
         path = Path(readme)
         sections = [(key_results(df), (BEGIN, END)),
-                    (findings.readme_section(rows, read_confused_pairs(out)), FINDINGS)]
+                    (findings.readme_section(rows, confused), FINDINGS)]
         # The benchmarks' tables, once their files exist (else the README keeps what it has).
         sections += [(text, markers) for text, markers in
                      ((compression_section(out), COMPRESSION),
@@ -55,6 +57,7 @@ def collect_results(out=None, readme: str | None = "README.md"):
         for text, (begin, end) in sections:
             if not path.exists() or not update_readme(path, text, begin, end):
                 print(f"results: {readme} has no {begin} ... {end} markers; left as it is")
+    landing.write_index(out, rows, key_results_frame(df), confused)
     return df
 
 
@@ -66,43 +69,53 @@ def results_markdown(df) -> str:
         markdown_table(table) + "\n"
 
 
-def key_results(df) -> str:
-    """Baseline and best model per dataset: mean +- std over seeds (from 01_baseline's rows)."""
+def key_results_frame(df) -> pd.DataFrame:
+    """Baseline and best model per dataset: mean +- sd over seeds (from 01_baseline's rows)."""
     sub = df[df["study"] == "01_baseline"] if len(df) else df
     if not len(sub):
-        return "_No results yet: run `./run_all.sh`._"
+        return pd.DataFrame()
     # Rows written before results named the hardware show the device instead.
     hw = sub.get("hardware", sub["device"])
     sub = sub.assign(hardware=hw.where(hw.notna() & (hw != ""), sub["device"]))
     g = sub.groupby(["dataset", "label", "model", "profile", "hardware"], sort=True)
     rows = []
     for (dataset, label, model, profile, hw), part in g:
-        n = len(part)
+        tta = int(part["tta"].iloc[0]) if "tta" in part and part["tta"].notna().any() else 0
         rows.append({
-            "dataset": dataset, "model": f"{label} ({model})",
+            "dataset": findings.dataset_name(dataset),
+            "model": f"{label} ({model})",
             "test acc %": plus_minus(part["test_acc"] * 100),
             "test loss": plus_minus(part["test_loss"], 3),
-            "seeds": n, "epochs": compact_number(part["epochs"].iloc[0]),
-            "train images": int(part["train_images"].iloc[0]),
+            "seeds": len(part), "epochs": compact_number(part["epochs"].iloc[0]),
+            "train images": f"{int(part['train_images'].iloc[0]):,}",
             "augmentation": part["augmentations"].iloc[0],
+            "test-time augmentation": findings.TTA_WORDS.get(tta, str(tta)),
             "wall min / run": f"{part['wall_seconds'].mean() / 60:.1f}", "hardware": hw,
             "profile": profile,
         })
-    return markdown_table(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
+
+
+def key_results(df) -> str:
+    """The Key Results table (`key_results_frame`) in markdown."""
+    table = key_results_frame(df)
+    return markdown_table(table) if len(table) else "_No results yet: run `./run_all.sh`._"
 
 
 def training_time(df) -> str:
-    """The study's training, summed over its runs (one row each) with the machines they ran on.
+    """What the study's recorded runs (one row each) cost in training, and where they ran.
 
-    A study resumed across sittings or machines keeps each run's own wall time, so this is
-    the time the results cost, whatever the pipeline's own clock says about the last sitting.
+    Each run keeps its own wall time, whichever sitting or machine trained it: this is what
+    the results cost, not what the last pipeline run did (the pipeline says that apart).
     """
     if not len(df):
-        return "no runs"
+        return "the study has no recorded runs yet"
     hardware = df["hardware"].replace("", None).fillna("hardware not recorded")
     per = df.groupby(hardware, sort=False)["wall_seconds"].agg(["size", "sum"])
-    where = "; ".join(f"{int(n)} on {hw}" for hw, (n, _) in per.iterrows())
-    return f"{len(df)} runs trained for {df['wall_seconds'].sum() / 3600:.1f} h in all ({where})"
+    where = (f"on {per.index[0]}" if len(per) == 1 else
+             "(" + "; ".join(f"{int(n)} on {hw}" for hw, (n, _) in per.iterrows()) + ")")
+    return (f"the study's {len(df)} recorded runs cost {df['wall_seconds'].sum() / 3600:.1f} h "
+            f"of training {where}")
 
 
 def _machine(df) -> str:
@@ -127,10 +140,20 @@ def compression_section(out) -> str | None:
         "model": df["model"], "variant": df["variant"], "size MB": df["size_mb"].map("{:.2f}".format),
         "test acc %": (df["test_acc"] * 100).map("{:.2f}".format),
         "Δ pp": df["acc_change_pp"].map("{:+.2f}".format),
-        "ms / image (b1)": df["latency_ms_b1"].map("{:.2f}".format),
-        "images/s (b256)": df["throughput_b256"].map("{:,.0f}".format),
+        "ms / image (b1)": _with_range(df, "latency_ms_b1", "{:.2f}"),
+        "images/s (b256)": _with_range(df, "throughput_b256", "{:,.0f}"),
         "speedup b256": df["speedup_b256"].map("{:.1f}x".format)})
-    return f"Machine: {_machine(df)}.\n\n" + markdown_table(table)  # hardware names the threads
+    rounds = (f" Timings: median of {int(df['timing_rounds'].max())} rounds (range in brackets)."
+              if "timing_rounds" in df else " Timings: one round each.")
+    return f"Machine: {_machine(df)}.{rounds}\n\n" + markdown_table(table)  # hardware: threads
+
+
+def _with_range(df, column: str, fmt: str):
+    """A timing column's medians, with their lowest and highest round where recorded."""
+    if f"{column}_min" not in df:
+        return df[column].map(fmt.format)
+    return [f"{fmt.format(m)} ({fmt.format(lo)}–{fmt.format(hi)})"
+            for m, lo, hi in zip(df[column], df[f"{column}_min"], df[f"{column}_max"], strict=True)]
 
 
 def minutes_to(points, target: float) -> float | None:

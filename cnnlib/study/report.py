@@ -16,6 +16,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -28,16 +29,18 @@ from cnnlib.data.obtain import DATASETS
 from cnnlib.models.registry import count_parameters, create_model, model_options
 from cnnlib.study import cache as cruns
 from cnnlib.study import locations, stats
-from cnnlib.study.provenance import git_commit
+from cnnlib.study.findings import TTA_WORDS, dataset_name, options_words
 from cnnlib.study.table import markdown_table
 from cnnlib.training.evaluate import most_confused_pairs
+from cnnlib.viz._figure import pretty
 
 __all__ = [
-    "CHECK_MARK", "Context", "PLAN_FIELDS", "answer", "best_run", "confused_pairs",
+    "CHECK_MARK", "COLUMN_NAMES", "PLAN_FIELDS", "Context", "answer", "best_run", "confused_pairs",
     "cost_table", "data_summary", "delta_table", "histories", "layer_summary", "long_metrics",
     "md", "one_per_class", "option_column", "pair_examples", "parameter_summary", "pick",
-    "plan_summary", "pp", "provenance", "save_table", "seed_table", "selection_rule", "show",
-    "show_file", "start", "summary_table", "with_gap", "with_parameters", "write_csv",
+    "plan_summary", "pp", "provenance", "runs_table", "save_table", "seed_table", "selection_rule",
+    "show", "show_file", "start", "summary_table", "table", "with_gap", "with_parameters",
+    "write_csv",
 ]
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -85,11 +88,16 @@ def answer(ctx: Context, text: str, runs) -> None:
 
 
 def provenance(ctx: Context, runs) -> str:
-    """A report's provenance line: profile, the hardware and commits its runs trained on."""
+    """A report's provenance line: profile, runs, the hardware they trained on and the days
+    they finished (the commits are in the results tables). It names nothing of the sitting
+    that built the report, so rebuilding from the same runs writes the same line."""
     hardware = sorted({r.result.get("hardware") or r.result.get("device", "") for r in runs})
-    commits = sorted({r.result.get("commit", "") for r in runs} - {""})
-    return (f"_Profile `{ctx.profile}`; {len(runs)} runs, trained on {'; '.join(hardware)} at "
-            f"commit {', '.join(commits)}; report built at commit {git_commit()}._")
+    days = sorted({datetime.fromtimestamp(r.result["finished"], timezone.utc).date().isoformat()
+                   for r in runs if isinstance(r.result.get("finished"), (int, float))})
+    when = "" if not days else (f" on {days[0]}" if len(days) == 1
+                                else f" between {days[0]} and {days[-1]}")
+    return (f"_Profile `{ctx.profile}`; {len(runs)} runs, trained on {'; '.join(hardware)}"
+            f"{when}._")
 
 
 def show(fig, alt: str | None = None) -> None:
@@ -132,6 +140,47 @@ def md(text: str) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(text))
+
+
+# Column names as a reader writes them; names that are words already pass unchanged.
+COLUMN_NAMES = {
+    "train_acc": "train accuracy %", "val_acc": "validation accuracy %",
+    "test_acc": "test accuracy %", "test_loss": "test loss", "test_top5": "test top-5 %",
+    "val acc %": "validation acc %", "wall_seconds": "wall seconds",
+    "train_images": "training images", "epochs_run": "epochs run", "best_epoch": "best epoch",
+    "size_mb": "size (MB)", "size_ratio": "size vs fp32", "acc_change_pp": "accuracy change (pp)",
+    "speedup_b1": "speed-up at batch 1", "speedup_b256": "speed-up at batch 256",
+    "zip_mb": "zipped (MB)", "latency_ms_b1": "latency at batch 1 (ms, median)",
+    "latency_ms_b1_min": "fastest", "latency_ms_b1_max": "slowest",
+    "throughput_b256": "images/s at batch 256 (median)", "throughput_b256_min": "lowest",
+    "throughput_b256_max": "highest", "timing_rounds": "timing rounds", "params": "parameters",
+    "steps": "fine-tuning steps", "calibration": "calibration images",
+    "test_subset": "test images (0 = all)", "seconds": "seconds per timing",
+    "qat_steps": "QAT steps",
+}
+# Columns that hold class names (shown as words: "maple_tree" -> "maple tree").
+_CLASS_COLUMNS = ("true", "predicted", "class", "superclass of true")
+
+
+def table(df, index: bool = True):
+    """A table (or one record, a dict) as the report shows it: its index as ordinary columns (`index`), column names,
+    dataset and class names as a reader writes them, booleans as yes/no, no row numbers.
+    Plain HTML, so rebuilding from the same numbers writes the same bytes."""
+    # Imported here: IPython is there in a notebook kernel only.
+    from IPython.display import HTML
+
+    if isinstance(df, dict):  # one record, e.g. a profile's settings
+        df = pd.DataFrame([df])
+    out = df.reset_index() if index and any(n is not None for n in df.index.names) else df.copy()
+    for col in out.columns:
+        if out[col].dtype == bool:
+            out[col] = out[col].map({True: "yes", False: "no"})
+        elif col == "dataset":  # a non-breaking hyphen: "CIFAR-10" never wraps in a column
+            out[col] = out[col].map(lambda d: dataset_name(d).replace("-", "\u2011"))
+        elif col in _CLASS_COLUMNS:
+            out[col] = out[col].map(pretty)
+    out.columns = [COLUMN_NAMES.get(str(c), str(c).replace("_", " ")) for c in out.columns]
+    return HTML(out.to_html(index=False, border=0, na_rep="", justify="left"))
 
 
 def write_csv(df, path, index: bool = False) -> Path:
@@ -195,6 +244,26 @@ def parameter_summary(configs) -> str:
         options = ", ".join(f"{k}={v}" for k, v in sorted(c.model_options.items())) or "defaults"
         lines.append(f"{c.dataset:9s} {label:24s} {c.model:9s} {n:>10,d} parameters  ({options})")
     return "\n".join(lines)
+
+
+def runs_table(configs) -> pd.DataFrame:
+    """What a list of (label, RunConfig) trains, for readers: one row per dataset and label
+    with its network, parameters, epochs, training images, augmentation, test-time
+    augmentation and seeds (the planned epochs: a wall-clock budget's are in the results)."""
+    rows: dict[tuple[str, str], dict] = {}
+    for label, c in configs:
+        options = json.dumps(c.model_options, sort_keys=True)
+        images = c.train_subset or 50_000 - c.val_size
+        row = rows.setdefault((c.dataset, label), {
+            "dataset": c.dataset, "label": label,
+            "network": c.model + (f" ({options_words(options)})" if c.model_options else ""),
+            "parameters": f"{_parameters(c.model, c.dataset, options):,}",
+            "epochs": f"{c.epochs:g}", "training images": f"{images:,}",
+            "augmentation": c.augment, "test-time augmentation": TTA_WORDS.get(c.tta, c.tta),
+            "seeds": []})
+        row["seeds"].append(c.seed)
+    return pd.DataFrame([{**r, "seeds": ", ".join(map(str, sorted(set(r["seeds"]))))}
+                         for r in rows.values()])
 
 
 PLAN_FIELDS = ("epochs", "batch_size", "train_subset", "val_size", "test_subset", "seed")

@@ -4,8 +4,9 @@ A comparison is a study table (the rows of `outputs/results/<study>.csv`), a ref
 label and a metric: each variant's run is paired with the reference run of the same seed
 and dataset, and the per-seed deltas (percentage points) give a mean, a standard deviation
 and a 95% confidence interval (t distribution, n - 1 degrees of freedom). A variant
-"improves" or "hurts" only when the interval excludes 0; otherwise there is "no detectable
-difference with n seeds" (one seed gives no interval). A ranking names the top label and
+"improves" or "hurts" only when the interval excludes 0; otherwise it is "inconclusive with
+n seeds" (one seed gives no interval), which says the seeds could not tell, not that there
+is no difference. A ranking names the top label and
 its paired margin over the runner-up under the same rule.
 """
 
@@ -90,9 +91,9 @@ class Delta:
 
     @property
     def verdict(self) -> str:
-        """'improves', 'hurts' (or the metric's words), else 'no detectable difference ...'."""
+        """'improves', 'hurts' (or the metric's words), else 'inconclusive with n seeds'."""
         if not self.detectable:
-            return f"no detectable difference with {n_seeds(self.n)}"
+            return f"inconclusive with {n_seeds(self.n)}"
         up, down = _WORDS.get(self.metric, ("improves", "hurts"))
         return up if self.mean > 0 else down
 
@@ -162,7 +163,7 @@ class Ranking:
             return top
         m = self.margin
         lead = "a detectable lead" if m.detectable else \
-            f"a lead not detectable with {n_seeds(m.n)}"
+            f"a lead inconclusive with {n_seeds(m.n)}"
         return f"{top}, ahead of `{m.reference}` by {m.numbers()}: {lead}"
 
 
@@ -183,7 +184,7 @@ def rank(df, labels=None, metric: str = "test_acc") -> list[Ranking]:
 
 
 def grouped(deltas: list[Delta], short: bool = False, marks: dict | None = None) -> str:
-    """'improves: a ...; hurts: b ...; no detectable difference with 2 seeds: c ...'.
+    """'improves: a ...; hurts: b ...; inconclusive with 2 seeds: c ...'.
 
     `short`: each label with its mean change only (the full numbers are in the tables).
     `marks`: a word to put after some labels' numbers, e.g. {"adam": "at chance"}.

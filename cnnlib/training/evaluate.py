@@ -96,10 +96,13 @@ def superclass_accuracy(preds: torch.Tensor, coarse: torch.Tensor, fine_to_coars
 
 
 def most_confused_pairs(confusion: torch.Tensor, classes: list[str], top: int = 10) -> list[dict]:
-    """The largest off-diagonal cells of a confusion matrix, as rows for a table."""
+    """The largest off-diagonal cells of a confusion matrix, as rows for a table. Ties keep
+    the matrix's order (true class, then predicted class), so every table and sentence built
+    from the same matrix lists the same pairs in the same order."""
     off = confusion.clone()
     off.fill_diagonal_(0)
-    counts, flat = off.flatten().topk(min(top, off.numel()))
+    flat = torch.argsort(off.flatten(), descending=True, stable=True)[:top]
+    counts = off.flatten()[flat]
     n = confusion.shape[0]
     rows = []
     for c, i in zip(counts.tolist(), flat.tolist(), strict=True):

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from cnnlib import _fileio as fileio
+from cnnlib.data.obtain import TITLES
 
 __all__ = ["as_numpy", "describe", "legend_outside", "listing", "new_figure", "palette",
            "percent_axis", "pretty", "save_figure", "to_hwc"]
@@ -62,8 +63,9 @@ def legend_outside(ax, handles=None, labels=None, **kwargs):
 
 
 def pretty(name) -> str:
-    """A dataset name as a reader writes it (``sweet_pepper`` -> ``sweet pepper``)."""
-    return str(name).replace("_", " ")
+    """A dataset or class name as a reader writes it (``cifar10`` -> ``CIFAR-10``,
+    ``sweet_pepper`` -> ``sweet pepper``)."""
+    return TITLES.get(str(name), str(name).replace("_", " "))
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kwargs):

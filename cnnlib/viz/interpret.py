@@ -28,7 +28,7 @@ from torch import nn
 
 from cnnlib.data.augment import normalize
 from cnnlib.training.evaluate import model_device
-from cnnlib.viz._figure import describe, new_figure, save_figure, to_hwc
+from cnnlib.viz._figure import describe, new_figure, pretty, save_figure, to_hwc
 
 __all__ = [
     "conv_layers",
@@ -388,9 +388,9 @@ def misclassified(preds, labels, probs, k: int = 16) -> list[int]:
 
 
 def mistake_titles(indices, preds, labels, probs, classes: Sequence[str]) -> list[str]:
-    """``"true -> predicted (p)"`` for each index, as titles for ``plots.image_grid``."""
+    """``"true ->\npredicted (p)"`` for each index, as two-line titles for ``plots.image_grid``."""
     preds = torch.as_tensor(preds).detach().cpu().long()
     labels = torch.as_tensor(labels).detach().cpu().long()
     confidence = _confidence(preds, probs)
-    return [f"{classes[int(labels[i])]} -> {classes[int(preds[i])]} ({float(confidence[i]):.2f})"
-            for i in indices]
+    return [f"{pretty(classes[int(labels[i])])} ->\n{pretty(classes[int(preds[i])])} "
+            f"({float(confidence[i]):.2f})" for i in indices]
