@@ -88,7 +88,7 @@ def _counted(deltas) -> str:
         text = f"{len(group)} {verb}{'s' if len(group) == 1 else ''}"
         if group:
             d = pick(group, key=lambda d: d.mean)
-            text += f" (most: {d.label}, {signed(d.mean)} pp)"
+            text += f" ({'most: ' if len(group) > 1 else ''}{d.label}, {signed(d.mean)} pp)"
         parts.append(text)
     return ", ".join(parts) + f", {len(deltas) - len(up) - len(down)} inconclusive"
 
