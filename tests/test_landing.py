@@ -26,6 +26,9 @@ def _study_outputs(out):
                                                            ACC))):
         frame = pd.DataFrame(rows, columns=results.COLUMNS).assign(tta=0)
         results.write_results(frame, out / "results" / f"{study}.csv")
+    (out / "tables").mkdir()
+    pd.DataFrame({"true": ["cat"], "predicted": ["dog"], "count": [3], "% of true class": [30.0]}
+                 ).to_csv(out / "tables" / "confused_pairs_cifar10.csv", index=False)
     Image.new("RGB", (1200, 600), (200, 30, 30)).save(out / "training_curves.png")
     (out / "reports").mkdir()
     (out / "reports" / "01_baseline.html").write_text("<html></html>")
@@ -41,6 +44,10 @@ def test_collect_writes_a_self_contained_landing_page(tmp_path):
     assert text.index("01 · The reference network") < text.index("02 · Data augmentation")
     assert 'href="01_baseline.html"' in page and 'href="02_augmentation_ablation.html"' in page
     assert "03 · " not in text  # no rows, no card
+    # Notebook 04 reuses 01's best models: its card names their regime from 01's rows.
+    assert ("cat taken for dog (30.0% of the cat images)" in text
+            and "Holds for:</span> CIFAR-10 best: baseline, 2 epochs, 1,000 training images"
+            in text)
     # The answer is computed from the rows: 93.0% against 86.0%, paired by seed.
     assert ("CIFAR-10: the best model reaches 93.00% test accuracy, the reference network 86.0%: "
             "+7.0 pp (95% CI +5.8 to +8.2); the target of 94% is missed by 1.00 pp.") in text

@@ -17,7 +17,7 @@ import math
 
 import pandas as pd
 
-from cnnlib.data.obtain import NUM_CLASSES, TITLES
+from cnnlib.data.obtain import NUM_CLASSES
 from cnnlib.study.definitions import STUDIES, Sweep
 from cnnlib.study.stats import (
     CONFIDENCE,
@@ -34,7 +34,7 @@ from cnnlib.viz._figure import pretty
 __all__ = [
     "BEST_TARGETS", "CHANCE_FACTOR", "COMPRESSION_GOAL", "REFERENCE_TARGETS",
     "TTA_WORDS", "answer", "at_chance", "baseline_answer", "best_check", "compression_answer",
-    "confusion_sentence", "dataset_name", "early_stopping_table", "epochs_saved", "lines",
+    "confusion_sentence", "early_stopping_table", "epochs_saved", "lines",
     "meets_goal", "options_words", "readme_section", "reference_check", "regime", "regime_notes",
     "sweep_finding", "sweep_lines",
 ]
@@ -54,11 +54,6 @@ def options_words(text) -> str:
         return str(text)
     return ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"
                      for k, v in options.items())
-
-
-def dataset_name(dataset: str) -> str:
-    """A dataset as a reader writes it (cifar10 -> CIFAR-10)."""
-    return TITLES.get(dataset, dataset)
 
 
 def _augment_words(augment: str) -> str:
@@ -168,13 +163,13 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
     for dataset, part in df.groupby("dataset", sort=False):
         members = _members(part, sweep)
         if not members:  # the study ran here, the sweep did not: say so
-            lines.append(f"- **{sweep.name}, {dataset_name(dataset)}**: {_missing(sweep, members)}.")
+            lines.append(f"- **{sweep.name}, {pretty(dataset)}**: {_missing(sweep, members)}.")
             continue
         part = part[part["label"].isin(members)]
         means = metric_values(part, metric).groupby(part["label"], sort=False).mean() * 100
         n = part.groupby("label")["seed"].nunique()
         seeds = n_seeds(int(n.min())) if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
-        text = (f"- **{sweep.name}, {dataset_name(dataset)}** ({seeds}): {name} "
+        text = (f"- **{sweep.name}, {pretty(dataset)}** ({seeds}): {name} "
                 f"{' / '.join(f'`{x}`' for x in members)}: "
                 f"{' / '.join(f'{means[x]:.1f}' for x in members)}{unit}")
         if sweep.rank:
@@ -201,7 +196,7 @@ def baseline_answer(df) -> str:
             continue
         model = part.loc[part["label"] == "best", "model"].iloc[0]
         d = compare(part, "reference", ["best"])[0]
-        lines.append(f"- **{dataset_name(dataset)}**: the best model ({model}, {n_seeds(int(n['best']))}) "
+        lines.append(f"- **{pretty(dataset)}**: the best model ({model}, {n_seeds(int(n['best']))}) "
                      f"reaches {acc.mean()['best'] * 100:.1f}% test accuracy, the sweeps' "
                      f"reference network ({n_seeds(int(n['reference']))}) "
                      f"{acc.mean()['reference'] * 100:.1f}%; "
@@ -231,7 +226,7 @@ def best_check(df, targets: dict | None = None, minutes: float = BEST_MINUTES) -
         took = f"{low:.1f}" if len(best) == 1 else f"{low:.1f} to {high:.1f}"
         pace = "within" if high <= minutes else f"{high - minutes:.1f} min over"
         hardware = "; ".join(h for h in best["hardware"].dropna().unique() if h)
-        lines.append(f"- **{dataset_name(dataset)}**: the best model reaches {plus_minus(acc, 2)}% test "
+        lines.append(f"- **{pretty(dataset)}**: the best model reaches {plus_minus(acc, 2)}% test "
                      f"accuracy (mean{' ± sd' if len(acc) > 1 else ''} over {n_seeds(len(acc))}): it "
                      f"{verdict}; a run took {took} min on {hardware} ({pace} the target of "
                      f"about {minutes:g} min).")
@@ -252,14 +247,14 @@ def reference_check(df, targets: dict | None = None) -> str:
         if dataset not in targets or not len(acc):
             continue
         bar = targets[dataset] * 100
-        text = (f"- **{dataset_name(dataset)}**: the reference network reaches {plus_minus(acc)}% test "
+        text = (f"- **{pretty(dataset)}**: the reference network reaches {plus_minus(acc)}% test "
                 f"accuracy (mean{' ± sd' if len(acc) > 1 else ''} over {n_seeds(len(acc))}): ")
         if acc.mean() >= bar:
-            text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {dataset_name(dataset)} run in "
+            text += (f"it meets the study's bar of {bar:g}%, so the sweeps on {pretty(dataset)} run in "
                      "the regime the study asks for.")
         else:
             text += (f"{bar - acc.mean():.1f} pp short of the study's bar of {bar:g}%, so the "
-                     f"sweeps' comparisons on {dataset_name(dataset)} are outside the regime the study asks for.")
+                     f"sweeps' comparisons on {pretty(dataset)} are outside the regime the study asks for.")
         lines.append(text)
     return "\n".join(lines)
 
@@ -285,10 +280,10 @@ def answer(df, sweeps: tuple[Sweep, ...]) -> str:
             if sweep.rank:
                 said.append(rank(part, members)[0].sentence(f"highest {sweep.name}"))
             if said:
-                lines.append(f"- **{dataset_name(dataset)}, {sweep.name}**: "
+                lines.append(f"- **{pretty(dataset)}, {sweep.name}**: "
                              + "; ".join(said) + ".")
         if missing:
-            lines.append(f"- **{dataset_name(dataset)}**: "
+            lines.append(f"- **{pretty(dataset)}**: "
                          + "; ".join(missing) + ".")
     return "\n".join(lines)
 
@@ -340,7 +335,7 @@ def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING
             + f", weights of epoch {r['best epoch']} restored" for _, r in part.iterrows())
         share = part["epochs saved"].sum() / part["schedule"].sum()
         d = compare(df[df["dataset"] == dataset], full, [stopped])[0]
-        lines.append(f"- **early stopping, {dataset_name(dataset)}** ({n_seeds(len(part))}): "
+        lines.append(f"- **early stopping, {pretty(dataset)}** ({n_seeds(len(part))}): "
                      f"{part['epochs saved'].mean():.1f} of {part['schedule'].iloc[0]} epochs "
                      f"saved on average ({share:.0%} of the schedule; {per_seed}); test accuracy "
                      f"{part['test acc % with'].mean():.1f}% with, "
@@ -388,7 +383,7 @@ def compression_answer(df) -> str:
 
 def confusion_sentence(pairs, dataset: str, top: int = 3) -> str:
     """The most confused pairs of a `report.confused_pairs` frame (as saved to tables/)."""
-    name = dataset_name(dataset)
+    name = pretty(dataset)
     if not len(pairs):
         return f"- **{name}**: no test image was confused with another class."
     named = ", ".join(f"{pretty(r['true'])} taken for {pretty(r['predicted'])} "

@@ -23,8 +23,9 @@ import pandas as pd
 from cnnlib import _fileio as fileio
 from cnnlib.study import locations
 from cnnlib.study.definitions import STUDIES, Study
-from cnnlib.study.findings import BEST_TARGETS, confusion_sentence, dataset_name, regime
+from cnnlib.study.findings import BEST_TARGETS, confusion_sentence, regime
 from cnnlib.study.stats import CONFIDENCE, compare, n_seeds, rank, signed
+from cnnlib.viz._figure import pretty
 
 INDEX = "index.html"
 THUMB_WIDTH = 480  # px: sharp on a phone's screen, a few tens of kB per card
@@ -71,10 +72,10 @@ def baseline_card(rows) -> tuple[list[str], str, str]:
             f"; the target of {target * 100:g}% is "
             + ("met" if acc["best"] >= target * 100
                else f"missed by {target * 100 - acc['best']:.2f} pp"))
-        answer.append(f"{dataset_name(dataset)}: the best model reaches {acc['best']:.2f}% test "
+        answer.append(f"{pretty(dataset)}: the best model reaches {acc['best']:.2f}% test "
                       f"accuracy, the reference network {acc['reference']:.1f}%: "
                       f"{_interval(d)}{against}.")
-        conditions.append(f"{dataset_name(dataset)}: best model {regime(part, ['best'])}; reference "
+        conditions.append(f"{pretty(dataset)}: best model {regime(part, ['best'])}; reference "
                           f"{regime(part, ['reference'])}")
     return answer, ". ".join(conditions), f"{_seeds(rows)} per model; " + _pairing(deltas)
 
@@ -106,7 +107,7 @@ def sweep_card(rows, study: Study) -> tuple[list[str], str, str]:
             regimes.setdefault(regime(part, members), []).append(sweep.name)
             deltas = compare(part, sweep.reference, members)
             every += deltas
-            text = (f"{dataset_name(dataset)}, test accuracy by {sweep.name}: against "
+            text = (f"{pretty(dataset)}, test accuracy by {sweep.name}: against "
                     f"{sweep.reference}, {_counted(deltas)}")
             if sweep.rank:
                 r = rank(part, members)[0]
@@ -117,7 +118,7 @@ def sweep_card(rows, study: Study) -> tuple[list[str], str, str]:
             clauses.append(text)
         if clauses:
             answer += [c + "." for c in clauses]
-            conditions.append(f"{dataset_name(dataset)}: " + "; ".join(
+            conditions.append(f"{pretty(dataset)}: " + "; ".join(
                 (f"{', '.join(names)}: " if len(regimes) > 1 else "") + text
                 for text, names in regimes.items()))
     return answer, ". ".join(conditions), f"{_seeds(rows)} per variant; " + _pairing(every)
@@ -128,14 +129,23 @@ def _plain(markdown: str) -> str:
     return markdown.removeprefix("- ").replace("**", "").replace("`", "")
 
 
-def confusion_card(pairs: dict) -> tuple[list[str], str, str]:
+def _models(base, labels, datasets=None) -> str:
+    """The regime of notebook 01's models (`base`: its rows) that notebooks 04 and 05 reuse."""
+    parts = [f"{pretty(dataset)} {label}: {regime(part, [label])}"
+             for dataset, part in base.groupby("dataset", sort=False)
+             if datasets is None or dataset in datasets
+             for label in labels if label in set(part["label"])]
+    return "; ".join(parts) or "the models of the first report"
+
+
+def confusion_card(pairs: dict, base) -> tuple[list[str], str, str]:
     """The same sentences as the reports and the README (`findings.confusion_sentence`)."""
     answer = [_plain(confusion_sentence(table, dataset)) for dataset, table in pairs.items()]
-    return (answer, "the exported best model of each dataset, on the whole test set",
+    return (answer, _models(base, ["best"], pairs) + "; on the whole test set",
             "counts of one model's test predictions (one seed); no interval")
 
 
-def compression_card(table) -> tuple[list[str], str, str]:
+def compression_card(table, base) -> tuple[list[str], str, str]:
     answer = []
     for model, part in table.groupby("model", sort=False):
         rest = part[part["variant"] != "fp32"]
@@ -152,9 +162,12 @@ def compression_card(table) -> tuple[list[str], str, str]:
         else:
             text += f", and the smallest, {small['size_mb']:.2f} MB"
         answer.append(text + ".")
-    return (answer, "the CIFAR-10 models of the first report, on this machine's CPU, test accuracy "
-            "without test-time augmentation",
-            "timings are wall-clock medians on one machine; accuracy changes of one model each")
+    rounds = (f"the median of {int(table['timing_rounds'].max())} timing rounds"
+              if "timing_rounds" in table else "one timing round each")
+    return (answer, _models(base, ["reference", "best"], ["cifar10"]) + "; timed on "
+            + "; ".join(table["hardware"].dropna().unique()) + ", test accuracy without "
+            "test-time augmentation",
+            f"{rounds} on one machine, no interval; accuracy changes of one model each")
 
 
 # -- the page -----------------------------------------------------------------------------------------
@@ -188,11 +201,12 @@ def cards(out, rows, confused: dict | None = None) -> list[Card]:
     made = []
     for name, study in STUDIES.items():
         part = rows[rows["study"] == name] if len(rows) else rows
+        base = rows[rows["study"] == "01_baseline"] if len(rows) else rows  # 04, 05 reuse them
         if name == "04_interpretability":
-            content = confusion_card(confused or {})
+            content = confusion_card(confused or {}, base)
         elif name == "05_compression":
             table = _read_csv(out / "compression.csv")
-            content = compression_card(table) if table is not None else ([], "", "")
+            content = compression_card(table, base) if table is not None else ([], "", "")
         elif not len(part):
             continue
         elif name == "01_baseline":

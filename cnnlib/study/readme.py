@@ -17,6 +17,7 @@ from cnnlib.study import findings, landing
 from cnnlib.study.locations import outputs_root
 from cnnlib.study.stats import mean_sd, plus_minus
 from cnnlib.study.table import compact_number, markdown_table, read_studies, write_results
+from cnnlib.viz._figure import pretty
 
 CONFUSED_DATASETS = ("cifar10", "cifar100")
 
@@ -82,7 +83,7 @@ def key_results_frame(df) -> pd.DataFrame:
     for (dataset, label, model, profile, hw), part in g:
         tta = int(part["tta"].iloc[0]) if "tta" in part and part["tta"].notna().any() else 0
         rows.append({
-            "dataset": findings.dataset_name(dataset),
+            "dataset": pretty(dataset),
             "model": f"{label} ({model})",
             "test acc %": plus_minus(part["test_acc"] * 100),
             "test loss": plus_minus(part["test_loss"], 3),

@@ -25,7 +25,7 @@ from cnnlib import _fileio as fileio
 from cnnlib.models.registry import model_options
 from cnnlib.study import locations, stats
 from cnnlib.study.checks import parameters
-from cnnlib.study.findings import TTA_WORDS, dataset_name, options_words
+from cnnlib.study.findings import TTA_WORDS, options_words
 from cnnlib.study.table import markdown_table
 from cnnlib.training.evaluate import most_confused_pairs
 from cnnlib.viz._figure import pretty
@@ -172,7 +172,7 @@ def table(df, index: bool = True):
         if out[col].dtype == bool:
             out[col] = out[col].map({True: "yes", False: "no"})
         elif col == "dataset":  # a non-breaking hyphen: "CIFAR-10" never wraps in a column
-            out[col] = out[col].map(lambda d: dataset_name(d).replace("-", "\u2011"))
+            out[col] = out[col].map(lambda d: pretty(d).replace("-", "\u2011"))
         elif col in _CLASS_COLUMNS:
             out[col] = out[col].map(pretty)
     out.columns = [COLUMN_NAMES.get(str(c), str(c).replace("_", " ")) for c in out.columns]
