@@ -162,6 +162,17 @@ def set_aside(path: str | os.PathLike) -> Path:
 # Content checks
 
 
+def present(f: Path) -> bool:
+    return f.exists() or f.is_symlink()  # a link that loops or dangles is there too
+
+
+def regular(f: Path) -> None:
+    """A cache writes only regular files: a folder or a link in a file's place is damage."""
+    if not stat.S_ISREG(f.lstat().st_mode):
+        what = "a symbolic link" if f.is_symlink() else "not a regular file"
+        raise DamagedFileError(f"{f}: {what} where the run cache keeps a file")
+
+
 def _json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 

@@ -20,12 +20,14 @@ from cnnlib._checks import check_int
 from cnnlib._fileio import FolderInUseError, first_line
 from cnnlib.compress.saving import load_model
 from cnnlib.data import cifar as cdata
+from cnnlib.data.duplicates import obtain_lists
 from cnnlib.data.obtain import DATASETS, NUM_CLASSES
 from cnnlib.flags import Parser
 from cnnlib.models.registry import count_parameters, create_model, list_models
 from cnnlib.study import cache as runs
 from cnnlib.study import definitions as studies
 from cnnlib.study import locations, records, report
+from cnnlib.training import assess
 from cnnlib.training.checkpoint import evaluation_settings, load_safe
 from cnnlib.training.config import RECIPES, RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, PRECISIONS, resolve_precision
@@ -115,6 +117,10 @@ def cmd_data(args) -> int:
         print(f"{name}: train {len(d.train_labels)}, test {len(d.test_labels)}, "
               f"{d.num_classes} classes{extra}; mean {_fmt3(mean)} std {_fmt3(std)}; "
               f"fingerprint {cdata.fingerprint(d)}")
+    try:  # the near-duplicate lists of the assessments: their metric stays empty without them
+        _ = args.no_download or obtain_lists(args.data_root)
+    except OSError as e:
+        print(f"ciFAIR's lists not obtained (no accuracy without near-duplicates): {first_line(e)}")
     return 0
 
 
@@ -179,6 +185,7 @@ def _refuse_another_model(model: Path, config: RunConfig) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    check_int("--images", args.images, 1)
     model = load_model(args.checkpoint, args.device)  # fp32, pruned, int8 or .onnx
     meta = model.meta
     d = cdata.load_cifar(meta["config"]["dataset"], root=args.data_root)
@@ -200,6 +207,12 @@ def cmd_evaluate(args) -> int:
     extra = f" superclass_acc={m['superclass_acc']:.4f}" if "superclass_acc" in m else ""
     print(f"{meta['config']['dataset']} test (tta {settings['tta']}, {precision}): "
           f"loss={m['loss']:.4f} top5={m['top5']:.4f}{extra}")
+    kwargs = dict(device=args.device, channels_last=settings["channels_last"],
+                  autocast_dtype=AUTOCAST_DTYPES[precision])
+    for line in assess.lines(model, meta["config"], d, m["probs"], tta=settings["tta"],
+                             corruptions=args.corruptions, calibration_=args.calibration,
+                             duplicates_=args.duplicates, images=args.images, **kwargs):
+        print(line)
     print(f"test_acc={m['acc']:.4f}")
     return 0
 
@@ -422,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="autocast for evaluation (default: the one the checkpoint's metrics used)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--corruptions", action="store_true",
+                   help="also the accuracy under the CIFAR-C corruptions, per family (severities "
+                        "1-5, no TTA) on a seeded subset of --images test images")
+    p.add_argument("--images", type=int, default=assess.ASSESS_IMAGES,
+                   help=f"test images for --corruptions (default: {assess.ASSESS_IMAGES})")
+    p.add_argument("--calibration", action="store_true",
+                   help="also ECE (15 bins) and NLL, before and after temperature scaling "
+                        "fitted on the checkpoint's validation split")
+    p.add_argument("--duplicates", action="store_true", help="also the accuracy without the "
+                   "test images ciFAIR lists as near-duplicates of training images")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top classes for PNG/JPEG images of any size",

@@ -261,7 +261,7 @@ def test_set_epoch_replays_and_epochs_differ():
 def test_global_rng_untouched():
     x = images(16)
     state = torch.get_rng_state()
-    for aug in (FULL, "randaugment", "autoaugment", "trivialaugment"):
+    for aug in (FULL, "randaugment", "autoaugment", "trivialaugment", "augmix"):
         collect(loader(x, aug, num_classes=16, shuffle=True))
     assert torch.equal(state, torch.get_rng_state())
 
@@ -311,7 +311,7 @@ def test_rank_padding_repeats_when_uneven():
 # ----------------------------------------------------------------------------- policies
 
 
-@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment", "augmix"])
 @pytest.mark.parametrize("grouped", [True, False])
 def test_policies_per_sample_shape_dtype(policy, grouped, monkeypatch):
     x = images(1).expand(24, -1, -1, -1).contiguous()  # identical images
@@ -333,6 +333,23 @@ def test_policy_uint8_step_keeps_dtype():
     pol = PolicyAugment("randaugment", opts())
     out = pol(x.clone(), torch.Generator().manual_seed(0))
     assert out.dtype == torch.uint8 and out.shape == x.shape
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_augmix_on_a_uint8_batch(grouped):
+    x = images(32)
+    pol = PolicyAugment("augmix", opts())
+    pol.grouped = grouped and pol.grouped
+
+    def run(seed):
+        return pol(x.clone(), torch.Generator().manual_seed(seed))
+
+    out = run(0)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out, run(0))  # the caller's generator decides every draw
+    assert not torch.equal(out, run(1))
+    changed = (out != x).flatten(1).any(1)
+    assert changed.float().mean() > 0.9  # a mix with the chains moves nearly every image
 
 
 # ----------------------------------------------------------------------------- output format

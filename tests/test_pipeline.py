@@ -16,7 +16,7 @@ import pytest
 
 from cnnlib import _fileio as fileio
 from cnnlib import cli
-from cnnlib.study import budget, cache, definitions, locations, pipeline, readme
+from cnnlib.study import budget, cache, definitions, locations, measurements, pipeline, readme
 from cnnlib.study import compression as compression_study
 from cnnlib.training import loop
 from cnnlib.training.config import RunConfig
@@ -220,7 +220,7 @@ def test_a_bad_remeasure_variable_stops_the_command_with_one_line(value, monkeyp
     assert capsys.readouterr().err == (f"run_all: CNNLIB_REMEASURE: {value!r} is not allowed; "
                                        "allowed: 0, 1\n")
     with pytest.raises(ValueError, match="CNNLIB_REMEASURE: .* allowed: 0, 1$"):
-        cache.remeasure_asked()  # a kernel started by hand reads it the same way
+        measurements.remeasure_asked()  # a kernel started by hand reads it the same way
 
 
 def test_remeasure_comes_from_the_flag_or_the_variable(monkeypatch):
@@ -274,7 +274,7 @@ def test_work_between_counts_runs_and_measurements_written_in_the_span(tmp_path)
                                     ("old", t0 - 500, 60.0)):
         fileio.write_json({"finished": finished, "call_seconds": seconds},
                           root / f"cifar10-baseline-{name}" / "result.json")
-    cache.measured("lr_find", {"run": "x", "steps": 3}, lambda: {"suggested_lr": 0.1},
+    measurements.measured("lr_find", {"run": "x", "steps": 3}, lambda: {"suggested_lr": 0.1},
                    root=root)
     done = cache.work_between(t0, t0 + 200, root)
     # a ran 40-100, b 70-130: side by side they took 90 s of the span, not 120
@@ -314,7 +314,7 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     assert "besides training not yet measured on this machine" in lines[0]
     steps = definitions.lr_find_steps("smoke")
     for config in definitions.lr_find_configs("smoke").values():
-        cache.lr_find(config, steps=steps, progress=False)
+        measurements.lr_find(config, steps=steps, progress=False)
     runs = {c.key(): c for s in definitions.STUDIES.values() for _, c in s.runs("smoke", None)}
     for config in runs.values():
         _record(config)
@@ -323,7 +323,7 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
         config = dict(definitions.baseline_runs("smoke", datasets=("cifar10",)))[label]
         what = compression_study._what(label, cache.run_key(config, cache.data_fingerprint(
             "cifar10")), settings)
-        cache.measured("compression", {**what, "weights": "w"}, lambda: [])
+        measurements.measured("compression", {**what, "weights": "w"}, lambda: [])
     lines = definitions.plan_lines("smoke")
     unique = len(runs)  # the runs at the range tests' lrs now: some may equal others
     assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
@@ -340,7 +340,7 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     lines = definitions.plan_lines("smoke")
     assert lines[0].endswith("; about 30 s besides training")
     assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
-                                "training; about 3 min of evaluation, figures, range tests, "
+                                "training; about 4 min of evaluation, figures, range tests, "
                                 "compressed models; on ")
     again = definitions.plan_lines("smoke", remeasure=True)  # measured again: as long as before
     assert again[2].endswith("; about 2 min besides training; 4 range tests to measure")
@@ -355,15 +355,15 @@ def test_range_tests_are_measured_once_and_again_when_asked(smoke_plan_here, syn
     monkeypatch.setattr(loop, "lr_find", lambda *a, **k: calls.append(a) or real(*a, **k))
     config = RunConfig(dataset="cifar10", model="baseline", model_options={"width": 4},
                        batch_size=32, train_subset=128, val_size=0, device="cpu")
-    first = cache.lr_find(config, steps=4, progress=False)
+    first = measurements.lr_find(config, steps=4, progress=False)
     assert len(calls) == 1 and len(first["lrs"]) == 4
     files = sorted((smoke_plan_here / cache.MEASUREMENTS).iterdir())
     written = [f.stat().st_mtime_ns for f in files]
-    assert cache.lr_find(config, steps=4, progress=False) == first  # from the cache
+    assert measurements.lr_find(config, steps=4, progress=False) == first  # from the cache
     assert len(calls) == 1 and [f.stat().st_mtime_ns for f in files] == written
-    assert cache.recorded_lr_find(config, 4) == first
-    assert cache.recorded_lr_find(config, 5) is None  # another number of batches: not recorded
-    assert cache.lr_find(config, steps=4, remeasure=True, progress=False) == first
+    assert measurements.recorded_lr_find(config, 4) == first
+    assert measurements.recorded_lr_find(config, 5) is None  # another number of batches: not recorded
+    assert measurements.lr_find(config, steps=4, remeasure=True, progress=False) == first
     monkeypatch.setenv("CNNLIB_REMEASURE", "1")
-    cache.lr_find(config, steps=4, progress=False)
+    measurements.lr_find(config, steps=4, progress=False)
     assert len(calls) == 3

@@ -78,6 +78,7 @@ RUNS: dict[str, tuple[str | None, dict]] = {
                                      pad_mode="zeros", crop_padding=3)),
     "randaugment": (None, dict(model_options=TINY, augment="randaugment+flip")),
     "trivialaugment-tta2": (None, dict(model_options=TINY, augment="trivialaugment", tta=2)),
+    "augmix": (None, dict(model_options=TINY, augment="augmix")),
     "none-early-stop": (None, dict(model_options={**TINY, "residual": True, "dropout": 0.1},
                                    augment="none", epochs=6, early_stop_patience=1,
                                    early_stop_metric="val_loss", lr=0.4)),

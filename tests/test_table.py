@@ -40,17 +40,18 @@ def two_runs(synthetic_root, tmp_path_factory):
             for changes in ({}, {"val_size": 0, "seed": 1})]
 
 
-def test_the_columns_are_the_fields_of_row_in_the_old_order():
-    assert results.COLUMNS == OLD_COLUMNS
-    assert results.COLUMNS == [f.name for f in dataclasses.fields(results.Row)]
+def test_the_columns_are_the_fields_of_row_in_the_old_order_then_the_assessment():
+    assert results.COLUMNS == OLD_COLUMNS + results.ASSESS_COLUMNS
+    assert OLD_COLUMNS == [f.name for f in dataclasses.fields(results.Row)][:-1]
+    assert "corruption_acc" in results.ASSESS_COLUMNS and "dup_free_acc" in results.ASSESS_COLUMNS
 
 
 def test_row_from_run_is_the_old_row(two_runs):
     run = two_runs[0]
     c, r = run.config, run.result
     row = results.Row.from_run(run, "s").as_dict()
-    assert list(row) == OLD_COLUMNS
-    assert row == {
+    assert list(row) == results.COLUMNS
+    assert row == {**results.assessment_columns(run.assessment),
         "study": "s", "label": "tiny", "dataset": "cifar10", "model": "baseline",
         "options": '{"depth": 2, "width": 4}', "augmentations": "crop+flip", "seed": 0,
         "epochs": 1, "epochs_run": 1, "best_epoch": r.get("best_epoch"), "optimizer": c.optimizer,

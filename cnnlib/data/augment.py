@@ -20,8 +20,8 @@ jitter, cutout, MixUp or CutMix.  Per batch the pipeline runs in this fixed orde
   lies wholly inside the image.
 * MixUp / CutMix mix the batch with a permutation of itself and yield soft targets; one draw of
   lambda (and one CutMix box) per batch.  With both enabled each batch picks one, p=0.5.
-* policies (AutoAugment, RandAugment, TrivialAugmentWide: ``policies.py``) draw per sample
-  on uint8, before the crop.
+* policies (AutoAugment, RandAugment, TrivialAugmentWide, AugMix: ``policies.py``) draw per
+  sample on uint8, before the crop.
 
 Randomness comes only from ``torch.Generator`` objects seeded from ``(seed, epoch)`` (plus the
 rank for augmentation draws), drawn on the CPU and moved to the device, so an epoch replays
@@ -43,7 +43,7 @@ from cnnlib._checks import check_int
 from cnnlib.data.policies import POLICIES, PolicyAugment
 
 AUGMENTATIONS = ("none", "crop", "flip", "altflip", "jitter", "cutout", "mixup", "cutmix",
-                 "autoaugment", "randaugment", "trivialaugment")
+                 "autoaugment", "randaugment", "trivialaugment", "augmix")
 PAD_MODES = ("reflect", "zeros")
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 

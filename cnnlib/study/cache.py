@@ -9,20 +9,16 @@ result.json (no checkpoint at all) is a *record*: a run finished on another mach
 small files were carried over (`records.save_record`), so that a study resumes there; its
 row and history are read, its model is not there.
 
-What a notebook measures besides training (learning-rate range tests, the compressed models'
-rows) is kept beside the runs, in `<runs>/measurements/<kind>-<key>.json`, keyed by what
-determines it (`measured`); `$CNNLIB_REMEASURE=1` (`./run_all.sh --remeasure`) measures again.
+What a notebook measures besides training is kept beside the runs, in `<runs>/measurements/`
+(`measurements.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import stat
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +27,7 @@ from cnnlib.data import cifar as cdata
 from cnnlib.study.locations import runs_root
 from cnnlib.study.provenance import RESULTS_VERSION, git_commit
 from cnnlib.training import loop
+from cnnlib.training.assess import assess_checkpoint
 from cnnlib.training.checkpoint import compact, load_model, load_safe, save_atomic
 from cnnlib.training.config import RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, hardware, resolve_precision
@@ -72,6 +69,12 @@ class Run:
     @property
     def history(self) -> list[dict]:
         return self.result["history"]
+
+    @property
+    def assessment(self) -> dict:
+        """Corruption accuracy, calibration and duplicate-free accuracy (`training.assess`);
+        empty for a record finished before they were measured, or a diverged run."""
+        return self.result.get("assessment") or {}
 
     @property
     def checkpoint(self) -> Path:
@@ -119,6 +122,7 @@ class Run:
 
 
 TEST_METRICS = "test_metrics.pt"
+MEASUREMENTS = "measurements"  # the run cache's folder of what is measured besides training
 _METRIC_KEYS = ("confusion", "per_class_acc", "preds", "probs")
 
 
@@ -146,17 +150,6 @@ def _metric_tensors(metrics: dict) -> dict:
 
 class RecordOnlyError(FileNotFoundError):
     """The model of a record (a run finished elsewhere, carried without it) was asked for."""
-
-
-def _present(f: Path) -> bool:
-    return f.exists() or f.is_symlink()  # a link that loops or dangles is there too
-
-
-def _regular(f: Path) -> None:
-    """The cache writes only regular files: a folder or a link in a file's place is damage."""
-    if not stat.S_ISREG(f.lstat().st_mode):
-        what = "a symbolic link" if f.is_symlink() else "not a regular file"
-        raise fileio.DamagedFileError(f"{f}: {what} where the run cache keeps a file")
 
 
 def _not_this_run(summary: dict, path: Path, config: RunConfig | None) -> str | None:
@@ -192,23 +185,23 @@ def _finished(path: Path, repair: bool = False, config: RunConfig | None = None)
     which evaluates again and rewrites both (a record without last.pt trains again).
     """
     done, model = path / "result.json", path / "model.pt"
-    if not _present(done):
+    if not fileio.present(done):
         return None
-    record = not _present(model) and not (path / "last.pt").exists()
+    record = not fileio.present(model) and not (path / "last.pt").exists()
     try:
-        _regular(done)
+        fileio.regular(done)
         summary = fileio.read_json(done)
         why = _not_this_run(summary, path, config)
         if why:
             raise fileio.DamagedFileError(f"{done}: not the run asked for: {why}")
         if not record:
-            _regular(model)
+            fileio.regular(model)
             fileio.verify_zip(model, "checkpoint")
         return summary
     except (fileio.DamagedFileError, FileNotFoundError) as e:
         if repair:
             for f in (done, model):
-                if _present(f):
+                if fileio.present(f):
                     fileio.set_aside(f)
             print(f"[damaged] {e}; set aside as *.damaged, the run resumes from its last "
                   "epoch checkpoint", file=sys.stderr, flush=True)
@@ -242,7 +235,7 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
     if summary is not None:
         if progress:
             print(f"[cached] {name}: {path.name}", flush=True)
-        return Run(config, label, summary, path)
+        return _assessed(Run(config, label, summary, path), data_root, progress)
 
     def waiting(pid):
         if progress:
@@ -276,8 +269,48 @@ def run(config: RunConfig, label: str = "", *, profile: str = "", root=None, dat
                        call_seconds=time.time() - t0, hardware=hardware(summary["device"]))
         if result.test_metrics is not None:
             save_atomic(_metric_tensors(result.test_metrics), path / TEST_METRICS)
+        done_run = Run(config, label, summary, path)
+        probs = None if result.test_metrics is None else result.test_metrics["probs"]
+        summary["assessment"] = _assess(done_run, data_root, progress, probs)
         fileio.write_json(summary, done)  # written last: the run is finished
-    return Run(config, label, summary, path)
+    return done_run
+
+
+def _assess(run: Run, data_root=None, progress: bool = True, probs=None) -> dict | None:
+    """`training.assess` of a finished run with its model (None for a diverged one, whose
+    weights may not be finite): on its own test probabilities, computed once."""
+    if run.result.get("diverged"):
+        return None
+    if progress:
+        print(f"[assessing] {run.label or run.config.model}: corruptions, calibration, "
+              "near-duplicates", flush=True)
+    model = run.load_model()
+    probs = run.test_metrics(data_root)["probs"] if probs is None else probs
+    return assess_checkpoint(model, run.config.to_dict(), probs,
+                             evaluation=model.meta["evaluation"], data_root=data_root)
+
+
+def _assessed(run: Run, data_root=None, progress: bool = True) -> Run:
+    """`run` with its assessment: a run finished before assessments were measured gets it
+    now from its model, once (written into its result.json under the run's lock); a record
+    without its model keeps none."""
+    if "assessment" in run.result or not fileio.present(run.checkpoint):
+        return run
+    if not os.access(run.path, os.W_OK):  # a read-only cache still serves its runs
+        print(f"[not assessed] {run.path}: read-only", file=sys.stderr, flush=True)
+        return run
+    with fileio.hold_folder(run.path, wait=True):
+        summary = _finished(run.path, config=run.config)
+        if summary is None or "assessment" in summary:
+            return run if summary is None else Run(run.config, run.label, summary, run.path)
+        summary["assessment"] = _assess(Run(run.config, run.label, summary, run.path),
+                                        data_root, progress)
+        try:
+            fileio.write_json(summary, run.path / "result.json")
+        except OSError as e:  # a full disk: served now, assessed again next time
+            print(f"[not saved] {run.path / 'result.json'}: {fileio.first_line(e)}",
+                  file=sys.stderr, flush=True)
+    return Run(run.config, run.label, summary, run.path)
 
 
 def _train_images(config: RunConfig, data_root=None) -> int:
@@ -317,119 +350,6 @@ def portable(summary: dict) -> dict:
 
 def write_compact(checkpoint: Path, path) -> Path:
     return save_atomic(compact(load_safe(checkpoint)), path)
-
-
-# -- measurements besides training ---------------------------------------------------------------
-
-MEASUREMENTS = "measurements"  # the run cache's folder of them
-REMEASURE_ENV = "CNNLIB_REMEASURE"  # "1": measure again (./run_all.sh --remeasure)
-
-
-def remeasure_asked(value: str | None = None, name: str = REMEASURE_ENV) -> bool:
-    """`value` (else $CNNLIB_REMEASURE) read as a switch: "1" yes; "0" or "" no."""
-    value = os.environ.get(REMEASURE_ENV, "") if value is None else value
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{name}: {value!r} is not allowed; allowed: 0, 1")
-    return value == "1"
-
-
-def _plain(obj):
-    """`obj` as it reads back from JSON: the first measurement and a reused one are equal."""
-    return json.loads(json.dumps(obj, default=float))
-
-
-def measurement_path(kind: str, what: dict, root=None) -> Path:
-    blob = json.dumps({**_plain(what), "version": RESULTS_VERSION}, sort_keys=True)
-    return runs_root(root) / MEASUREMENTS / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
-
-
-def recalled(kind: str, what: dict, root=None, repair: bool = False) -> dict | None:
-    """The stored entry of a measurement (`what`, `value`, `seconds`, `finished`, `commit`),
-    else None. A damaged one reads as None; with `repair` it is set aside."""
-    path = measurement_path(kind, what, root)
-    if not _present(path):
-        return None
-    try:
-        _regular(path)
-        entry = fileio.read_json(path)
-        if entry.get("what") != _plain(what) or "value" not in entry:
-            raise fileio.DamagedFileError(f"{path}: not the measurement asked for")
-        return entry
-    except fileio.DamagedFileError as e:
-        if repair:
-            fileio.set_aside(path)
-            print(f"[damaged] {e}; set aside as *.damaged, measured again", file=sys.stderr,
-                  flush=True)
-        return None
-
-
-def measured(kind: str, what: dict, measure: Callable[[], object], *, remeasure=None,
-             root=None) -> tuple[object, dict | None]:
-    """`measure()`'s value, measured once per `what` (with the results version) and kept in
-    the run cache; `remeasure` (default $CNNLIB_REMEASURE) measures again. Returns the value
-    (as it reads back from JSON) and the stored entry it came from, None when measured now."""
-    again = remeasure_asked() if remeasure is None else remeasure
-    entry = None if again else recalled(kind, what, root, repair=True)
-    if entry is not None:
-        return entry["value"], entry
-    t0 = time.time()
-    value = _plain(measure())
-    path = measurement_path(kind, what, root)
-    entry = {"kind": kind, "what": _plain(what), "value": value,
-             "seconds": time.time() - t0, "finished": time.time(), "commit": git_commit()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fileio.write_json(entry, path)
-    except OSError as e:  # a read-only or full cache: the value still serves this notebook
-        print(f"[not saved] {path}: {fileio.first_line(e)}; measured again next time",
-              file=sys.stderr, flush=True)
-    return value, None
-
-
-def stored_measurements(kind: str, root=None, **fields) -> list[dict]:
-    """The stored entries of `kind` whose `what` holds `fields` (a plan's look-up)."""
-    folder = runs_root(root) / MEASUREMENTS
-    out = []
-    for path in sorted(folder.glob(f"{kind}-*.json")) if folder.is_dir() else ():
-        try:
-            entry = fileio.read_json(path)
-        except (fileio.DamagedFileError, OSError):
-            continue  # measured again when asked for
-        what = entry.get("what") or {}
-        if all(what.get(k) == _plain(v) for k, v in fields.items()):
-            out.append(entry)
-    return out
-
-
-def _lr_find_what(config: RunConfig, steps: int, data_root=None) -> dict:
-    return {"run": run_key(config, data_fingerprint(config.dataset, data_root)), "steps": steps}
-
-
-def lr_find(config: RunConfig, *, steps: int, root=None, data_root=None, remeasure=None,
-            progress: bool = True) -> dict:
-    """`training.loop.lr_find` of `config` for `steps` batches, measured once: keyed by the
-    run key of `config` (config, data, precision, results version) and `steps`."""
-    name = f"range test {config.optimizer} on {config.dataset}"
-
-    def measure():
-        if progress:
-            print(f"[measuring] {name}: {steps} batches", flush=True)
-        return loop.lr_find(config, steps=steps, data_root=data_root)
-
-    value, entry = measured("lr_find", _lr_find_what(config, steps, data_root), measure,
-                            remeasure=remeasure, root=root)
-    if progress:
-        print(f"[{'cached' if entry else 'measured'}] {name}: suggested lr "
-              f"{value['suggested_lr']:.2g}", flush=True)
-    return value
-
-
-def recorded_lr_find(config: RunConfig, steps: int, root=None, data_root=None) -> dict | None:
-    """The stored `lr_find(config, steps=steps)`, else None (nothing is measured)."""
-    if not any((runs_root(root) / MEASUREMENTS).glob("lr_find-*.json")):
-        return None  # none stored: the data need not be read for a key
-    entry = recalled("lr_find", _lr_find_what(config, steps, data_root), root)
-    return None if entry is None else entry["value"]
 
 
 def recorded_keys(configs: list[RunConfig], root=None, data_root=None) -> set[str]:
@@ -472,7 +392,8 @@ def work_between(start: float, end: float, root=None) -> Work:
         if e > s:
             work.train_seconds += e - s
             reach = e
-    for path in (base / MEASUREMENTS).glob("*.json") if (base / MEASUREMENTS).is_dir() else ():
+    folder = base / MEASUREMENTS
+    for path in folder.glob("*.json") if folder.is_dir() else ():
         entry = _written_between(path, start, end)
         if entry and isinstance(entry.get("seconds"), int | float):
             work.measurements += 1

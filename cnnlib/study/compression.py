@@ -5,7 +5,7 @@ with the run's own recipe), int8 (PTQ; QAT when the profile asks), channels 50% 
 and ONNX. How much work per profile: ``studies.compression_settings``. The algorithms are
 in :mod:`cnnlib.compress`; the figure is ``plots.plot_tradeoffs``. A model's rows are
 measured once per model, settings, data and machine and kept in the run cache
-(``cache.measured``): a rebuild reuses them instead of timing again.
+(``measurements.measured``): a rebuild reuses them instead of timing again.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cnnlib.compress.quantize import QuantizedModel, quantize_int8, quantize_qat
 from cnnlib.compress.saving import load_model, save_compressed
 from cnnlib.data import cifar as cdata
 from cnnlib.models.registry import count_parameters
-from cnnlib.study import cache
+from cnnlib.study import cache, measurements
 from cnnlib.training.checkpoint import model_checkpoint, save_atomic
 from cnnlib.training.config import RunConfig
 from cnnlib.training.device import hardware
@@ -96,7 +96,7 @@ def compress_model(model: nn.Module, data: cdata.CifarData, out_dir, *, label: s
     settings = dict(steps=steps, batch_size=batch_size, calibration=calibration,
                     test_subset=test_subset, seconds=seconds, qat_steps=qat_steps)
     what = _what(label, _run_key(model, data), settings) | {"weights": _weights(model)}
-    rows, entry = cache.measured(
+    rows, entry = measurements.measured(
         "compression", what, lambda: _measure(model, data, Path(out_dir), label=label,
                                               commit=commit, progress=progress, **settings),
         remeasure=remeasure, root=root)
@@ -140,7 +140,7 @@ def recorded(label: str, configs: list[RunConfig], settings: dict, root=None,
     """Whether the rows of ``label`` for the run of one of ``configs`` with ``settings`` are
     in the run cache for this machine (a plan's look-up; nothing is measured)."""
     what = _what(label, "", settings)
-    found = cache.stored_measurements("compression", root, label=label,
+    found = measurements.stored_measurements("compression", root, label=label,
                                       settings=what["settings"], hardware=what["hardware"])
     keys = {cache.run_key(c, cache.data_fingerprint(c.dataset, data_root))
             for c in configs} if found else ()

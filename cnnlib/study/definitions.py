@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlib.models.registry import model_options as _model_defaults
-from cnnlib.study import cache
+from cnnlib.study import cache, measurements
 from cnnlib.study.budget import Work, epochs_for, estimate_seconds, notebook_seconds, work_lines
 from cnnlib.study.locations import notebook_seconds_path, speeds_path
 from cnnlib.training.config import RECIPES, RunConfig, recipe
@@ -151,7 +151,7 @@ def baseline_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]
 # (still available through `augment=`): crop or flip alone, colour jitter, RandAugment.
 # The reference comes first: a reduced sweep (first and last variant) still has it.
 AUGMENTATIONS = ["crop+flip", "none", "crop+flip+cutout", "crop+flip+mixup", "crop+flip+cutmix",
-                 "crop+flip+autoaugment", "crop+flip+trivialaugment"]
+                 "crop+flip+autoaugment", "crop+flip+trivialaugment", "crop+flip+augmix"]
 
 
 def augmentation_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
@@ -238,15 +238,7 @@ def lr_find_configs(profile: str, dataset: str = "cifar10") -> dict[str, RunConf
     return {opt: reference(profile, dataset, optimizer=opt) for opt in OPTIMIZERS}
 
 
-def _lr_label(lr: float) -> str:
-    return f"{lr:.2g}"
-
-
 LR_KINDS = ("reference lr", "range-test lr")
-
-
-def _optimizer_label(opt: str, kind: str) -> str:
-    return f"{opt} @ {kind}"
 
 
 def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
@@ -260,9 +252,9 @@ def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
     base = reference(profile, dataset)
     out = []
     for opt in OPTIMIZERS:
-        found = float(_lr_label((suggested or {}).get(opt, base.lr / 10)))
+        found = float(f"{(suggested or {}).get(opt, base.lr / 10):.2g}")
         for kind, lr in zip(LR_KINDS, (base.lr, found), strict=True):
-            out += [(_optimizer_label(opt, kind), reference(profile, dataset, seed, optimizer=opt, lr=lr))
+            out += [(f"{opt} @ {kind}", reference(profile, dataset, seed, optimizer=opt, lr=lr))
                     for seed in settings(profile)["seeds"]]
     return out
 
@@ -395,9 +387,9 @@ STUDIES = {s.name: s for s in (
                           k.label(k.standard), rank=k.name == "depth") for k in KNOBS),
                   Sweep("early stopping", EARLY_STOPPING, EARLY_STOPPING[0],
                         finding="epochs_saved"),
-                  Sweep("optimizer", tuple(_optimizer_label(o, k) for o in OPTIMIZERS
+                  Sweep("optimizer", tuple(f"{o} @ {k}" for o in OPTIMIZERS
                                            for k in LR_KINDS),
-                        _optimizer_label(_RECIPE["optimizer"], LR_KINDS[0]), rank=True)),
+                        f"{_RECIPE['optimizer']} @ {LR_KINDS[0]}", rank=True)),
           figures=("overfitting_depth.png", "overfitting_width_dropout_decay.png",
                    "early_stopping_curves.png", "lr_range_tests.png", "optimizers.png"),
           findings=(*_ANSWER, "epochs_saved")),
@@ -421,6 +413,14 @@ STUDIES = {s.name: s for s in (
                    "training time?",
           sweeps=(Sweep("architecture", ARCHITECTURES, RECIPES["baseline"]["model"], rank=True),),
           figures=("architectures_tradeoff.png",), findings=_ANSWER),
+    # 07 judges 02's runs and 01's best models by what each run's assessment measured.
+    Study("07_robustness", lambda p, store: augmentation_runs(p) + [
+              (label, c) for label, c in baseline_runs(p) if label == "best"],
+          title="Robustness and calibration",
+          question="How do the models hold up under common corruptions, are their confidences "
+                   "honest, and do the augmentation verdicts change once these are counted?",
+          figures=("robustness_tradeoff.png", "corruptions.png", "reliability.png",
+                   "corruption_families.png")),
 )}
 
 
@@ -446,13 +446,13 @@ def recorded_suggestions(profile: str) -> dict[str, float] | None:
     """Per optimizer, the lr its range test suggested, when all are in the run cache; else
     None (a plan then counts the optimizer runs at a stand-in lr: as many runs)."""
     steps = lr_find_steps(profile)
-    tests = {o: cache.recorded_lr_find(c, steps) for o, c in lr_find_configs(profile).items()}
+    tests = {o: measurements.recorded_lr_find(c, steps) for o, c in lr_find_configs(profile).items()}
     return None if None in tests.values() else {o: t["suggested_lr"] for o, t in tests.items()}
 
 
 def _recorded_range_tests(profile: str) -> tuple[str, int, int, list[RunConfig]]:
     steps, configs = lr_find_steps(profile), lr_find_configs(profile).values()
-    done = sum(cache.recorded_lr_find(c, steps) is not None for c in configs)
+    done = sum(measurements.recorded_lr_find(c, steps) is not None for c in configs)
     waiting = [] if done == len(configs) else [c for label, c in optimizer_runs(profile)
                                                if label.endswith(LR_KINDS[1])]
     return "range tests", done, len(configs), waiting

@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from cnnlib import _fileio as fileio
-from cnnlib.study import locations
+from cnnlib.study import locations, robustness
 from cnnlib.study.definitions import STUDIES, Study
 from cnnlib.study.findings import BEST_TARGETS, confusion_sentence, regime
-from cnnlib.study.stats import CONFIDENCE, compare, n_seeds, rank, signed
+from cnnlib.study.stats import CONFIDENCE, NAMES, compare, n_seeds, rank, signed
 from cnnlib.viz._figure import pretty
 
 INDEX = "index.html"
@@ -124,6 +124,27 @@ def sweep_card(rows, study: Study) -> tuple[list[str], str, str]:
     return answer, ". ".join(conditions), f"{_seeds(rows)} per variant; " + _pairing(every)
 
 
+def robustness_card(rows) -> tuple[list[str], str, str]:
+    """Per dataset, the augmentation sweep counted by corruption accuracy and by calibration
+    error against its reference (assessed runs of notebook 02 only)."""
+    aug = rows[(rows["study"] == "02_augmentation_ablation") & rows["corruption_acc"].notna()]
+    sweep, answer, conditions, every = robustness.AUGMENTATION, [], [], []
+    for dataset, part in aug.groupby("dataset", sort=False):
+        members = [x for x in sweep.labels if x in set(part["label"])]
+        if sweep.reference not in members or len(members) < 2:
+            continue
+        for metric in robustness.METRICS:
+            deltas = compare(part, sweep.reference, members, metric)
+            every += deltas
+            answer.append(f"{pretty(dataset)}, {NAMES[metric][0]} by augmentation: against "
+                          f"{sweep.reference}, {_counted(deltas)}.")
+        conditions.append(f"{pretty(dataset)}: {regime(part, members)}; corruptions on "
+                          f"{int(part['assessed_images'].iloc[0]):,} test images without "
+                          "test-time augmentation")
+    return answer, ". ".join(conditions), (f"{_seeds(aug)} per variant; " + _pairing(every)
+                                           if every else "")
+
+
 def _plain(markdown: str) -> str:
     """A findings bullet as plain text: no list mark, bold or code marks."""
     return markdown.removeprefix("- ").replace("**", "").replace("`", "")
@@ -207,6 +228,9 @@ def cards(out, rows, confused: dict | None = None) -> list[Card]:
         elif name == "05_compression":
             table = _read_csv(out / "compression.csv")
             content = compression_card(table, base) if table is not None else ([], "", "")
+        elif name == "07_robustness":
+            content = (robustness_card(rows) if len(rows) and "corruption_acc" in rows
+                       else ([], "", ""))
         elif not len(part):
             continue
         elif name == "01_baseline":

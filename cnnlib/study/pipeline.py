@@ -48,9 +48,10 @@ from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 from traitlets.config import Config
 
 from cnnlib import _fileio as fileio
+from cnnlib.data.duplicates import obtain_lists
 from cnnlib.data.obtain import DATASETS, obtain
 from cnnlib.flags import Parser
-from cnnlib.study import cache, definitions, executors, locations
+from cnnlib.study import cache, definitions, executors, locations, measurements
 from cnnlib.study.budget import Work, duration, record_notebook_seconds
 from cnnlib.study.readme import collect_results, training_time
 
@@ -111,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         executors.exclusive(args.jobs, args.nproc, jobs_name, nproc_name)
         if os.environ.get(executors.THREADS_ENV):  # no flag: read by the kernels' executors
             executors.count(os.environ[executors.THREADS_ENV], executors.THREADS_ENV)
-        args.remeasure = cache.remeasure_asked() or args.remeasure  # a bad variable: refused
+        args.remeasure = measurements.remeasure_asked() or args.remeasure  # a bad variable: refused
     except ValueError as e:
         p.error(str(e))
     return args
@@ -420,6 +421,10 @@ def obtain_data() -> None:
     print("[setup] obtaining CIFAR-10 and CIFAR-100")
     for name in DATASETS:
         obtain(name)
+    try:  # only the duplicate metrics need the lists: without them those stay empty
+        obtain_lists()
+    except OSError as e:
+        print(f"[setup] ciFAIR lists not obtained, their metrics stay empty: {fileio.first_line(e)}")
 
 
 def collect(out: Path):
@@ -447,7 +452,7 @@ def main(argv=None) -> int:
     os.environ[NPROC_ENV] = str(args.nproc)
     os.environ[executors.JOBS_ENV] = str(args.jobs)  # the kernels' executors.run_all reads them
     os.environ[executors.EXECUTOR_ENV] = args.executor
-    os.environ[cache.REMEASURE_ENV] = "1" if args.remeasure else "0"  # and the measurements
+    os.environ[measurements.REMEASURE_ENV] = "1" if args.remeasure else "0"  # and the measurements
     os.environ[locations.PROFILE_ENV] = profile  # the notebooks' "auto" resolves to it as well
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # as papermill's command does
 

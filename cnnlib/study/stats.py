@@ -20,7 +20,8 @@ __all__ = ["CONFIDENCE", "Delta", "NAMES", "Ranking", "compare", "grouped", "mea
 
 CONFIDENCE = 0.95
 # Words for a detectable positive / negative delta; accuracy unless named here.
-_WORDS = {"gap": ("raises the gap", "lowers the gap"), "test_loss": ("hurts", "improves")}
+_WORDS = {"gap": ("raises the gap", "lowers the gap"), "test_loss": ("hurts", "improves"),
+          "ece": ("worsens calibration", "improves calibration")}
 
 
 def signed(x: float, digits: int = 1) -> str:
@@ -199,4 +200,7 @@ def grouped(deltas: list[Delta], short: bool = False, marks: dict | None = None)
 
 # Each metric's name in a sentence, and its unit.
 NAMES = {"test_acc": ("test accuracy", "%"), "val_acc": ("validation accuracy", "%"),
-         "gap": ("train − validation gap", " pp")}
+         "gap": ("train − validation gap", " pp"),
+         "corruption_acc": ("corruption accuracy", "%"),
+         "ece": ("calibration error (ECE)", "%"),
+         "dup_free_acc": ("accuracy without near-duplicates", "%")}

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
 
 from cnnlib import _fileio as fileio
+from cnnlib.data.corruptions import CORRUPTIONS
 from cnnlib.study.cache import Run
 from cnnlib.study.locations import outputs_root
 from cnnlib.training.config import RunConfig
@@ -59,6 +60,8 @@ class Row:
     profile: str
     commit: str
     run_key: str
+    # training.assess's numbers (a run's result.json "assessment"), as `ASSESS_COLUMNS`
+    assessment: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_run(cls, run: Run, study: str = "") -> Row:
@@ -78,11 +81,35 @@ class Row:
             precision=r.get("precision") or _precision_before_recorded(c, r["device"]),
             wall_seconds=round(r["wall_seconds"], 1), device=r["device"],
             hardware=r.get("hardware", ""), profile=r.get("profile", ""),
-            commit=r.get("commit", ""), run_key=run.path.name,
+            commit=r.get("commit", ""), run_key=run.path.name, assessment=run.assessment,
         )
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        assessment = row.pop("assessment")
+        return {**row, **assessment_columns(assessment)}
+
+
+# The assessment's columns, after the run's: empty for a run without one (a record finished
+# before it was measured). Corruption accuracies are on `assessed_images` test images without
+# TTA, beside their clean accuracy; calibration and duplicate-free accuracy on the run's own
+# scored predictions.
+ASSESS_COLUMNS = ["assessed_images", "clean_subset_acc", "corruption_acc",
+                  *(f"corruption_{name}" for name in CORRUPTIONS), "ece", "nll", "temperature",
+                  "ece_scaled", "nll_scaled", "dup_free_acc", "duplicates_removed",
+                  "assess_seconds"]
+
+
+def assessment_columns(assessment: dict | None) -> dict:
+    a = assessment or {}
+    families = a.get("families") or {}
+    seconds = a.get("seconds")
+    return {"assessed_images": a.get("images"), "clean_subset_acc": a.get("clean_acc"),
+            "corruption_acc": a.get("corruption_acc"),
+            **{f"corruption_{name}": families.get(name) for name in CORRUPTIONS},
+            **{k: a.get(k) for k in ("ece", "nll", "temperature", "ece_scaled", "nll_scaled",
+                                     "dup_free_acc", "duplicates_removed")},
+            "assess_seconds": None if seconds is None else round(seconds, 1)}
 
 
 def _precision_before_recorded(config: RunConfig, device: str) -> str:
@@ -92,7 +119,7 @@ def _precision_before_recorded(config: RunConfig, device: str) -> str:
     return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
-COLUMNS = [f.name for f in fields(Row)]
+COLUMNS = [f.name for f in fields(Row) if f.name != "assessment"] + ASSESS_COLUMNS
 
 
 # Text columns stay text whatever they hold (a commit of digits, a label "None"); "" when empty.
