@@ -118,7 +118,8 @@ def cmd_data(args) -> int:
               f"{d.num_classes} classes{extra}; mean {_fmt3(mean)} std {_fmt3(std)}; "
               f"fingerprint {cdata.fingerprint(d)}")
     try:  # the near-duplicate lists of the assessments: their metric stays empty without them
-        _ = args.no_download or obtain_lists(args.data_root)
+        if not args.no_download:
+            obtain_lists(args.data_root)
     except OSError as e:
         print(f"ciFAIR's lists not obtained (no accuracy without near-duplicates): {first_line(e)}")
     return 0
@@ -438,11 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", action="store_true",
                    help="also the accuracy under the CIFAR-C corruptions, per family (severities "
                         "1-5, no TTA) on a seeded subset of --images test images")
-    p.add_argument("--images", type=int, default=assess.ASSESS_IMAGES,
-                   help=f"test images for --corruptions (default: {assess.ASSESS_IMAGES})")
-    p.add_argument("--calibration", action="store_true",
-                   help="also ECE (15 bins) and NLL, before and after temperature scaling "
-                        "fitted on the checkpoint's validation split")
+    p.add_argument("--images", type=int, default=assess.ASSESS_IMAGES, help="test images for "
+                   f"--corruptions, at most a quarter of the test set (default: {assess.ASSESS_IMAGES})")
+    p.add_argument("--calibration", action="store_true", help="also ECE (15 bins) and NLL, "
+                   "before and after temperature scaling fitted on the checkpoint's validation split")
     p.add_argument("--duplicates", action="store_true", help="also the accuracy without the "
                    "test images ciFAIR lists as near-duplicates of training images")
     p.set_defaults(func=cmd_evaluate)

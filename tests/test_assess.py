@@ -91,11 +91,18 @@ def assessed(synthetic_root, tmp_path_factory):
 
 
 def test_a_trained_run_is_assessed_once_and_its_row_has_the_columns(assessed):
-    run, _ = assessed
+    run, data_root = assessed
     a = run.assessment
     assert a["images"] == 25 and a["severities"] == list(SEVERITIES)  # a quarter of 100
     assert set(a["families"]) == set(CORRUPTIONS) and all(len(v) == 5 for v in a["by_severity"].values())
-    assert 0 <= a["corruption_acc"] <= 1 and a["val_images"] == 64 and a["temperature"] > 0
+    # the means are of what was measured: per family over severities, then over families
+    assert a["families"]["fog"] == pytest.approx(sum(a["by_severity"]["fog"]) / 5)
+    assert a["corruption_acc"] == pytest.approx(sum(a["families"].values()) / len(CORRUPTIONS))
+    assert a["val_images"] == 64
+    m = run.test_metrics(data_root)  # the run's own scored probabilities, scaled by its temperature
+    assert a["ece"] == pytest.approx(assess.expected_calibration_error(m["probs"], m["labels"]))
+    assert a["nll_scaled"] == pytest.approx(assess.nll(assess.scaled(m["probs"], a["temperature"]),
+                                                       m["labels"]), rel=1e-4)
     assert fileio.read_json(run.path / "result.json")["assessment"] == a  # on disk, in result.json
     row = results.Row.from_run(run, "s").as_dict()
     assert list(row) == results.COLUMNS and results.COLUMNS[-len(results.ASSESS_COLUMNS):] == results.ASSESS_COLUMNS

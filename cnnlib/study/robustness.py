@@ -128,8 +128,8 @@ def answer(df: pd.DataFrame, sweep=AUGMENTATION) -> str:
         part = _assessed(df[df["dataset"] == dataset])
         members = _members(part, sweep)
         if sweep.reference not in members:
-            lines.append(f"- **{pretty(dataset)}**: no assessed `{sweep.reference}` run (runs "
-                         "recorded before assessments, without their models), nothing to compare.")
+            lines.append(f"- **{pretty(dataset)}**: no assessed `{sweep.reference}` run (a record "
+                         "carried without its model has no assessment), nothing to compare.")
             continue
         n = int(part[part["label"].isin(members)].groupby("label")["seed"].nunique().min())
         said = [f"{NAMES[m][0]} against `{sweep.reference}`: "
@@ -153,7 +153,7 @@ def best_table(df: pd.DataFrame, label: str = "best") -> pd.DataFrame:
     ciFAIR's near-duplicates, ECE before and after temperature scaling, the temperature."""
     rows = []
     for dataset, part in _assessed(df[df["label"] == label]).groupby("dataset", sort=False):
-        rows.append({"dataset": dataset, "model": part["model"].iloc[0],
+        rows.append({"dataset": dataset, "regime": regime(part),
                      "seeds": part["seed"].nunique(), "test images": int(part["assessed_images"].iloc[0]),
                      "test acc %": _cell(part["test_acc"]),
                      "without near-duplicates %": _cell(part["dup_free_acc"]),

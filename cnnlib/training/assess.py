@@ -117,20 +117,18 @@ def assessment_subset(n_test: int, images: int = ASSESS_IMAGES, seed: int = ASSE
     return torch.randperm(n_test, generator=gen)[:images].sort().values
 
 
-_CORRUPTED: dict[tuple, torch.Tensor] = {}  # the last image set's 70 corrupted copies
+_CORRUPTED: dict[tuple, dict] = {}  # the last image set's 70 corrupted copies
 
 
-def corrupted(images: torch.Tensor, name: str, severity: int, seed: int = ASSESS_SEED
-              ) -> torch.Tensor:
-    """`corrupt(images, name, severity)` with a seed per family and severity, kept in memory
-    for the last set of images: every run of a study is assessed on the same one."""
-    digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
-    if any(key[0] != digest for key in _CORRUPTED):
-        _CORRUPTED.clear()
-    key = (digest, name, severity, seed)
+def corrupted_sets(images: torch.Tensor, seed: int = ASSESS_SEED) -> dict[tuple, torch.Tensor]:
+    """`corrupt(images, name, severity)` for every family and severity, (name, severity) ->
+    images, with a seed per set; kept in memory for the last set of images and seed, since
+    every run of a study is assessed on the same ones."""
+    key = (hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(), seed)
     if key not in _CORRUPTED:
-        family = list(CORRUPTIONS).index(name)
-        _CORRUPTED[key] = corrupt(images, name, severity, seed=seed * 1000 + 10 * family + severity)
+        _CORRUPTED.clear()
+        _CORRUPTED[key] = {(name, s): corrupt(images, name, s, seed=seed * 1000 + 10 * i + s)
+                           for i, name in enumerate(CORRUPTIONS) for s in SEVERITIES}
     return _CORRUPTED[key]
 
 
@@ -143,8 +141,8 @@ def corruption_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Te
         preds = predict_logits(model, x, mean, std, **predict_kwargs).argmax(1)
         return (preds == labels).double().mean().item()
 
-    by_severity = {name: [accuracy(corrupted(images, name, s, seed)) for s in SEVERITIES]
-                   for name in CORRUPTIONS}
+    sets = corrupted_sets(images, seed)
+    by_severity = {name: [accuracy(sets[name, s]) for s in SEVERITIES] for name in CORRUPTIONS}
     families = {name: sum(accs) / len(accs) for name, accs in by_severity.items()}
     return {"clean_acc": accuracy(images), "corruption_acc": sum(families.values()) / len(families),
             "families": families, "by_severity": by_severity}
@@ -195,6 +193,12 @@ def assess(model: nn.Module, data: cdata.CifarData, test: cdata.Split, test_prob
     return out
 
 
+def _val_split(data: cdata.CifarData, config: dict) -> cdata.Split | None:
+    """The validation split training held out under `config` (a RunConfig dict)."""
+    return cdata.train_split(data, val_size=config.get("val_size", 0),
+                             subset=config.get("train_subset", 0), seed=config.get("seed", 0))[1]
+
+
 def assess_checkpoint(model: nn.Module, config: dict, test_probs: torch.Tensor | None = None, *,
                       evaluation: dict, images: int = ASSESS_IMAGES, data_root=None,
                       device=None) -> dict:
@@ -203,8 +207,7 @@ def assess_checkpoint(model: nn.Module, config: dict, test_probs: torch.Tensor |
     `evaluation`'s TTA and precision) unless given."""
     data = cdata.load_cifar(config["dataset"], root=data_root)
     test = cdata.test_split(data, config.get("test_subset", 0))
-    _, val = cdata.train_split(data, val_size=config.get("val_size", 0),
-                               subset=config.get("train_subset", 0), seed=config.get("seed", 0))
+    val = _val_split(data, config)
     mean, std = model.meta["mean"], model.meta["std"]
     settings = dict(device=device, channels_last=evaluation.get("channels_last", False),
                     autocast_dtype=AUTOCAST_DTYPES[evaluation["precision"]])
@@ -233,9 +236,7 @@ def lines(model: nn.Module, config: dict, data: cdata.CifarData, test_probs: tor
         yield (f"corruptions ({len(subset)} test images, no TTA): clean_acc={r['clean_acc']:.4f} "
                f"corruption_acc={r['corruption_acc']:.4f}")
     if calibration_:
-        _, val = cdata.train_split(data, val_size=config.get("val_size", 0),
-                                   subset=config.get("train_subset", 0),
-                                   seed=config.get("seed", 0))
+        val = _val_split(data, config)
         val_probs = None if val is None else predict_logits(
             model, val.images, mean, std, tta=tta, **predict_kwargs).softmax(1)
         c = calibration(test_probs, test.labels, val_probs, None if val is None else val.labels)
