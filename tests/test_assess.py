@@ -20,6 +20,7 @@ from cnnlib.study import cache as runs
 from cnnlib.study import table as results
 from cnnlib.training import assess
 from cnnlib.training.config import RunConfig
+from cnnlib.training.evaluate import predict_logits
 
 
 def test_ece_is_the_weighted_gap_of_fifteen_bins():
@@ -103,11 +104,24 @@ def test_a_trained_run_is_assessed_once_and_its_row_has_the_columns(assessed):
     assert a["ece"] == pytest.approx(assess.expected_calibration_error(m["probs"], m["labels"]))
     assert a["nll_scaled"] == pytest.approx(assess.nll(assess.scaled(m["probs"], a["temperature"]),
                                                        m["labels"]), rel=1e-4)
+    assert a["test_acc_no_tta"] == pytest.approx(run.result["test"]["acc"])  # scored without TTA
     assert fileio.read_json(run.path / "result.json")["assessment"] == a  # on disk, in result.json
     row = results.Row.from_run(run, "s").as_dict()
     assert list(row) == results.COLUMNS and results.COLUMNS[-len(results.ASSESS_COLUMNS):] == results.ASSESS_COLUMNS
     assert row["corruption_acc"] == a["corruption_acc"] and row["ece"] == a["ece"]
     assert row["corruption_fog"] == a["families"]["fog"] and row["assessed_images"] == 25
+
+
+def test_a_model_scored_with_tta_is_also_scored_without_it(assessed):
+    run, data_root = assessed
+    model = run.load_model()
+    split = runs.test_split(run.config, data_root)
+    evaluation = {**model.meta["evaluation"], "tta": 2}
+    a = assess.assess_checkpoint(model, run.config.to_dict(), evaluation=evaluation,
+                                 data_root=data_root)
+    plain = predict_logits(model, split.images, model.meta["mean"], model.meta["std"]).argmax(1)
+    assert a["test_acc_no_tta"] == pytest.approx((plain == split.labels).double().mean().item())
+    assert a["test_acc_no_tta"] == pytest.approx(run.assessment["test_acc_no_tta"])
 
 
 def test_a_run_finished_before_assessments_gets_the_same_one_from_its_model(assessed, tmp_path):

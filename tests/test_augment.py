@@ -226,6 +226,35 @@ def test_mixup_and_cutmix_both_are_used():
     assert kinds == {"mixup", "cutmix"}
 
 
+@pytest.mark.parametrize("augment", ["mixup", "cutmix"])
+def test_mix_prob_mixes_some_batches_and_leaves_the_others_untouched(augment):
+    x, labels = images(128), torch.arange(128)  # a label per image: any mix shows in targets
+    ref = normalize(x, MEAN, STD)
+
+    def batches(**changes):
+        return list(loader(x, augment, labels=labels, num_classes=128, batch_size=8,
+                           options=opts(**changes)))
+
+    half = batches(mix_prob=0.5)
+    onehot = torch.nn.functional.one_hot(labels, 128).float()
+    plain = [torch.equal(out, ref[i * 8:(i + 1) * 8]) for i, (out, _) in enumerate(half)]
+    # An unmixed batch keeps its pixels and one-hot targets; a mixed one changes both.
+    assert plain == [torch.equal(y, onehot[i * 8:(i + 1) * 8]) for i, (_, y) in enumerate(half)]
+    assert 0 < sum(plain) < len(plain)  # 16 batches at p = 0.5: both kinds occur
+    # p = 1 mixes every batch, with the same random stream as before the option existed.
+    full, default = batches(mix_prob=1.0), batches()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full, default, strict=True))
+    assert not any(torch.equal(out, ref[i * 8:(i + 1) * 8]) for i, (out, _) in enumerate(full))
+
+
+def test_mix_prob_is_checked_and_keys_old_runs_unchanged():
+    with pytest.raises(ValueError, match=r"^mix_prob: 1.5 is not allowed; allowed: a number in \[0, 1\]"):
+        RunConfig(mix_prob=1.5)
+    config = RunConfig(augment="crop+flip+cutmix")
+    assert config.replace(mix_prob=1.0).key() == config.key()
+    assert config.replace(mix_prob=0.5).key() != config.key()
+
+
 # ----------------------------------------------------------------------------- reproducibility
 
 

@@ -81,17 +81,21 @@ def test_readme_section_follows_the_wording_rule(tmp_path):
     assert "old words" not in text and text.startswith("# x\n\nMethod text stays.\n\n")
     assert text.endswith(f"{end}\ntail\n")
     section = text.split(begin)[1].split(end)[0]
-    # Clear effects say so; an overlapping one says it cannot tell.
-    assert f"improves: `{CUTMIX}` +3.0 ± 0.2 pp (95% CI +2.7 to +3.4)" in section
-    assert "hurts: `none` -4.3 ± 0.6 pp (95% CI -5.8 to -2.9)" in section
+    # Clear effects say so; an overlapping one says it cannot tell. The sweep's three variants
+    # are one family: Holm's p for the verdicts, Bonferroni's 1 - 0.05 / 3 for the intervals.
+    assert (f"improves: `{CUTMIX}` +3.0 ± 0.2 pp (95% CI adjusted for 3 comparisons +2.4 to "
+            "+3.7, Holm p = 0.0025)") in section
+    assert ("hurts: `none` -4.3 ± 0.6 pp (95% CI adjusted for 3 comparisons -6.9 to -1.8, "
+            "Holm p = 0.012)") in section
     assert (f"inconclusive with 3 seeds: `{MIXUP}` +0.7 ± 1.5 pp "
-            "(95% CI -3.1 to +4.5)") in section
+            "(95% CI adjusted for 3 comparisons -6.1 to +7.4, Holm p = 0.53)") in section
     assert f"`{MIXUP}` improves" not in section and f"improves: `{MIXUP}`" not in section
     # The ranking states its margin and that it is inconclusive.
     assert ("highest: `depth 10` (51.3%), ahead of `depth 6` by +0.3 ± 0.8 pp "
             "(95% CI -1.6 to +2.2): a lead inconclusive with 3 seeds") in section
-    # The width sweep's reference is the standard network's width (`Sweep.reference`).
-    assert "Against `width 32`: hurts: `width 16`" in section
+    # The width sweep's reference is the standard network's width (`Sweep.reference`); one
+    # comparison, so the plain 95% interval.
+    assert "Against `width 32`: hurts: `width 16` -5.5 ± 0.5 pp (95% CI -6.7 to -4.3)" in section
     # Sweeps of the study without a run here are named, not left out.
     assert "- **dropout, CIFAR-10**: no run of the dropout sweep (`dropout 0.0` / `dropout 0.5`)" \
         in section
@@ -191,14 +195,14 @@ def test_baseline_answer_pairs_best_with_the_reference():
 
 def test_reference_check_holds_each_dataset_against_its_bar():
     text = findings.reference_check(_baseline_frame())
-    assert ("- **CIFAR-10**: the reference network reaches 86.0 ± 1.0% test accuracy (mean ± sd "
-            "over 3 seeds): it meets the study's bar of 85%") in text
-    assert ("- **CIFAR-100**: the reference network reaches 51.0 ± 1.0% test accuracy (mean ± sd "
+    assert ("- **CIFAR-10**: the reference network reaches 86.0 ± 1.0% validation accuracy (mean "
+            "± sd over 3 seeds): it meets the study's bar of 85%") in text
+    assert ("- **CIFAR-100**: the reference network reaches 51.0 ± 1.0% validation accuracy (mean ± sd "
             "over 3 seeds): 4.0 pp short of the study's bar of 55%, so the sweeps' comparisons "
             "on CIFAR-100 are outside the regime") in text
     one = findings.reference_check(_baseline_frame().query("seed == 0"), {"cifar10": 0.9})
-    assert one == ("- **CIFAR-10**: the reference network reaches 86.0% test accuracy (mean over "
-                   "1 seed): 4.0 pp short of the study's bar of 90%, so the sweeps' comparisons "
+    assert one == ("- **CIFAR-10**: the reference network reaches 86.0% validation accuracy (mean "
+                   "over 1 seed): 4.0 pp short of the study's bar of 90%, so the sweeps' comparisons "
                    "on CIFAR-10 are outside the regime the study asks for.")
     assert findings.reference_check(_baseline_frame().query("label == 'best'")) == ""
 
@@ -317,8 +321,9 @@ def test_a_budget_sweep_names_the_epochs_each_network_got():
     frame = _architecture_frame()
     frame.loc[frame["label"] == "resnet20", "epochs"] = 0.6
     lines = findings.lines(frame, "06_architectures", ("architecture",)).splitlines()
-    assert lines[0].endswith("Epochs the budget bought: `baseline` 4.50, `resnet20` 0.60, "
-                             "`fastnet` 2.00; `resnet20` saw each training image less than once.")
+    assert ("Epochs the budget bought: `baseline` 4.50, `resnet20` 0.60, `fastnet` 2.00; "
+            "`resnet20` saw each training image less than once. Regime: 3 networks, 0.6 to 4.5 "
+            "epochs by label") in lines[0]
     # One network on cifar100: nothing to contrast, so no epochs note there.
     assert "Epochs" not in lines[1]
 
@@ -347,10 +352,46 @@ def test_runs_at_chance_level_are_named_from_validation_accuracy():
     line = findings.lines(df, "03_depth_study", ("optimizer",))
     assert line.endswith("At chance level (mean validation accuracy below 1.5× the 10% of "
                          "guessing): `adam @ reference lr` (10.0%); these runs did not learn, so "
-                         "their differences measure a failed run.")
+                         "their differences measure a failed run. Regime: baseline, 2 epochs, "
+                         "1,000 training images, each label's augmentation.")
     answer = findings.answer(df, STUDIES["03_depth_study"].sweeps)
     assert "`adam @ reference lr` -0.3 pp (at chance)" in answer
     for unflagged in ("`adamw @ reference lr` -70.3 pp", "`sgd @ reference lr` -64.0 pp"):
         assert unflagged in answer and f"{unflagged} (at chance)" not in answer
     # On cifar100 guessing is 1%: 10% is not chance there.
     assert findings.at_chance(df.assign(dataset="cifar100")) == {}
+
+
+# -- compression: a speed-up is claimed only outside the timing rounds' spread ---------------------
+
+
+def _compression(int8=(2400, 2100, 2700), channels=(2300, 2200, 2400), fp32=(1000, 950, 1050)):
+    """Rows as compression.csv has them: throughput at batch 256 (median, lowest, highest)."""
+    rows = []
+    for variant, (median, low, high), acc in (("fp32", fp32, 0.0), ("int8", int8, -0.2),
+                                              ("channels 50% + int8", channels, -0.8)):
+        rows.append({"model": "best", "variant": variant, "throughput_b256": median,
+                     "throughput_b256_min": low, "throughput_b256_max": high,
+                     "speedup_b256": median / fp32[0], "acc_change_pp": acc,
+                     "size_mb": {"fp32": 4.0, "int8": 1.0}.get(variant, 0.5)})
+    return pd.DataFrame(rows)
+
+
+def test_a_speedup_counts_only_over_the_whole_timing_spread():
+    df = _compression()
+    base = df.iloc[0]
+    int8 = df.iloc[1]
+    assert findings.speedup_range(int8, base) == pytest.approx((2100 / 1050, 2700 / 950))
+    assert findings.meets_goal(int8) and findings.meets_goal(int8, base)  # 2.0 at the low end
+    text = findings.compression_answer(df)
+    # int8's median leads, but its slowest round is slower than the runner-up's fastest.
+    assert "`int8` meets the goal" in text and "2.4× (2.0–2.8×)" in text
+    assert ("Fastest by median: `int8`, 2.4× (2.0–2.8×), within the timing spread of "
+            "`channels 50% + int8` (2.3× (2.1–2.5×))") in text
+    # A median over the goal whose slow rounds fall under it does not meet it.
+    slow = _compression(int8=(2400, 1900, 2700))
+    assert findings.meets_goal(slow.iloc[1]) and not findings.meets_goal(slow.iloc[1], slow.iloc[0])
+    assert "`channels 50% + int8` meets the goal" in findings.compression_answer(slow)
+    # Spreads apart: the fastest is named as such.
+    apart = findings.compression_answer(_compression(int8=(3000, 2900, 3100)))
+    assert "Fastest: `int8`, 3.0× (2.8–3.3×), test accuracy -0.20 pp" in apart

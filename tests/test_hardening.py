@@ -30,7 +30,7 @@ from cnnlib import cli
 from cnnlib.data import cifar as data
 from cnnlib.data import obtain
 from cnnlib.models.registry import create_model
-from cnnlib.study import budget, definitions, executors, locations, pipeline, records, table
+from cnnlib.study import budget, executors, locations, pipeline, plan, records, table
 from cnnlib.study import cache as runs
 from cnnlib.training.checkpoint import load_model, load_safe, save_atomic
 from cnnlib.training.config import RunConfig
@@ -711,7 +711,7 @@ def test_a_garbage_speeds_file_is_set_aside_and_measured_again(tmp_path, monkeyp
     (tmp_path / "runs").mkdir()
     locations.speeds_path().write_text('{"cpu | x": "fast", "sha256": "0"}')
     monkeypatch.setattr(budget, "_measure", lambda *a: 1000.0)  # the timing is not the point
-    lines = definitions.plan_lines("smoke")
+    lines = plan.plan_lines("smoke")
     assert lines[-1].startswith("total: ") and fileio.read_json(locations.speeds_path())
     assert (tmp_path / "runs" / "speeds.json.damaged").exists()
 

@@ -52,7 +52,7 @@ def test_collect_writes_a_self_contained_landing_page(tmp_path):
     assert ("CIFAR-10: the best model reaches 93.00% test accuracy, the reference network 86.0%: "
             "+7.0 pp (95% CI +5.8 to +8.2); the target of 94% is missed by 1.00 pp.") in text
     assert "CIFAR-10, test accuracy by augmentation: against crop+flip" in text
-    assert "Holds for:" in text and "How sure:" in text and "not corrected for their number" in text
+    assert "Holds for:" in text and "How sure:" in text and "after Holm's correction" in text
     # The Key Results table, the machine and the question of each card.
     assert "<th>test acc %</th>" in page and "trained on test CPU" in text
     assert "Which augmentations change" in text

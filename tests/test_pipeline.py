@@ -16,7 +16,7 @@ import pytest
 
 from cnnlib import _fileio as fileio
 from cnnlib import cli
-from cnnlib.study import budget, cache, definitions, locations, measurements, pipeline, readme
+from cnnlib.study import budget, cache, definitions, locations, measurements, pipeline, plan, readme
 from cnnlib.study import compression as compression_study
 from cnnlib.training import loop
 from cnnlib.training.config import RunConfig
@@ -307,7 +307,7 @@ def smoke_plan_here(synthetic_root, tmp_path, monkeypatch):
 def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     """Every smoke run recorded, and the range tests and compressed models they need: the plan
     says 0 to train; what the notebooks take besides, once measured here, comes from then."""
-    lines = definitions.plan_lines("smoke")
+    lines = plan.plan_lines("smoke")
     unique = len({c.key() for s in definitions.STUDIES.values() for _, c in s.runs("smoke", None)})
     assert lines[-1].startswith(f"total: {unique} runs, 0 recorded, {unique - 4} to train, "
                                 "4 waiting for measurements; about ")  # the range tests' lrs
@@ -324,7 +324,7 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
         what = compression_study._what(label, cache.run_key(config, cache.data_fingerprint(
             "cifar10")), settings)
         measurements.measured("compression", {**what, "weights": "w"}, lambda: [])
-    lines = definitions.plan_lines("smoke")
+    lines = plan.plan_lines("smoke")
     unique = len(runs)  # the runs at the range tests' lrs now: some may equal others
     assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
                                 "training; evaluation, figures, range tests, compressed models "
@@ -332,19 +332,19 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     assert lines[2].startswith("03_depth_study: ") and "0 to train" in lines[2]
     assert lines[2].endswith("; range tests recorded")
     assert lines[4].endswith("; compressed models recorded")
-    assert definitions.plan_lines("smoke", remeasure=True)[2].endswith("; 4 range tests to measure")
+    assert plan.plan_lines("smoke", remeasure=True)[2].endswith("; 4 range tests to measure")
 
     for name in definitions.STUDIES:
         budget.record_notebook_seconds("smoke", name, locations.notebook_seconds_path(), 30.0,
                                        120.0 if definitions.STUDIES[name].measures else None)
-    lines = definitions.plan_lines("smoke")
+    lines = plan.plan_lines("smoke")
     assert lines[0].endswith("; about 30 s besides training")
     assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
                                 "training; about 4 min of evaluation, figures, range tests, "
                                 "compressed models; on ")
-    again = definitions.plan_lines("smoke", remeasure=True)  # measured again: as long as before
+    again = plan.plan_lines("smoke", remeasure=True)  # measured again: as long as before
     assert again[2].endswith("; about 2 min besides training; 4 range tests to measure")
-    only = definitions.plan_lines("smoke", notebooks=["04_interpretability"])
+    only = plan.plan_lines("smoke", notebooks=["04_interpretability"])
     assert [line.split(":")[0] for line in only] == ["04_interpretability", "total"]
 
 

@@ -84,6 +84,8 @@ RUNS: dict[str, tuple[str | None, dict]] = {
                                    early_stop_metric="val_loss", lr=0.4)),
     "mixup-cutmix-cifar100": (None, dict(model_options=TINY, dataset="cifar100",
                                          augment="crop+mixup+cutmix", mixup_alpha=0.4)),
+    "cutmix-half-the-batches": (None, dict(model_options=TINY, augment="crop+cutmix",
+                                           mix_prob=0.5)),
 }
 
 

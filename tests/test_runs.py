@@ -16,7 +16,7 @@ from cifar_files import write_synthetic
 
 from cnnlib import cli
 from cnnlib.models.registry import create_model, list_models
-from cnnlib.study import budget, definitions, locations, provenance, readme, records, report
+from cnnlib.study import budget, locations, plan, provenance, readme, records, report
 from cnnlib.study import cache as runs
 from cnnlib.study import definitions as studies
 from cnnlib.study import table as results
@@ -98,7 +98,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(synthetic_root, tmp_path, run
     assert (path / "last.pt").exists() and not (path / "result.json").exists()
     resumed = _run(config, tmp_path / "b", synthetic_root)
     a, b = _row(whole), _row(resumed)
-    a.pop("wall_seconds"), b.pop("wall_seconds")
+    for timing in ("wall_seconds", "assess_seconds"):  # how long, not what: machine load
+        a.pop(timing), b.pop(timing)
     assert a == b
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
 
@@ -445,9 +446,9 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
     # the budgeted epochs differ between networks as they do on a machine.
     speeds = {"baseline": 400.0, "fastnet": 130.0}
     monkeypatch.setattr(budget, "_measure", lambda config, *_: speeds.get(config.model, 60.0))
-    plan = studies.plan(profile, tmp_path / "speeds.json")
-    assert set(plan) == set(studies.STUDIES)
-    assert plan["04_interpretability"][1] == []  # notebook 04 reuses notebook 01's runs
+    planned = plan.plan(profile, tmp_path / "speeds.json")
+    assert set(planned) == set(studies.STUDIES)
+    assert planned["04_interpretability"][1] == []  # notebook 04 reuses notebook 01's runs
     assert studies.lr_find_steps(profile) > 0
     archs = studies.architecture_runs(profile, tmp_path / "speeds.json")
     seconds = studies.settings(profile)["architecture_seconds"]
@@ -456,9 +457,9 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
         assert images == pytest.approx(max(seconds * speeds.get(label, 60.0), config.batch_size),
                                        rel=0.05, abs=budget.train_images(config) * 0.011)
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
-    lines = definitions.plan_lines(profile)
+    lines = plan.plan_lines(profile)
     assert [line.split(":")[0] for line in lines] == [*studies.STUDIES, "total"]
-    assert f"total: {sum(len(new) for _, new in plan.values())} runs" in lines[-1]
+    assert f"total: {sum(len(new) for _, new in planned.values())} runs" in lines[-1]
 
 
 def test_the_reference_regime_is_the_full_training_set():
@@ -505,10 +506,12 @@ def test_smoke_keeps_both_datasets_but_reduces_sweeps():
     runs_ = studies.augmentation_runs("smoke")
     c10 = [label for label, c in runs_ if c.dataset == "cifar10"]
     c100 = [label for label, c in runs_ if c.dataset == "cifar100"]
-    assert c10 == studies.AUGMENTATIONS
-    assert c100 == [studies.AUGMENTATIONS[0], studies.AUGMENTATIONS[-1]]
+    longer = [x + studies.LONG for x in studies.LONG_AUGMENTATIONS]
+    assert c10 == studies.AUGMENTATIONS + longer
+    assert c100 == [studies.AUGMENTATIONS[0], studies.AUGMENTATIONS[-1], longer[0], longer[-1]]
     full = studies.augmentation_runs("full")
-    assert len(full) == 2 * len(studies.AUGMENTATIONS) * len(studies.SETTINGS["full"]["seeds"])
+    assert len(full) == 2 * (len(studies.AUGMENTATIONS) + len(longer)) * len(
+        studies.SETTINGS["full"]["seeds"])
     with pytest.raises(ValueError, match="profile"):
         studies.settings("huge")
 

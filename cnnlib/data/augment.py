@@ -20,6 +20,7 @@ jitter, cutout, MixUp or CutMix.  Per batch the pipeline runs in this fixed orde
   lies wholly inside the image.
 * MixUp / CutMix mix the batch with a permutation of itself and yield soft targets; one draw of
   lambda (and one CutMix box) per batch.  With both enabled each batch picks one, p=0.5.
+  ``mix_prob`` < 1 mixes a batch with that probability; the others keep their one-hot targets.
 * policies (AutoAugment, RandAugment, TrivialAugmentWide, AugMix: ``policies.py``) draw per
   sample on uint8, before the crop.
 
@@ -77,6 +78,7 @@ class AugmentOptions:
     cutout_size: int
     mixup_alpha: float
     cutmix_alpha: float
+    mix_prob: float
     randaugment_ops: int
     randaugment_magnitude: int
 
@@ -390,6 +392,10 @@ class BatchLoader:
         return fill_squares(x, top, left, side)
 
     def _mix(self, x, y, gen, beta_rng) -> tuple[torch.Tensor, torch.Tensor]:
+        # Drawn only below 1, so that runs mixing every batch replay their old random streams.
+        p = self.options.mix_prob
+        if p < 1 and not bool(torch.rand((), generator=gen) < p):
+            return x, F.one_hot(y, self.num_classes).float()
         both = {"mixup", "cutmix"} <= self.augmentations
         use_mixup = "mixup" in self.augmentations
         if both:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from cnnlib.flags import Parser
-from cnnlib.study.definitions import plan_lines
 from cnnlib.study.locations import outputs_root, resolve_profile
+from cnnlib.study.plan import plan_lines
 from cnnlib.study.readme import collect_results
 
 

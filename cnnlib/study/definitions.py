@@ -9,7 +9,7 @@ A profile sizes the same experiments for a machine:
 
 Every sweep but one runs in the *reference regime*: the full training set minus the
 validation split, and a reference network and recipe strong enough (CIFAR-10 >= 85%,
-CIFAR-100 >= 55% mean test accuracy on the cpu profile) for a change to show. The exception
+CIFAR-100 >= 55% mean validation accuracy on the cpu profile) for a change to show. The exception
 is the overfitting sub-study, which trains the simple CNN on a small subset without
 augmentation for a long schedule, where the train-validation gap opens on purpose.
 
@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlib.models.registry import model_options as _model_defaults
-from cnnlib.study import cache, measurements
-from cnnlib.study.budget import Work, epochs_for, estimate_seconds, notebook_seconds, work_lines
-from cnnlib.study.locations import notebook_seconds_path, speeds_path
+from cnnlib.study import measurements
+from cnnlib.study.budget import epochs_for
 from cnnlib.training.config import RECIPES, RunConfig, recipe
-from cnnlib.training.device import hardware, resolve_precision
 
 DATASETS = ("cifar10", "cifar100")
 
@@ -152,13 +150,36 @@ def baseline_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]
 # The reference comes first: a reduced sweep (first and last variant) still has it.
 AUGMENTATIONS = ["crop+flip", "none", "crop+flip+cutout", "crop+flip+mixup", "crop+flip+cutmix",
                  "crop+flip+autoaugment", "crop+flip+trivialaugment", "crop+flip+augmix"]
+# MixUp and CutMix mix half the batches, as the CutMix paper's CIFAR code does: mixing every
+# batch on top of label smoothing left the reference network underfitting (study v2).
+MIX_PROB = 0.5
+# The same question at a longer budget, where the literature measured these augmentations
+# (cutout, AutoAugment, TrivialAugment after 200 epochs): the reference's epochs times this
+# factor per dataset, for the labels that answer the seed's question (what crop and flip are
+# worth) and the two augmentations the literature reports gains for at long schedules.
+LONG_BUDGET = {"cifar10": 4, "cifar100": 2}
+LONG_AUGMENTATIONS = ["crop+flip", "none", "crop+flip+cutout", "crop+flip+trivialaugment"]
+LONG = " (long)"  # the suffix of a label at the longer budget
+
+
+def _augmented(profile: str, dataset: str, seed: int, augment: str, **changes) -> RunConfig:
+    mixes = {"mixup", "cutmix"} & set(augment.split("+"))
+    return reference(profile, dataset, seed, augment=augment,
+                     **(dict(mix_prob=MIX_PROB) if mixes else {}), **changes)
 
 
 def augmentation_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
-    """Notebook 02: the reference with each augmentation, several seeds, both datasets."""
-    return [(aug, reference(profile, ds, seed, augment=aug))
-            for ds in datasets for aug in _variants(profile, ds, AUGMENTATIONS, datasets)
-            for seed in settings(profile)["seeds"]]
+    """Notebook 02: the reference with each augmentation, several seeds, both datasets; then
+    the long-budget labels at `LONG_BUDGET` times the reference's epochs."""
+    seeds = settings(profile)["seeds"]
+    out = [(aug, _augmented(profile, ds, seed, aug))
+           for ds in datasets for aug in _variants(profile, ds, AUGMENTATIONS, datasets)
+           for seed in seeds]
+    for ds in datasets:
+        epochs = _sized(profile, "reference", ds)["epochs"] * LONG_BUDGET[ds]
+        out += [(aug + LONG, _augmented(profile, ds, seed, aug, epochs=epochs))
+                for aug in _variants(profile, ds, LONG_AUGMENTATIONS, datasets) for seed in seeds]
+    return out
 
 
 def _overfit(profile: str, seed: int, dataset: str = "cifar10", **changes) -> RunConfig:
@@ -297,7 +318,7 @@ class Sweep:
 
     `labels`: in the figures' order, generated from the variants the runs are made of;
     `rank`: state which label is highest, and its margin; `finding`: the `findings`
-    function that states the sweep.
+    function that states the sweep; `repeats`: see below.
     """
 
     name: str
@@ -305,6 +326,10 @@ class Sweep:
     reference: str
     rank: bool = False
     finding: str = "sweep_lines"
+    # The sweep this one repeats at a longer budget: its labels are that sweep's plus `LONG`.
+    repeats: str = ""
+    # The question it answers, a README heading (default: its study's question).
+    question: str = ""
 
     def __post_init__(self):
         if self.reference not in self.labels:
@@ -371,11 +396,14 @@ STUDIES = {s.name: s for s in (
     Study("02_augmentation_ablation", lambda p, store: augmentation_runs(p),
           title="Data augmentation",
           question="Which augmentations change the reference network's test accuracy against "
-                   "random crop and flip?",
-          sweeps=(Sweep("augmentation", tuple(AUGMENTATIONS), _RECIPE["augment"]),),
+                   "random crop and flip, and does the answer hold at a longer budget?",
+          sweeps=(Sweep("augmentation", tuple(AUGMENTATIONS), _RECIPE["augment"]),
+                  Sweep("augmentation, long budget", tuple(a + LONG for a in LONG_AUGMENTATIONS),
+                        _RECIPE["augment"] + LONG, finding="budget_interaction",
+                        repeats="augmentation")),
           figures=("augmentation_ablation.png", "augmentation_deltas.png",
-                   "augmentation_splits.png"),
-          findings=_ANSWER),
+                   "augmentation_budgets.png", "augmentation_splits.png"),
+          findings=(*_ANSWER, "budget_interaction")),
     Study("03_depth_study",
           lambda p, store: (overfitting_runs(p) + early_stopping_runs(p)
                             + optimizer_runs(p, recorded_suggestions(p))),
@@ -384,12 +412,16 @@ STUDIES = {s.name: s for s in (
           question="How do depth, width, dropout and weight decay change overfitting; what does "
                    "early stopping save; which optimizer trains best?",
           sweeps=(*(Sweep(k.name, tuple(label for label, _ in k.variants()),
-                          k.label(k.standard), rank=k.name == "depth") for k in KNOBS),
+                          k.label(k.standard), rank=k.name == "depth",
+                          question="How do depth, width, dropout and weight decay change "
+                                   "overfitting?") for k in KNOBS),
                   Sweep("early stopping", EARLY_STOPPING, EARLY_STOPPING[0],
-                        finding="epochs_saved"),
+                        finding="epochs_saved",
+                        question="What does early stopping save, and what does it cost?"),
                   Sweep("optimizer", tuple(f"{o} @ {k}" for o in OPTIMIZERS
                                            for k in LR_KINDS),
-                        f"{_RECIPE['optimizer']} @ {LR_KINDS[0]}", rank=True)),
+                        f"{_RECIPE['optimizer']} @ {LR_KINDS[0]}", rank=True,
+                        question="Which optimizer trains the reference network best?")),
           figures=("overfitting_depth.png", "overfitting_width_dropout_decay.png",
                    "early_stopping_curves.png", "lr_range_tests.png", "optimizers.png"),
           findings=(*_ANSWER, "epochs_saved")),
@@ -424,21 +456,6 @@ STUDIES = {s.name: s for s in (
 )}
 
 
-def plan(profile: str, store=None) -> dict[str, list[tuple[str, RunConfig]]]:
-    """Per notebook: its runs not already listed by an earlier notebook (and how many it lists)."""
-    seen: set[str] = set()
-    out = {}
-    for name, study in STUDIES.items():
-        configs = study.runs(profile, store)
-        new = []
-        for label, config in configs:
-            if config.key() not in seen:
-                seen.add(config.key())
-                new.append((label, config))
-        out[name] = (len(configs), new)
-    return out
-
-
 # -- what executing notebooks will do here ------------------------------------------------------
 
 
@@ -466,35 +483,3 @@ def _recorded_compressions(profile: str) -> tuple[int, int]:
     best = [c for label, c in runs if label == "best"]
     return (compression.recorded("reference", reference, s)
             + compression.recorded("best", best, s)), 2
-
-
-def plan_work(profile: str, notebooks=None, remeasure: bool = False) -> list[Work]:
-    """Per notebook to execute (names, default all), what it will do here (`remeasure`: take
-    its measurements again)."""
-    speeds = speeds_path()
-    runs = {name: {c.key(): c for _, c in STUDIES[name].runs(profile, speeds)}
-            for name in (notebooks or STUDIES)}
-    recorded = cache.recorded_keys([c for configs in runs.values() for c in configs.values()])
-    seen, out = set(), []
-    for name, configs in runs.items():
-        new = [c for k, c in configs.items() if k not in recorded | seen]
-        seen |= set(configs)
-        what, done, total, waiting = (STUDIES[name].measures or (lambda p: ("", 0, 0, [])))(profile)
-        later = [c for c in new if c.key() in {w.key() for w in waiting}]
-        new = [c for c in new if c not in later]
-        out.append(Work(name, frozenset(configs), frozenset(set(configs) & recorded), len(new),
-                        sum(estimate_seconds(c, speeds) for c in new),
-                        notebook_seconds(profile, name, notebook_seconds_path()),
-                        what, total, 0 if remeasure else done, len(later),
-                        sum(estimate_seconds(c, speeds) for c in later)))
-    return out
-
-
-def plan_lines(profile: str, notebooks=None, remeasure: bool = False,
-               work: list[Work] | None = None) -> list[str]:
-    """Per notebook to execute, its runs recorded or to train and the time expected here (as
-    `budget.Work` estimates it), then the total."""
-    config = RunConfig()
-    return work_lines(plan_work(profile, notebooks, remeasure) if work is None else work,
-                      f"{hardware(str(config.resolved_device()))} "
-                      f"({resolve_precision(config.precision, config.resolved_device())})")

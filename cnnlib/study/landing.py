@@ -23,7 +23,13 @@ import pandas as pd
 from cnnlib import _fileio as fileio
 from cnnlib.study import locations, robustness
 from cnnlib.study.definitions import STUDIES, Study
-from cnnlib.study.findings import BEST_TARGETS, confusion_sentence, regime
+from cnnlib.study.findings import (
+    BEST_TARGETS,
+    compression_answer,
+    confusion_sentence,
+    interactions,
+    regime,
+)
 from cnnlib.study.stats import CONFIDENCE, NAMES, compare, n_seeds, rank, signed
 from cnnlib.viz._figure import pretty
 
@@ -54,9 +60,9 @@ def _interval(d) -> str:
 
 
 def _pairing(deltas) -> str:
-    return (f"each change paired by seed with its reference; it counts when the {CONFIDENCE:.0%} "
-            f"confidence interval of the per-seed differences excludes 0; {len(deltas)} "
-            "comparisons, not corrected for their number")
+    return ("each change paired by seed with its reference; it counts when a paired t-test "
+            "finds it after Holm's correction for the other comparisons of its sweep and dataset "
+            f"({1 - CONFIDENCE:.0%} family-wise error); {len(deltas)} comparisons in all")
 
 
 def baseline_card(rows) -> tuple[list[str], str, str]:
@@ -115,6 +121,13 @@ def sweep_card(rows, study: Study) -> tuple[list[str], str, str]:
                 if r.margin is not None:
                     sure = "a detectable lead" if r.margin.detectable else "inconclusive"
                     text += f", {_interval(r.margin)} ahead of {r.margin.reference}: {sure}"
+            if sweep.repeats:
+                found = interactions(part, sweep)
+                flips = sum(a.detectable and b.detectable and (a.mean > 0) != (b.mean > 0)
+                            for a, b, _ in found)
+                moved = sum(c.detectable for _, _, c in found)
+                text += (f"; between budgets, {moved} of {len(found)} paired differences change "
+                         f"detectably and {flips} flip sign" if found else "")
             clauses.append(text)
         if clauses:
             answer += [c + "." for c in clauses]
@@ -167,28 +180,15 @@ def confusion_card(pairs: dict, base) -> tuple[list[str], str, str]:
 
 
 def compression_card(table, base) -> tuple[list[str], str, str]:
-    answer = []
-    for model, part in table.groupby("model", sort=False):
-        rest = part[part["variant"] != "fp32"]
-        if not len(rest):
-            continue
-        fast = rest.loc[rest["speedup_b256"].idxmax()]
-        small = rest.loc[rest["size_mb"].idxmin()]
-        text = (f"{model} model: {fast['variant']} is the fastest, {fast['speedup_b256']:.1f}x "
-                f"the fp32 throughput at batch 256, at {fast['acc_change_pp']:+.2f} pp test "
-                "accuracy")
-        if small["variant"] != fast["variant"]:
-            text += (f"; {small['variant']} the smallest, {small['size_mb']:.2f} MB, at "
-                     f"{small['acc_change_pp']:+.2f} pp")
-        else:
-            text += f", and the smallest, {small['size_mb']:.2f} MB"
-        answer.append(text + ".")
+    # The report's own answer (findings.compression_answer), so both say the same.
+    answer = [_plain(line) for line in compression_answer(table).splitlines()]
     rounds = (f"the median of {int(table['timing_rounds'].max())} timing rounds"
               if "timing_rounds" in table else "one timing round each")
     return (answer, _models(base, ["reference", "best"], ["cifar10"]) + "; timed on "
             + "; ".join(table["hardware"].dropna().unique()) + ", test accuracy without "
             "test-time augmentation",
-            f"{rounds} on one machine, no interval; accuracy changes of one model each")
+            f"{rounds} on one machine; a speed-up counts only over the rounds' spread; "
+            "accuracy changes of one model each")
 
 
 # -- the page -----------------------------------------------------------------------------------------
@@ -282,8 +282,8 @@ footer{color:#555;font-size:.9rem}
 """
 
 # The Key Results columns a reader needs on this page (the README's table has them all).
-_TABLE_COLUMNS = ("dataset", "model", "test acc %", "seeds", "epochs", "train images",
-                  "augmentation", "test-time augmentation", "wall min / run")
+_TABLE_COLUMNS = ("dataset", "model", "test acc %", "test acc % without TTA", "seeds", "epochs",
+                  "train images", "augmentation", "test-time augmentation", "wall min / run")
 
 
 def _card_html(card: Card) -> str:

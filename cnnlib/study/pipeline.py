@@ -51,7 +51,7 @@ from cnnlib import _fileio as fileio
 from cnnlib.data.duplicates import obtain_lists
 from cnnlib.data.obtain import DATASETS, obtain
 from cnnlib.flags import Parser
-from cnnlib.study import cache, definitions, executors, locations, measurements
+from cnnlib.study import cache, definitions, executors, locations, measurements, plan
 from cnnlib.study.budget import Work, duration, record_notebook_seconds
 from cnnlib.study.readme import collect_results, training_time
 
@@ -464,8 +464,8 @@ def main(argv=None) -> int:
                                       f" ({'the others are' if todo else 'all are'} done: "
                                       "--force executes them again)")
           + f"; {args.jobs} run(s) at once ({args.executor})" + (":" if todo else ""))
-    work = definitions.plan_work(profile, [nb.stem for nb in todo], args.remeasure) if todo else []
-    for line in definitions.plan_lines(profile, work=work) if todo else ():
+    work = plan.plan_work(profile, [nb.stem for nb in todo], args.remeasure) if todo else []
+    for line in plan.plan_lines(profile, work=work) if todo else ():
         print(f"{PREFIX}   {line}")
     try:
         status = run_notebooks(notebooks, out, profile, force=args.force, verbose=args.verbose,

@@ -86,6 +86,9 @@ def key_results_frame(df) -> pd.DataFrame:
             "dataset": pretty(dataset),
             "model": f"{label} ({model})",
             "test acc %": plus_minus(part["test_acc"] * 100),
+            # With TTA, what the same models give without it (empty where not measured).
+            "test acc % without TTA": plus_minus(part["test_acc_no_tta"] * 100)
+            if "test_acc_no_tta" in part and tta else plus_minus(part["test_acc"] * 100),
             "test loss": plus_minus(part["test_loss"], 3),
             "seeds": len(part), "epochs": compact_number(part["epochs"].iloc[0]),
             "train images": f"{int(part['train_images'].iloc[0]):,}",

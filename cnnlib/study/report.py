@@ -25,7 +25,7 @@ from cnnlib import _fileio as fileio
 from cnnlib.models.registry import model_options
 from cnnlib.study import locations, stats
 from cnnlib.study.checks import parameters
-from cnnlib.study.findings import TTA_WORDS, options_words
+from cnnlib.study.findings import TTA_WORDS, interactions, options_words
 from cnnlib.study.table import markdown_table
 from cnnlib.training.evaluate import most_confused_pairs
 from cnnlib.viz._figure import pretty
@@ -345,9 +345,12 @@ def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: 
     """`metric` of each label against the `reference` label, per dataset (`stats.compare`).
 
     Columns per dataset: accuracy (mean ± std over seeds, %), the paired change (pp, mean ±
-    std), its 95% confidence interval and the verdict. Rows: labels (the index is `name`).
+    std), its 95% confidence interval and the verdict. Rows: labels (the index is `name`);
+    `order`: the labels compared and their order (default: every label, as first seen).
     """
     table: dict[str, dict[str, str]] = {}
+    if order is not None:  # the labels of one sweep: the others belong to another comparison
+        df = df[df["label"].isin(order)]
     for dataset, part in df.groupby("dataset", sort=False):
         if reference not in set(part["label"]):
             raise ValueError(f"delta_table: no {reference!r} run on {dataset}")
@@ -357,13 +360,30 @@ def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: 
             row[f"{dataset} acc %"] = stats.plus_minus(runs_[metric] * 100)
             d = deltas.get(label)
             row[f"{dataset} Δ pp"] = d.change() if d else ""
-            row[f"{dataset} {stats.CONFIDENCE:.0%} CI"] = d.interval_text() if d else ""
+            row[f"{dataset} {stats.CONFIDENCE:.0%} CI, adjusted"] = d.interval_text() if d else ""
             row[f"{dataset} verdict"] = d.verdict if d else "reference"
     out = pd.DataFrame.from_dict(table, orient="index").fillna("")
     if order is not None:
         out = out.reindex([o for o in order if o in out.index])
     out.index.name = name
     return out
+
+
+def interaction_table(df, sweep, metric: str = "test_acc"):
+    """A long-budget sweep's variants (`findings.interactions`): per dataset, the paired
+    change at each budget with its verdict, and the change between budgets with its interval
+    and verdict (pp)."""
+    rows = []
+    for dataset, part in df.groupby("dataset", sort=False):
+        for at_short, at_long, change in interactions(part, sweep, metric):
+            rows.append({"dataset": pretty(dataset), "variant": at_short.label,
+                         "Δ pp, reference budget": at_short.change(),
+                         "verdict, reference budget": at_short.verdict,
+                         "Δ pp, long budget": at_long.change(),
+                         "verdict, long budget": at_long.verdict,
+                         "change between budgets, pp": change.change(),
+                         "its CI": change.interval_text(), "change": change.verdict})
+    return pd.DataFrame(rows)
 
 
 def long_metrics(df, x: str, metrics=("train_acc", "val_acc", "test_acc")):

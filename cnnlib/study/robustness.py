@@ -149,14 +149,16 @@ def _cell(values: pd.Series, scale: float = 100, digits: int = 1) -> str:
 
 def best_table(df: pd.DataFrame, label: str = "best") -> pd.DataFrame:
     """The `label` runs per dataset, mean ± sd over seeds: clean test accuracy (with the run's
-    TTA), the assessed subset's clean and corrupted accuracy (no TTA), accuracy without
+    TTA, and without it), the assessed subset's clean and corrupted accuracy (no TTA), accuracy without
     ciFAIR's near-duplicates, ECE before and after temperature scaling, the temperature."""
     rows = []
     for dataset, part in _assessed(df[df["label"] == label]).groupby("dataset", sort=False):
         rows.append({"dataset": dataset, "regime": regime(part),
-                     "seeds": part["seed"].nunique(), "test images": int(part["assessed_images"].iloc[0]),
+                     "seeds": part["seed"].nunique(),
                      "test acc %": _cell(part["test_acc"]),
+                     "without TTA %": _cell(part["test_acc_no_tta"]),
                      "without near-duplicates %": _cell(part["dup_free_acc"]),
+                     "assessed images": int(part["assessed_images"].iloc[0]),
                      "subset, clean %": _cell(part["clean_subset_acc"]),
                      "subset, corrupted %": _cell(part["corruption_acc"]),
                      "ECE %": _cell(part["ece"]), "ECE after scaling %": _cell(part["ece_scaled"]),

@@ -2,21 +2,31 @@
 
 A comparison is a study table (the rows of `outputs/results/<study>.csv`), a reference
 label and a metric: each variant's run is paired with the reference run of the same seed
-and dataset, and the per-seed deltas (percentage points) give a mean, a standard deviation
-and a 95% confidence interval (t distribution, n - 1 degrees of freedom). A variant
-"improves" or "hurts" only when the interval excludes 0; otherwise it is "inconclusive with
-n seeds" (one seed gives no interval), which says the seeds could not tell, not that there
-is no difference. A ranking names the top label and
-its paired margin over the runner-up under the same rule.
+and dataset, and the per-seed deltas (percentage points) give a mean, a standard deviation,
+a paired t-test against 0 and a confidence interval (t distribution, n - 1 degrees of
+freedom).
+
+The family is one `compare` call's comparisons on one dataset (a sweep's variants against
+its reference): testing m variants at 5% each would call some noise an effect, so the
+verdicts hold the family-wise error at 5% with Holm's step-down correction, and a variant
+"improves" or "hurts" only when its Holm-adjusted p is below 0.05; otherwise it is
+"inconclusive with n seeds" (one seed gives no test), which says the seeds could not tell,
+not that there is no difference. The printed interval is the Bonferroni one, at level
+1 - 0.05 / m: Holm has no matching interval, and the Bonferroni intervals hold all at once
+with 95% probability, so a reader can trust every one together. Holm is uniformly more
+powerful than Bonferroni, so a verdict may stand while its interval touches 0; the
+sentence then shows the Holm p, which is why. With m = 1 both are the plain 95% rule.
+A ranking names the top label and its paired margin over the runner-up, a single
+comparison under the plain rule.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["CONFIDENCE", "Delta", "NAMES", "Ranking", "compare", "grouped", "mean_sd", "metric_values",
-           "n_seeds", "plus_minus", "rank", "signed"]
+__all__ = ["CONFIDENCE", "Delta", "NAMES", "Ranking", "compare", "grouped", "holm", "interaction", "mean_sd",
+           "metric_values", "n_seeds", "p_text", "plus_minus", "rank", "signed"]
 
 CONFIDENCE = 0.95
 # Words for a detectable positive / negative delta; accuracy unless named here.
@@ -50,15 +60,29 @@ def n_seeds(n: int) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
+def p_text(p: float) -> str:
+    """A p-value to two significant digits ('= 0.012', '= 0.50'); '< 0.001' below that."""
+    if p < 0.001:
+        return "< 0.001"
+    p = float(f"{p:.2g}")  # round first: 0.0996 -> 0.1 -> '0.10', not '0.100'
+    return f"= {p:.{max(1 - math.floor(math.log10(p)), 1)}f}"
+
+
 @dataclass(frozen=True)
 class Delta:
-    """A variant minus the reference, per seed, in percentage points (metric x 100)."""
+    """A variant minus the reference, per seed, in percentage points (metric x 100).
+
+    `m`: the number of comparisons in its family and `p_adjusted` its Holm-adjusted p, both
+    set by `holm`; a Delta made alone is a family of one.
+    """
 
     dataset: str
     label: str
     reference: str
     metric: str
     deltas: tuple[float, ...]
+    m: int = 1
+    p_adjusted: float = math.nan
 
     @property
     def n(self) -> int:
@@ -75,20 +99,40 @@ class Delta:
         return math.sqrt(sum((d - self.mean) ** 2 for d in self.deltas) / (self.n - 1))
 
     @property
-    def interval(self) -> tuple[float, float]:
-        """The 95% confidence interval of the mean delta (NaNs below two seeds)."""
+    def p(self) -> float:
+        """Two-sided p of the paired t-test of the mean delta against 0 (NaN below two seeds)."""
         if self.n < 2:
-            return math.nan, math.nan
-        # Imported here, not at the top: scipy is slow to import and only intervals need it.
+            return math.nan
+        if self.sd == 0:  # identical deltas: t is infinite, or 0 / 0 when they are all 0
+            return 1.0 if self.mean == 0 else 0.0
+        # Imported here, not at the top: scipy is slow to import; only p and intervals use it.
         from scipy.stats import t
 
-        half = t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.sd / math.sqrt(self.n)
+        return float(2 * t.sf(abs(self.mean) / (self.sd / math.sqrt(self.n)), self.n - 1))
+
+    @property
+    def level(self) -> float:
+        """The interval's confidence: 95%, Bonferroni-corrected for the family (1 - 0.05 / m)."""
+        return CONFIDENCE if self.m <= 1 else 1 - (1 - CONFIDENCE) / self.m
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The confidence interval of the mean delta at `level` (NaNs below two seeds)."""
+        if self.n < 2:
+            return math.nan, math.nan
+        from scipy.stats import t  # see `p`
+
+        half = t.ppf(0.5 + self.level / 2, self.n - 1) * self.sd / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
     @property
     def detectable(self) -> bool:
+        if self.n < 2:
+            return False
+        if self.m > 1:
+            return self.p_adjusted < 1 - CONFIDENCE  # NaN (not set by `holm`): False
         low, high = self.interval
-        return self.n >= 2 and (low > 0 or high < 0)
+        return low > 0 or high < 0
 
     @property
     def verdict(self) -> str:
@@ -108,10 +152,35 @@ class Delta:
         return "" if self.n < 2 else f"{signed(low)} to {signed(high)}"
 
     def numbers(self) -> str:
-        """'+4.3 ± 0.2 pp (95% CI +2.5 to +6.1)'; one seed: '+4.3 pp (1 seed, no interval)'."""
+        """'+4.3 ± 0.2 pp (95% CI +2.5 to +6.1)'; in a family of 7: '+4.3 ± 0.2 pp (95% CI
+        adjusted for 7 comparisons +1.0 to +7.6, Holm p = 0.012)'; one seed: '+4.3 pp (no
+        interval)'."""
         if self.n < 2:
             return f"{self.change()} pp (no interval)"
-        return f"{self.change()} pp ({CONFIDENCE:.0%} CI {self.interval_text()})"
+        if self.m <= 1:
+            return f"{self.change()} pp ({CONFIDENCE:.0%} CI {self.interval_text()})"
+        holm_p = "" if math.isnan(self.p_adjusted) else f", Holm p {p_text(self.p_adjusted)}"
+        return (f"{self.change()} pp ({CONFIDENCE:.0%} CI adjusted for {self.m} comparisons "
+                f"{self.interval_text()}{holm_p})")
+
+
+def holm(deltas) -> list[Delta]:
+    """The Deltas of one family, in the same order, with `m` and Holm's adjusted p set.
+
+    m counts the Deltas with a test (two seeds or more); the others keep a NaN p and stay
+    inconclusive. Sorted by p, the j-th smallest (1-based) is adjusted to
+    min(1, (m - j + 1) p), raised to the largest adjusted p before it so the order holds.
+    """
+    deltas = list(deltas)
+    tested = sorted((i for i, d in enumerate(deltas) if not math.isnan(d.p)),
+                    key=lambda i: deltas[i].p)
+    m = max(len(tested), 1)
+    adjusted = {}
+    running = 0.0
+    for j, i in enumerate(tested):  # j is 0-based here: the factor is m - j
+        running = max(running, min(1.0, (m - j) * deltas[i].p))
+        adjusted[i] = running
+    return [replace(d, m=m, p_adjusted=adjusted.get(i, math.nan)) for i, d in enumerate(deltas)]
 
 
 def metric_values(df, metric: str):
@@ -125,10 +194,13 @@ def _per_seed(df, label: str, metric: str):
     return metric_values(part, metric).groupby(part["seed"]).mean().dropna()
 
 
-def compare(df, reference: str, labels=None, metric: str = "test_acc") -> list[Delta]:
+def compare(df, reference: str, labels=None, metric: str = "test_acc", *,
+            correct: bool = True) -> list[Delta]:
     """Every label (or those in `labels`) against `reference`, per dataset, paired by seed.
 
-    A dataset without a `reference` run is left out (nothing to pair with).
+    The comparisons on one dataset are one family, Holm-corrected (`holm`); `correct=False`
+    leaves each a family of one. A dataset without a `reference` run is left out (nothing
+    to pair with).
     """
     out = []
     for dataset, part in df.groupby("dataset", sort=False):
@@ -136,14 +208,30 @@ def compare(df, reference: str, labels=None, metric: str = "test_acc") -> list[D
         if not len(ref):
             continue
         names = labels if labels is not None else part["label"].unique()
+        family = []
         for label in names:
             if label == reference or label not in set(part["label"]):
                 continue
             value = _per_seed(part, label, metric)
             both = value.index.intersection(ref.index)
             deltas = tuple(float(d) for d in (value[both] - ref[both]) * 100)
-            out.append(Delta(dataset, label, reference, metric, deltas))
+            family.append(Delta(dataset, label, reference, metric, deltas))
+        out += holm(family) if correct else family
     return out
+
+
+def interaction(df, before: tuple[str, str], after: tuple[str, str],
+                metric: str = "test_acc") -> Delta:
+    """How a paired difference changes between two settings (e.g. budgets), on one dataset's
+    rows: per seed, (after's label - its reference) - (before's label - its reference), pp.
+    `before` and `after` are (reference, label); the Delta is named by before's labels."""
+    per_seed = []
+    for reference, label in (before, after):
+        ref, value = _per_seed(df, reference, metric), _per_seed(df, label, metric)
+        per_seed.append((value - ref).dropna())
+    both = per_seed[0].index.intersection(per_seed[1].index)
+    deltas = tuple(float(d) for d in (per_seed[1][both] - per_seed[0][both]) * 100)
+    return Delta(df["dataset"].iloc[0], before[1], before[0], metric, deltas)
 
 
 @dataclass(frozen=True)

@@ -87,14 +87,17 @@ class Row:
     def as_dict(self) -> dict:
         row = asdict(self)
         assessment = row.pop("assessment")
-        return {**row, **assessment_columns(assessment)}
+        out = {**row, **assessment_columns(assessment)}
+        if out["test_acc_no_tta"] is None and not out["tta"]:  # scored without TTA already
+            out["test_acc_no_tta"] = out["test_acc"]
+        return out
 
 
 # The assessment's columns, after the run's: empty for a run without one (a record finished
 # before it was measured). Corruption accuracies are on `assessed_images` test images without
 # TTA, beside their clean accuracy; calibration and duplicate-free accuracy on the run's own
 # scored predictions.
-ASSESS_COLUMNS = ["assessed_images", "clean_subset_acc", "corruption_acc",
+ASSESS_COLUMNS = ["test_acc_no_tta", "assessed_images", "clean_subset_acc", "corruption_acc",
                   *(f"corruption_{name}" for name in CORRUPTIONS), "ece", "nll", "temperature",
                   "ece_scaled", "nll_scaled", "dup_free_acc", "duplicates_removed",
                   "assess_seconds"]
@@ -104,7 +107,7 @@ def assessment_columns(assessment: dict | None) -> dict:
     a = assessment or {}
     families = a.get("families") or {}
     seconds = a.get("seconds")
-    return {"assessed_images": a.get("images"), "clean_subset_acc": a.get("clean_acc"),
+    return {"test_acc_no_tta": a.get("test_acc_no_tta"), "assessed_images": a.get("images"), "clean_subset_acc": a.get("clean_acc"),
             "corruption_acc": a.get("corruption_acc"),
             **{f"corruption_{name}": families.get(name) for name in CORRUPTIONS},
             **{k: a.get(k) for k in ("ece", "nll", "temperature", "ece_scaled", "nll_scaled",

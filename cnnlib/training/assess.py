@@ -12,6 +12,8 @@ Three questions a person who ships a model asks, answered once per run (`assess`
   before and after temperature scaling. The temperature is fitted on the validation split's
   predictions, made the same way; the test set never chooses it. No validation split, no
   temperature.
+* **Without TTA.** Accuracy on the whole scored test set without test-time augmentation, the
+  figure beside a TTA score that a deployment without TTA gets.
 * **Near-duplicates.** Accuracy on the scored test images without those ciFAIR lists as
   having a near-duplicate in the training set (`data.duplicates`); empty, with the reason,
   when the lists cannot be had.
@@ -185,7 +187,11 @@ def assess(model: nn.Module, data: cdata.CifarData, test: cdata.Split, test_prob
     val_probs = None
     if val is not None and len(val):
         val_probs = predict_logits(model, val.images, mean, std, tta=tta, **settings).softmax(1)
+    # The whole scored test set without TTA: what the model gives where TTA is not affordable.
+    plain = test_probs if tta == 0 else predict_logits(model, test.images, mean, std, tta=0,
+                                                       **settings)
     out = {"images": len(subset), "seed": ASSESS_SEED, "severities": list(SEVERITIES),
+           "test_acc_no_tta": (plain.argmax(1) == test.labels).double().mean().item(),
            **robust,
            **calibration(test_probs, test.labels, val_probs, None if val is None else val.labels),
            **duplicate_free_accuracy(test_probs.argmax(1), test.labels, data.name, data_root)}

@@ -52,6 +52,9 @@ class RunConfig:
     cutout_size: int = 8  # side of the square zeroed after normalization (= the channel mean)
     mixup_alpha: float = 0.2  # Beta(alpha, alpha) mixing weight
     cutmix_alpha: float = 1.0
+    # Chance that a batch is mixed (MixUp / CutMix); 1 = every batch. The CutMix paper's CIFAR
+    # code mixes a batch with probability 0.5.
+    mix_prob: float = 1.0
     randaugment_ops: int = 2  # RandAugment: ops per image
     randaugment_magnitude: int = 9  # RandAugment: magnitude bin, 0..30
     val_size: int = 5000
@@ -119,7 +122,7 @@ class RunConfig:
         for name in ("mixup_alpha", "cutmix_alpha"):  # Beta(0, 0) is undefined
             if not getattr(self, name) > 0:
                 bad(name, "a number > 0")
-        for name in ("momentum", "warmup", "warmup_start", "final_lr"):
+        for name in ("momentum", "warmup", "warmup_start", "final_lr", "mix_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(name, "a number in [0, 1]")
         if not 0 <= self.muon_momentum < 1:
@@ -176,7 +179,7 @@ class RunConfig:
 
 
 # Fields added after the study's first recorded runs (see `RunConfig.key`).
-LATER_FIELDS = ("muon_lr", "muon_momentum")
+LATER_FIELDS = ("muon_lr", "muon_momentum", "mix_prob")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
