@@ -112,7 +112,8 @@ def test_the_interaction_table_has_one_row_per_variant_and_dataset():
     row = table.iloc[1]
     assert (row["variant"], row["verdict, reference budget"], row["verdict, long budget"]) == (
         "crop+flip+cutout", "hurts", "improves")
-    assert row["change between budgets, pp"] == "+2.0 ± 0.0"
+    assert row["change between budgets, pp"] == "+2.0 ± 0.0" and row["change"] == "detectable"
+    assert table.iloc[2]["change"] == "inconclusive with 3 seeds"
 
 
 def test_a_row_scored_without_tta_is_its_own_no_tta_accuracy():

@@ -382,7 +382,8 @@ def interaction_table(df, sweep, metric: str = "test_acc"):
                          "Δ pp, long budget": at_long.change(),
                          "verdict, long budget": at_long.verdict,
                          "change between budgets, pp": change.change(),
-                         "its CI": change.interval_text(), "change": change.verdict})
+                         "its CI": change.interval_text(),
+                         "change": "detectable" if change.detectable else change.verdict})
     return pd.DataFrame(rows)
 
 
