@@ -386,10 +386,11 @@ def answer(df, sweeps: tuple[Sweep, ...]) -> str:
             if said:
                 lines.append(f"- **{pretty(dataset)}, {sweep.name}**: "
                              + "; ".join(said) + f". Regime: {regime(part, members)}.")
-            if sweep.repeats and _interaction_items(part, sweep, short=True):
+            items = _interaction_items(part, sweep, short=True) if sweep.repeats else []
+            if items:
                 lines.append(f"- **{pretty(dataset)}, {sweep.repeats} across budgets** (each "
                              f"against `{_repeated(sweep).reference}` at its budget): "
-                             + "; ".join(_interaction_items(part, sweep, short=True)) + ".")
+                             + "; ".join(items) + ".")
         if missing:
             lines.append(f"- **{pretty(dataset)}**: "
                          + "; ".join(missing) + ".")
