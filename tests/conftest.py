@@ -11,9 +11,16 @@ import pytest
 from cifar_files import write_synthetic
 
 from cnnlib.data.cifar import CifarData, load_cifar
+from cnnlib.study import budget
 from cnnlib.training import loop
 
 SYNTHETIC_SIZES = {"cifar10": (1000, 200), "cifar100": (1000, 200)}  # (n_train, n_test)
+
+
+@pytest.fixture(autouse=True)
+def _no_unstored_speeds(monkeypatch):
+    """Every test starts without the speeds a busy timing kept for its process (budget.py)."""
+    monkeypatch.setattr(budget, "_UNSTORED", {})
 
 
 @pytest.fixture(scope="session")

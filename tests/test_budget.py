@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -29,7 +33,8 @@ def measured(monkeypatch):
     return calls
 
 
-def test_a_real_measurement_is_kept_in_the_store(tmp_path):
+def test_a_real_measurement_is_kept_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "BUSY_OTHERS", 1.0)  # stored however busy: its own test below
     store = tmp_path / "speeds.json"
     speed = budget.images_per_second(TINY, store)
     assert speed > 0 and math.isfinite(speed)
@@ -90,3 +95,24 @@ def test_estimate_grows_with_epochs_and_evaluation(tmp_path, measured):
     assert two - one == pytest.approx(200 / 1000 + 50 / (budget.EVAL_SPEEDUP * 1000))
     with_tta = budget.estimate_seconds(TINY.replace(tta=2), store)
     assert with_tta > one  # six forward passes per test image instead of one
+
+
+def test_a_timing_beside_other_work_is_used_once_and_not_stored(tmp_path, capsys):
+    # One busy process per core: the timing's threads get about half of their time.
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        config = TINY.replace(model_options={}, batch_size=128)  # ~1 s of timed steps here
+        speed = budget.images_per_second(config, tmp_path / "speeds.json")
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert speed > 0
+    assert not (tmp_path / "speeds.json").exists()
+    err = capsys.readouterr().err
+    assert "of the CPUs busy during the timing; its figure is used by this process and not stored" in err
+    # The same process reads the figure back instead of timing again on the busy machine.
+    assert budget.images_per_second(config, tmp_path / "speeds.json") == speed
+    assert "timing" not in capsys.readouterr().err

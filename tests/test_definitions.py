@@ -57,7 +57,8 @@ def test_the_references_are_the_recipes_own_settings():
                     "depth": "depth 6", "width": "width 32",
                     "dropout": "dropout 0.0", "weight decay": "weight decay 0.0005",
                     "early stopping": "no early stopping", "optimizer": "nesterov @ reference lr",
-                    "architecture": "baseline"}
+                    "depth on the full training sets": "depth 6 (full set)",
+                    **{f"architecture, budget ×{f}": f"baseline ×{f}" for f in (1, 3, 9)}}
     # The overfitting knobs' references are one network: the sub-study's standard run.
     for profile in ("cpu", "full"):
         keys = {label: c.key() for label, c in definitions.overfitting_runs(profile)
@@ -178,3 +179,26 @@ def test_each_study_names_findings_that_exist_and_figures_its_notebook_writes():
         for figure in study.figures:
             assert figure in literal or any(re.fullmatch(t, figure) for t in templates), \
                 (name, figure)
+
+
+def test_the_architecture_frontier_trains_each_family_with_its_own_recipe(store):
+    from cnnlib.training.config import RECIPES, RunConfig
+
+    runs = definitions.architecture_runs("cpu", store)
+    for label, config in runs:
+        model, _ = definitions.architecture_budget(label)
+        own = RECIPES[model if model in ("baseline", "fastnet") else "sgd_cosine"]
+        for field in ("optimizer", "lr", "momentum", "batch_size", "schedule", "weight_decay",
+                      "label_smoothing", "crop_padding", "pad_mode"):
+            assert getattr(config, field) == own.get(field, getattr(RunConfig(), field)), label
+        assert (config.tta, config.val_size, config.train_subset) == (0, 5000, 0), label
+    made = {(c.dataset, definitions.architecture_budget(label)) for label, c in runs}
+    assert made == {(ds, (m, f)) for m in definitions.ARCHITECTURES
+                    for ds, factors in (("cifar10", (1, 3, 9)), ("cifar100", (1, 3)))
+                    for f in factors}
+    # 200 images/s and 45,000 training images: 2 minutes buy 0.53 epochs, 18 minutes 4.8.
+    epochs = {c.epochs for label, c in runs if label.endswith("×9")}
+    assert epochs == {4.8}
+    assert {c.epochs for label, c in runs if label.endswith("×1")} == {0.53}
+    assert definitions.architecture_label("wrn16_4", 3) == "wrn16_4 ×3"
+    assert definitions.architecture_budget("wrn16_4 ×3") == ("wrn16_4", 3)

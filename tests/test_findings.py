@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cnnlib.study import cache as runs
-from cnnlib.study import findings, readme, report, stats
+from cnnlib.study import definitions, findings, readme, report, stats, stopping
 from cnnlib.study import table as results
 from cnnlib.study.definitions import STUDIES
 
@@ -82,13 +82,13 @@ def test_readme_section_follows_the_wording_rule(tmp_path):
     assert text.endswith(f"{end}\ntail\n")
     section = text.split(begin)[1].split(end)[0]
     # Clear effects say so; an overlapping one says it cannot tell. The sweep's three variants
-    # are one family: Holm's p for the verdicts, Bonferroni's 1 - 0.05 / 3 for the intervals.
-    assert (f"improves: `{CUTMIX}` +3.0 ± 0.2 pp (95% CI adjusted for 3 comparisons +2.4 to "
-            "+3.7, Holm p = 0.0025)") in section
-    assert ("hurts: `none` -4.3 ± 0.6 pp (95% CI adjusted for 3 comparisons -6.9 to -1.8, "
-            "Holm p = 0.012)") in section
+    # are one family: Holm's p for the verdicts, each interval at its Holm step's level.
+    assert (f"improves: `{CUTMIX}` +3.0 ± 0.2 pp (98.3% CI +2.4 to +3.7, Holm p = 0.0025 over 3 "
+            "comparisons)") in section
+    assert ("hurts: `none` -4.3 ± 0.6 pp (97.5% CI -6.4 to -2.3, Holm p = 0.012 over 3 "
+            "comparisons)") in section
     assert (f"inconclusive with 3 seeds: `{MIXUP}` +0.7 ± 1.5 pp "
-            "(95% CI adjusted for 3 comparisons -6.1 to +7.4, Holm p = 0.53)") in section
+            "(95% CI -3.1 to +4.5, Holm p = 0.53 over 3 comparisons)") in section
     assert f"`{MIXUP}` improves" not in section and f"improves: `{MIXUP}`" not in section
     # The ranking states its margin and that it is inconclusive.
     assert ("highest: `depth 10` (51.3%), ahead of `depth 6` by +0.3 ± 0.8 pp "
@@ -115,44 +115,60 @@ def test_an_unchanged_rerun_leaves_the_readme_as_it_is(tmp_path):
 
 def _early_stopping_frame():
     # (epochs run, best epoch, test acc without, test acc with) per seed, a 30-epoch schedule;
-    # seed 1 never stopped. Saved 18 / 0 / 15 epochs; deltas +2.0 / 0.0 / +2.5 pp.
-    per_seed = [(12, 7, 0.60, 0.62), (30, 28, 0.61, 0.61), (15, 10, 0.59, 0.615)]
+    # seed 1 never stopped. Saved 18 / 0 / 15 epochs; deltas +2.0 / 0.0 / -2.5 pp.
+    per_seed = [(12, 7, 0.60, 0.62), (30, 28, 0.61, 0.61), (15, 10, 0.615, 0.59)]
     rows = []
     for seed, (run, best, without, with_) in enumerate(per_seed):
-        rows += [{"dataset": "cifar10", "seed": seed, "epochs": 30, "label": "no early stopping",
-                  "epochs_run": 30, "best_epoch": None, "test_acc": without,
-                  "run_key": f"full-{seed}"},
-                 {"dataset": "cifar10", "seed": seed, "epochs": 30, "label": "early stopping",
-                  "epochs_run": run, "best_epoch": best, "test_acc": with_,
-                  "run_key": f"stopped-{seed}"}]
+        same = {"dataset": "cifar10", "seed": seed, "epochs": 30, "model": "baseline",
+                "options": "{}", "augmentations": "none", "train_images": 5000, "tta": 0}
+        rows += [{**same, "label": "no early stopping", "epochs_run": 30, "best_epoch": None,
+                  "test_acc": without, "run_key": f"full-{seed}"},
+                 {**same, "label": "early stopping", "epochs_run": run, "best_epoch": best,
+                  "test_acc": with_, "run_key": f"stopped-{seed}"}]
     rows.append({**rows[0], "label": "depth 2", "test_acc": 0.5,  # other labels are ignored
                  "run_key": "depth-2"})
     return pd.DataFrame(rows).assign(profile="cpu", hardware="test CPU")
 
 
-def test_epochs_saved_per_seed_and_paired_with_the_full_run():
+RULE = ("stopped on val_acc after 8 epochs without improvement, counted after the learning-rate "
+        "peak at epoch 5, chosen on validation histories")
+
+
+def test_epochs_saved_per_seed_with_the_rule_and_the_regime():
     df = _early_stopping_frame()
     table = findings.early_stopping_table(df)
     assert list(table["epochs saved"]) == [18, 0, 15] and list(table["best epoch"]) == [7, 28, 10]
-    assert list(table["Δ pp"]) == [2.0, 0.0, 2.5]
-    text = findings.epochs_saved(df)
-    assert text.startswith("- **early stopping, CIFAR-10** (3 seeds): 11.0 of 30 epochs saved on "
-                           "average (37% of the schedule; seed 0: stopped after epoch 12, "
-                           "weights of epoch 7 restored; seed 1: ran every epoch, weights of "
-                           "epoch 28 restored; seed 2: stopped after epoch 15")
-    assert text.endswith("test accuracy 61.5% with, 60.0% without: inconclusive "
-                         "with 3 seeds, +1.5 ± 1.3 pp (95% CI -1.8 to +4.8).")
+    assert list(table["Δ pp"]) == [2.0, 0.0, -2.5]
+    text = findings.epochs_saved(df, rule=RULE)
+    assert text == (
+        "- **early stopping, CIFAR-10** (3 seeds): Stopped on val_acc after 8 epochs without "
+        "improvement, counted after the learning-rate peak at epoch 5, chosen on validation "
+        "histories. 11.0 of 30 epochs saved on average (37% of the schedule; seed 0: stopped "
+        "after epoch 12 (18 saved), weights of epoch 7 restored, test accuracy 2.0 pp higher; "
+        "seed 1: ran every epoch (0 saved), weights of epoch 28 restored, test accuracy "
+        "unchanged; seed 2: stopped after epoch 15 (15 saved), weights of epoch 10 restored, "
+        "test accuracy 2.5 pp lower); test accuracy 60.7% with, 60.8% without: inconclusive "
+        "with 3 seeds, -0.2 ± 2.3 pp (95% CI -5.8 to +5.4). Regime: baseline, 30 epochs, 5,000 "
+        "training images, no augmentation, no test-time augmentation.")
     assert findings.epochs_saved(df[df["label"] != "early stopping"]) == ""
 
 
-def test_the_readme_says_what_early_stopping_saved(tmp_path):
+def test_the_readme_states_the_rule_chosen_on_the_recorded_histories(tmp_path, monkeypatch):
     out = tmp_path / "outputs"
     (out / "results").mkdir(parents=True)
     results.write_results(_early_stopping_frame().assign(study="03_depth_study"),
                           out / "results" / "03_depth_study.csv")
+    chosen = stopping.Choice("val_acc", 8, within=True)
+    monkeypatch.setattr(findings, "recorded_choice", lambda profile: chosen)
     section = findings.readme_section(results.read_studies(out))
-    assert "- **early stopping, CIFAR-10** (3 seeds): 11.0 of 30 epochs saved on average" in section
+    # The cpu profile's sub-study: 30 epochs, warmup 0.15 of the one-cycle schedule: peak in 5.
+    assert f"- **early stopping, CIFAR-10** (3 seeds): {RULE[0].upper()}{RULE[1:]}. 11.0 of 30 " \
+        "epochs saved on average" in section
     assert section.count("early stopping, CIFAR-10") == 1  # instead of the plain sweep line
+    # Histories not recorded here: the rule is not named, the rest is said.
+    monkeypatch.setattr(findings, "recorded_choice", lambda profile: None)
+    section = findings.readme_section(results.read_studies(out))
+    assert "- **early stopping, CIFAR-10** (3 seeds): 11.0 of 30 epochs saved" in section
 
 
 def test_a_ranking_of_the_gap_names_percentage_points():
@@ -273,57 +289,81 @@ def test_seed_table_marks_the_exported_run_and_delta_table_names_its_index():
     assert delta.loc["best", "cifar100 verdict"] == "improves"
 
 
-# Notebook 06: three networks under one budget, 3 seeds. fastnet leads resnet20 by 5, 6, 5 pp.
-ARCH = {"baseline": (0.80, 0.81, 0.80), "resnet20": (0.85, 0.86, 0.855),
-        "fastnet": (0.90, 0.92, 0.905)}
+# Notebook 06: three networks at the shortest budget (x1), 3 seeds; fastnet leads resnet20 by
+# 5, 6, 5 pp. At x3, one seed each: a ranking without a spread.
+ARCH = {"baseline ×1": (0.80, 0.81, 0.80), "resnet20 ×1": (0.85, 0.86, 0.855),
+        "fastnet ×1": (0.90, 0.92, 0.905)}
+ARCH_LONG = {"baseline ×3": (0.84,), "resnet20 ×3": (0.91,), "fastnet ×3": (0.93,)}
 
 
 def _architecture_frame():
     df = pd.DataFrame(_rows("06_architectures", "cifar10", ARCH)
-                      + _rows("06_architectures", "cifar100", {"baseline": (0.5, 0.5, 0.5)}))
-    minutes = {"baseline": 2.0, "resnet20": 2.5, "fastnet": 3.0}
-    return df.assign(model=df["label"], wall_seconds=df["label"].map(minutes) * 60 + df["seed"] * 6,
-                     epochs=df["label"].map({"baseline": 4.5, "resnet20": 1.25, "fastnet": 2.0}))
+                      + _rows("06_architectures", "cifar10", ARCH_LONG)
+                      + _rows("06_architectures", "cifar100", {"baseline ×1": (0.5, 0.5, 0.5)}))
+    network = df["label"].str.split(" ×").str[0]
+    factor = df["label"].str.split(" ×").str[1].astype(int)
+    minutes = network.map({"baseline": 2.0, "resnet20": 2.5, "fastnet": 3.0}) * factor
+    epochs = network.map({"baseline": 4.5, "resnet20": 1.25, "fastnet": 2.0}) * factor
+    return df.assign(model=network, wall_seconds=minutes * 60 + df["seed"] * 6, epochs=epochs)
 
 
-def test_architectures_ranked_and_paired_against_the_simple_cnn():
-    text = findings.answer(_architecture_frame(), STUDIES["06_architectures"].sweeps)
-    assert ("highest architecture: `fastnet` (90.8%), ahead of `resnet20` by +5.3 ± 0.6 pp "
-            "(95% CI +3.9 to +6.8): a detectable lead") in text
-    assert "against `baseline`: improves: `resnet20` +5.2 pp, `fastnet` +10.5 pp" in text
-    lines = findings.lines(_architecture_frame(), "06_architectures", ("architecture",))
-    assert lines.startswith("- **architecture, CIFAR-10** (3 seeds): test accuracy `baseline` / "
-                            "`resnet20` / `fastnet`: 80.3 / 85.5 / 90.8%")
-    assert "CIFAR-100** (3 seeds)" in lines and "no `baseline` run" not in lines
+def test_architectures_ranked_per_budget_and_paired_against_the_simple_cnn():
+    sweeps = STUDIES["06_architectures"].sweeps
+    assert [s.name for s in sweeps] == ["architecture, budget ×1", "architecture, budget ×3",
+                                        "architecture, budget ×9"]
+    text = findings.answer(_architecture_frame(), sweeps)
+    assert ("highest architecture, budget ×1: `fastnet ×1` (90.8%), ahead of `resnet20 ×1` by "
+            "+5.3 ± 0.6 pp (95% CI +3.9 to +6.8): a detectable lead") in text
+    assert ("against `baseline ×1`: improves: `resnet20 ×1` +5.2 pp, `fastnet ×1` +10.5 pp"
+            in text)
+    # One seed at x3: the top network is named, its lead and comparisons stay inconclusive.
+    assert "highest architecture, budget ×3: `fastnet ×3` (93.0%)" in text
+    assert "inconclusive with 1 seed: `resnet20 ×3` +7.0 pp, `fastnet ×3` +9.0 pp" in text
+    # x9 ran nowhere; CIFAR-100 ran x1 only (x9 is not one of its budgets: no line for it).
+    assert "no run of the architecture, budget ×9 sweep" in text
+    assert "CIFAR-100**: no run of the architecture, budget ×3 sweep" in text
+    assert "CIFAR-100**: no run of the architecture, budget ×9" not in text
+    lines = findings.lines(_architecture_frame(), "06_architectures",
+                           [s.name for s in sweeps]).splitlines()
+    assert lines[0].startswith("- **architecture, budget ×1, CIFAR-10** (3 seeds): test accuracy "
+                               "`baseline ×1` / `resnet20 ×1` / `fastnet ×1`: 80.3 / 85.5 / 90.8%")
+    assert any(x.startswith("- **architecture, budget ×1, CIFAR-100** (3 seeds)") for x in lines)
 
 
-def test_cost_table_and_parameters_of_each_network():
+def test_cost_table_and_published_accuracy_of_each_network():
     from cnnlib.models.registry import count_parameters, create_model
 
     df = report.with_parameters(_architecture_frame())
-    assert df.loc[df["label"] == "resnet20", "parameters"].tolist() == \
+    assert df.loc[df["label"] == "resnet20 ×1", "parameters"].tolist() == \
         [count_parameters(create_model("resnet20", 10))] * 3
-    table = report.cost_table(_architecture_frame())
-    assert table.index.names == ["dataset", "network"]
-    assert list(table.index) == [("cifar10", "baseline"), ("cifar10", "resnet20"),
-                                 ("cifar10", "fastnet"), ("cifar100", "baseline")]
-    row = table.loc[("cifar10", "resnet20")]
-    assert row["parameters"] == count_parameters(create_model("resnet20", 10))
+    table = report.cost_table(_architecture_frame(), seconds=120)
+    assert table[["dataset", "network", "budget"]].values.tolist() == [
+        ["cifar10", "baseline", "2 min"], ["cifar10", "resnet20", "2 min"],
+        ["cifar10", "fastnet", "2 min"], ["cifar10", "baseline", "6 min"],
+        ["cifar10", "resnet20", "6 min"], ["cifar10", "fastnet", "6 min"],
+        ["cifar100", "baseline", "2 min"]]
+    row = table.iloc[1]
+    assert row["parameters"] == f"{count_parameters(create_model('resnet20', 10)):,}"
     assert row["epochs"] == "1.25" and row["seeds"] == 3
     assert row["wall min"] == "2.60 ± 0.10"  # 150, 156, 162 s
     assert row["test acc %"] == "85.5 ± 0.5"
+    # The published figure beside it, with its source; none for the study's own network.
+    assert (row["published %"], row["published after"]) == (
+        "91.25", definitions.PUBLISHED["resnet20"][1])
+    assert table.iloc[0]["published %"] == "" and table.iloc[6]["published %"] == ""
+    assert table.iloc[4]["epochs"] == "3.75" and table.iloc[4]["seeds"] == 1
     # The same network with a 100-class head: 90 more rows of the last linear layer.
-    params = table["parameters"]
-    assert params[("cifar100", "baseline")] - params[("cifar10", "baseline")] == 90 * (128 + 1)
+    params = table["parameters"].str.replace(",", "").astype(int)
+    assert params[6] - params[0] == 90 * (128 + 1)
 
 
 def test_a_budget_sweep_names_the_epochs_each_network_got():
     frame = _architecture_frame()
-    frame.loc[frame["label"] == "resnet20", "epochs"] = 0.6
-    lines = findings.lines(frame, "06_architectures", ("architecture",)).splitlines()
-    assert ("Epochs the budget bought: `baseline` 4.50, `resnet20` 0.60, `fastnet` 2.00; "
-            "`resnet20` saw each training image less than once. Regime: 3 networks, 0.6 to 4.5 "
-            "epochs by label") in lines[0]
+    frame.loc[frame["label"] == "resnet20 ×1", "epochs"] = 0.6
+    lines = findings.lines(frame, "06_architectures", ("architecture, budget ×1",)).splitlines()
+    assert ("Epochs the budget bought: `baseline ×1` 4.50, `resnet20 ×1` 0.60, `fastnet ×1` 2.00; "
+            "`resnet20 ×1` saw each training image less than once. Regime: 3 networks, 0.6 to "
+            "4.5 epochs by label") in lines[0]
     # One network on cifar100: nothing to contrast, so no epochs note there.
     assert "Epochs" not in lines[1]
 

@@ -117,7 +117,7 @@ def test_the_muon_fields_leave_every_earlier_key_unchanged():
     assert RunConfig().key() == "0e695a5dc4176fc8"
     assert recipe("fastnet").key() == "a8712963c4e27067"
     assert recipe("baseline").key() == "61f43c498bd61fe8"
-    assert set(LATER_FIELDS) == {"muon_lr", "muon_momentum", "mix_prob"}
+    assert set(LATER_FIELDS) == {"muon_lr", "muon_momentum", "mix_prob", "early_stop_after"}
     assert RunConfig(muon_lr=0.3).key() != RunConfig().key()
     assert RunConfig(muon_momentum=0.6).key() == RunConfig().key()  # 0.6 is the default
 

@@ -170,7 +170,7 @@ def test_architecture_checks_print_nothing_that_depends_on_the_machine():
     nb = _read(ROOT / "notebooks" / "06_architectures.ipynb")
     plan = [c for c in _code(nb) if report.CHECK_MARK in c.source and "plan_summary" in c.source]
     text = "".join(o.get("text", "") for c in plan for o in c.outputs)
-    assert "resnet56" in text and "seed: 0" in text and "parameters" in text
+    assert "wrn16_4" in text and "seed: 0" in text and "parameters" in text
     assert not re.search(r"epoch|images/s", text)
 
 

@@ -560,44 +560,44 @@ def test_tradeoffs_markers_per_variant_legend_outside_error_bars():
     assert "smallest fp32" in fig.get_label()
 
 
-def _network_table() -> pd.DataFrame:
-    """3 networks x 2 datasets x 2 seeds: minutes, parameters and accuracy per run."""
+def _frontier_table() -> pd.DataFrame:
+    """3 networks at 2 budgets on CIFAR-10 (2 seeds at x1, 1 at x4); one network on CIFAR-100."""
     rows = []
-    for k, (name, params) in enumerate((("small", 2e4), ("wide", 2.7e6), ("deep", 8.6e5))):
-        for ds, base in (("cifar10", 0.80), ("cifar100", 0.50)):
-            for s in range(2):
-                rows.append({"label": name, "dataset": ds, "seed": s, "parameters": params,
-                             "minutes": 2.0 + k + 0.2 * s, "test_acc": base + 0.02 * k + 0.01 * s})
+    for k, name in enumerate(("small", "wide", "deep")):
+        for factor, seeds in ((1, 2), (4, 1)):
+            rows += [{"network": name, "budget": f"×{factor}", "dataset": "cifar10", "seed": s,
+                      "minutes": (2.0 + 0.2 * s) * factor + 0.1 * k, "epochs": (1 + k) * factor,
+                      "test_acc": 0.80 + 0.02 * k + 0.01 * s + 0.05 * (factor > 1)}
+                     for s in range(seeds)]
+    rows.append({"network": "small", "budget": "×1", "dataset": "cifar100", "seed": 0,
+                 "minutes": 2.5, "epochs": 1, "test_acc": 0.5})
     return pd.DataFrame(rows)
 
 
-def test_tradeoff_points_mean_and_sd_per_network_and_dataset(tmp_path):
-    df = _network_table()
-    fig = cost.plot_tradeoff_points(
-        df, {"minutes": "wall minutes", "parameters": "parameters (log scale)"},
-        logx=("parameters",), marks={"minutes": (2.0, "budget")}, path=tmp_path / "t.png",
-        title="Networks")
-    minutes, params = fig.axes
-    assert (minutes.get_xlabel(), params.get_xlabel()) == ("wall minutes", "parameters (log scale)")
-    assert params.get_xscale() == "log" and minutes.get_xscale() == "linear"
-    assert _tick(params.xaxis, 2e5) == "200k" and _tick(params.xaxis, 2.7e6) == "2.7M"
-    assert _tick(minutes.yaxis, 0.8) == "80%" and minutes.get_ylabel() == "test accuracy"
-    # One point per (dataset, network) in each panel, at the means over seeds, ±sd both ways.
-    points = [c for c in minutes.containers if c.lines[0].get_xdata().size]
-    assert len(points) == 6 and len(params.containers) == 6
-    first = points[0]
-    assert (first.lines[0].get_xdata()[0], first.lines[0].get_ydata()[0]) == \
-        pytest.approx((2.1, 0.805))  # cifar10 "small": seeds at 2.0 / 2.2 min, 80% / 81%
-    assert first.has_xerr and first.has_yerr
-    xbar = first.lines[2][0].get_segments()[0][:, 0]
-    assert xbar.tolist() == pytest.approx([2.1 - df["minutes"][:2].std(), 2.1 + df["minutes"][:2].std()])
-    # A marker per network (the same on both datasets), a colour per dataset.
-    styles = {(c.lines[0].get_marker(), str(c.lines[0].get_color())) for c in points}
-    assert len(styles) == 6 and len({m for m, _ in styles}) == 3 and len({c for _, c in styles}) == 2
-    assert any(list(line.get_xdata()) == [2.0, 2.0] for line in minutes.lines)  # the budget mark
-    _legend_clear_of_axes(fig, params)
-    labels = [t.get_text() for t in params.get_legend().get_texts()]
-    assert labels == ["CIFAR-10", "CIFAR-100", "small", "wide", "deep", "budget"]
-    alt = _png_description(tmp_path / "t.png")
-    assert alt.startswith("Networks.") and "CIFAR-10: highest deep (84.5% at 4.1 minutes" in alt
-    assert "lowest small (50.5%)" in alt
+def test_frontier_a_line_per_network_through_its_budgets(tmp_path):
+    fig = cost.plot_frontier(_frontier_table(), {("cifar10", "wide"): 94.0,
+                                                 ("cifar10", "small"): None},
+                             path=tmp_path / "f.png", title="Networks")
+    c10, c100 = fig.axes
+    assert (c10.get_title(), c100.get_title()) == ("CIFAR-10", "CIFAR-100")
+    assert c10.get_xscale() == "log" and c10.get_ylabel() == "test accuracy"
+    assert _tick(c10.yaxis, 0.8) == "80%"
+    # A line per network, its points at the means over each budget's seeds, in order of time.
+    small = c10.containers[0]
+    assert len(c10.containers) == 3 and len(c100.containers) == 1
+    assert small.lines[0].get_xdata().tolist() == pytest.approx([2.1, 8.0])
+    assert small.lines[0].get_ydata().tolist() == pytest.approx([0.805, 0.85])
+    assert small.has_xerr and small.has_yerr
+    # Each point names its epochs; the published figure is a star of the network's colour.
+    assert {"1 ep", "4 ep", "3 ep", "12 ep"} <= {t.get_text() for t in c10.texts}
+    stars = [line for line in c10.lines if line.get_marker() == "*"]
+    assert len(stars) == 1 and stars[0].get_ydata()[0] == pytest.approx(0.94)
+    assert stars[0].get_color() == c10.containers[1].lines[0].get_color()  # "wide"
+    assert not [line for line in c100.lines if line.get_marker() == "*"]
+    _legend_clear_of_axes(fig, c100)
+    labels = [t.get_text() for t in c100.get_legend().get_texts()]
+    assert labels == ["small", "wide", "deep", "published, full schedule"]
+    alt = fig.get_label()
+    assert "CIFAR-10, budget ×4: highest deep (89.0% after 8.2 min, 12 epochs)" in alt
+    assert "Published accuracy after the full schedule (stars): wide 94% on CIFAR-10" in alt
+    assert _png_description(tmp_path / "f.png") == alt

@@ -65,6 +65,7 @@ RUNS: dict[str, tuple[str | None, dict]] = {
                                        epochs=1.5)),  # 6 steps: the lookahead's 5-step update
     "recipe-fastnet_muon": ("fastnet_muon", dict(model_options={"widths": (8, 16, 16)},
                                                  epochs=2)),  # altflip's two epochs
+    "recipe-sgd_cosine": ("sgd_cosine", {}),  # resnet20: the recipe's network at its size
     "densenet-jitter-cutout": (None, dict(model="densenet_bc", model_options={"depth": 10,
                                           "growth": 4}, augment="jitter+cutout",
                                           optimizer="sgd", schedule="step")),

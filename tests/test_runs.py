@@ -451,15 +451,35 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
     assert planned["04_interpretability"][1] == []  # notebook 04 reuses notebook 01's runs
     assert studies.lr_find_steps(profile) > 0
     archs = studies.architecture_runs(profile, tmp_path / "speeds.json")
-    seconds = studies.settings(profile)["architecture_seconds"]
-    for label, config in archs:  # the same budget: epochs x images = seconds x speed
+    s = studies.settings(profile)
+    for label, config in archs:  # a budget: epochs x images = seconds x speed
+        model, factor = studies.architecture_budget(label)
+        assert model == config.model
         images = config.epochs * budget.train_images(config)
-        assert images == pytest.approx(max(seconds * speeds.get(label, 60.0), config.batch_size),
+        seconds = factor * s["architecture_seconds"]
+        assert images == pytest.approx(max(seconds * speeds.get(model, 60.0),
+                                           factor * config.batch_size),
                                        rel=0.05, abs=budget.train_images(config) * 0.011)
+    # A floor of factor batches: however slow the machine, every budget is a run of its own.
+    assert len({c.key() for _, c in archs}) == len(archs)
+    # Each budget runs the first seeds its dataset gives it; every network every budget.
+    for dataset, budgets in s["architecture_budgets"].items():
+        for factor, n in budgets.items():
+            seeds = {c.seed for label, c in archs if c.dataset == dataset
+                     and label == studies.architecture_label(c.model, factor)}
+            assert seeds == set(s["seeds"][:n]), (dataset, factor)
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
     lines = plan.plan_lines(profile)
     assert [line.split(":")[0] for line in lines] == [*studies.STUDIES, "total"]
-    assert f"total: {sum(len(new) for _, new in planned.values())} runs" in lines[-1]
+    runs = sum(len(new) for _, new in planned.values())
+    assert f"total: {runs} runs" in lines[-1]
+    # Nothing recorded: the study from scratch is what the notebooks train and wait for.
+    work = plan.plan_work(profile)
+    for w in work:
+        assert w.scratch_seconds == pytest.approx(w.train_seconds + w.waiting_seconds), w.name
+    assert budget.scratch_line(work).startswith(
+        f"from scratch (no run recorded): about {budget.duration(sum(w.scratch_seconds for w in work))} "
+        f"of training for the {runs} runs (01 ")
 
 
 def test_the_reference_regime_is_the_full_training_set():
@@ -485,8 +505,8 @@ def test_identical_networks_share_one_config():
     assert len({c.key() for c in labels.values()}) == len(labels) - 3
     stopping = {label: c for label, c in studies.early_stopping_runs("cpu") if c.seed == 0}
     assert stopping["no early stopping"].key() == standard.key()
-    assert stopping["early stopping"].replace(early_stop_patience=0,
-                                              early_stop_metric="val_acc") == standard
+    assert stopping["early stopping"].replace(early_stop_patience=0, early_stop_metric="val_acc",
+                                              early_stop_after=0) == standard
 
 
 def test_optimizer_runs_train_at_the_rounded_range_test_lr():

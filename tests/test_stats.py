@@ -1,9 +1,11 @@
 """Multiplicity control of the paired comparisons (`stats.holm`, `compare`'s families): the
-p-value, Holm's adjusted p, the Bonferroni interval and the words and numbers they give."""
+p-value, Holm's adjusted p, the interval at each Holm step's level and the words and numbers
+they give."""
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import replace
 
 import pandas as pd
@@ -99,25 +101,52 @@ def test_a_family_of_one_keeps_the_plain_text_and_verdict():
     assert margin.m == 1 and "adjusted" not in margin.numbers()
 
 
-def test_the_interval_widens_with_the_family_and_the_text_says_so():
+def test_the_interval_is_at_the_level_of_its_holm_step_and_the_text_says_so():
     d = _delta((1.0, 2.0, 3.0))
     widths = []
-    for m in range(1, 8):
-        low, high = _with_m(d, m).interval
+    for step in range(1, 8):
+        low, high = _with_m(d, 7, step=step).interval
         widths.append(high - low)
-        # Bonferroni: a two-sided interval at level 1 - 0.05 / m.
-        half = t.ppf(1 - 0.05 / (2 * m), 2) * d.sd / math.sqrt(3)
+        # The j-th smallest of m p-values is tested at 0.05 / (m - j + 1): its interval's level.
+        half = t.ppf(1 - 0.05 / (2 * step), 2) * d.sd / math.sqrt(3)
         assert (low, high) == pytest.approx((d.mean - half, d.mean + half), rel=1e-12)
     assert widths == sorted(widths) and len(set(widths)) == 7
-    seven = _with_m(_delta((3.0, 3.2, 2.9)), 7, p_adjusted=0.01234)
-    assert seven.numbers() == ("+3.0 ± 0.2 pp (95% CI adjusted for 7 comparisons +2.0 to "
-                               "+4.1, Holm p = 0.012)")
-    assert _with_m(seven, 7, p_adjusted=0.0004).numbers().endswith("Holm p < 0.001)")
+    seven = _with_m(_delta((3.0, 3.2, 2.9)), 7, p_adjusted=0.01234, step=7)
+    assert seven.numbers() == ("+3.0 ± 0.2 pp (99.3% CI +2.0 to +4.1, Holm p = 0.012 over 7 "
+                               "comparisons)")
+    assert _with_m(seven, 7, p_adjusted=0.0004, step=7).numbers().endswith(
+        "Holm p < 0.001 over 7 comparisons)")
     assert seven.verdict == "improves"
+    # The textbook family: A at the first of 3 steps (98.3%), B at the second (97.5%), C at 95%.
+    c, b, a = stats.holm([_delta(C, "c"), _delta(B, "b"), _delta(A, "a")])
+    assert (a.step, b.step, c.step) == (3, 2, 1)
+    assert a.numbers().startswith("+2.4 ± 0.5 pp (98.3% CI ")
+    assert b.numbers().startswith("+2.5 ± 0.5 pp (97.5% CI ")
 
 
-def _with_m(d, m, p_adjusted=math.nan):
-    return replace(d, m=m, p_adjusted=p_adjusted)
+def test_every_interval_clears_zero_exactly_when_its_verdict_is_not_inconclusive():
+    # Families of 2-7 comparisons of 3 seeds, some changes clear, some none: the verdict
+    # (Holm's step-down) and the interval (its step's level) never disagree, including the
+    # comparisons after Holm's first failed step, which keep that step's level.
+    rng = random.Random(0)
+    seen = {True: 0, False: 0}
+    after_failure = 0
+    for _ in range(300):
+        means = rng.choices((0.0, 1.0, 3.0, 8.0), k=rng.randint(2, 7))
+        family = stats.holm([_delta([mu + rng.gauss(0, 1) for _ in range(3)], str(k))
+                             for k, mu in enumerate(means)])
+        ranked = sorted(family, key=lambda d: d.p)
+        failed = next((j for j, d in enumerate(ranked) if not d.detectable), len(ranked))
+        for j, d in enumerate(ranked):
+            low, high = d.interval
+            assert d.detectable == (low > 0 or high < 0), (d.deltas, d.step, d.p_adjusted)
+            seen[d.detectable] += 1
+            after_failure += j > failed and d.p < 0.05  # passes alone, not after the failure
+    assert seen[True] > 50 and seen[False] > 50 and after_failure > 0
+
+
+def _with_m(d, m, p_adjusted=math.nan, step=1):
+    return replace(d, m=m, p_adjusted=p_adjusted, step=step)
 
 
 @pytest.mark.parametrize(("p", "text"), [(0.01234, "= 0.012"), (0.5, "= 0.50"), (1.0, "= 1.0"),

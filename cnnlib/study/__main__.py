@@ -1,7 +1,8 @@
 """`python -m cnnlib.study profile|plan|collect`: the study's command line.
 
 - profile: the profile a run would use ($CNNLIB_PROFILE, else full on CUDA, cpu otherwise);
-- plan:    per notebook, its runs and their time estimated from speeds measured here;
+- plan:    per notebook, its runs and their time estimated from speeds measured here, and
+           the study's training from scratch;
 - collect: merge the studies' results into results.csv, write the reports' landing page
            (outputs/reports/index.html) and refresh the README's tables
            (the pipeline's last step).
@@ -13,8 +14,9 @@ import sys
 from pathlib import Path
 
 from cnnlib.flags import Parser
+from cnnlib.study.budget import scratch_line
 from cnnlib.study.locations import outputs_root, resolve_profile
-from cnnlib.study.plan import plan_lines
+from cnnlib.study.plan import plan_lines, plan_work
 from cnnlib.study.readme import collect_results
 
 
@@ -47,7 +49,8 @@ def main(argv=None) -> int:
         print(profile)
     else:
         print(f"profile {profile}:")
-        for line in plan_lines(profile):
+        work = plan_work(profile)
+        for line in [*plan_lines(profile, work=work), scratch_line(work)]:
             print(f"  {line}")
     return 0
 

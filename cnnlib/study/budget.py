@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,12 @@ TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per test image at each TTA leve
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 WARMUP_STEPS = 2  # the first steps pay for kernel selection and allocation
 STEP_TRIES = 5  # timed steps after the warm-up; the fastest counts (as timeit does)
+# A timing during which other processes kept more than this share of the machine's CPU time
+# busy (Linux /proc/stat, less the timing process's own time) ran beside other work: its figure
+# is used by this process and not stored, since a stored speed fixes the epochs a budget buys
+# (so the run-cache keys) for good. A training beside it takes half of 2 cores or more.
+BUSY_OTHERS = 0.2
+_UNSTORED: dict[str, float] = {}  # figures of busy timings, kept for this process only
 
 
 def train_images(config: RunConfig) -> int:
@@ -88,19 +95,47 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
     precision = resolve_precision(config.precision, device)
     key = _key(config, device, precision)
     path = Path(store) if store else None
-    table = _read_speeds(path)
+    table = {**_UNSTORED, **_read_speeds(path)}
     if key not in table:
         options = f" {config.model_options}" if config.model_options else ""
-        print(f"[speed] timing {config.model}{options} at batch {config.batch_size} "
-              f"({precision}) once on this machine; an idle machine gives the true figure",
-              file=sys.stderr, flush=True)
+        what = f"{config.model}{options} at batch {config.batch_size} ({precision})"
+        print(f"[speed] timing {what} once on this machine", file=sys.stderr, flush=True)
+        before = _cpu_clock()
         table[key] = round(_measure(config, device, precision), 1)
+        others = _others_share(device, before)
+        if others > BUSY_OTHERS:
+            print(f"[speed] {what}: other processes kept {others:.0%} of the CPUs busy during "
+                  "the timing; its figure is used by this process and not stored (an idle "
+                  "machine gives the true one)", file=sys.stderr, flush=True)
+            _UNSTORED[key] = table[key]
+            return float(table[key])
         if path:
             with fileio.hold_folder(path.parent, wait=True):
                 latest = _read_speeds(path, repair=True)
                 table = {**latest, key: latest.get(key, table[key])}
                 fileio.write_json(table, path)
     return float(table[key])
+
+
+def _cpu_clock() -> tuple[float, float, float] | None:
+    """(CPU seconds all processes spent busy, this process's CPU seconds, wall seconds); None
+    where /proc/stat is not there to read."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+    return busy, time.process_time(), time.perf_counter()
+
+
+def _others_share(device: torch.device, before) -> float:
+    """The share of the CPUs' time other processes kept busy since `before` (`_cpu_clock`);
+    0 on a GPU, where /proc/stat is missing, or over too short a span to tell."""
+    after = _cpu_clock()
+    if device.type != "cpu" or before is None or after is None or after[2] - before[2] < 0.5:
+        return 0.0
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, others / ((after[2] - before[2]) * (os.cpu_count() or 1)))
 
 
 def _read_speeds(path: Path | None, repair: bool = False) -> dict:
@@ -135,8 +170,10 @@ def _read_store(path: Path | None, valid, what: str, repair: bool) -> dict:
         return {}
 
 
-def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = None) -> float:
-    """Epochs of `config` whose training steps take `seconds` here (at least one batch).
+def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = None,
+               min_batches: int = 1) -> float:
+    """Epochs of `config` whose training steps take `seconds` here (at least `min_batches`
+    batches: budgets that give each a floor of its own never collapse into one config).
 
     Rounded down to 0.01 epoch, so that the same stored speed always gives the same config.
     """
@@ -144,7 +181,7 @@ def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = Non
         raise ValueError(f"budget: {seconds!r} seconds is not allowed; allowed: a number > 0")
     n = train_images(config)
     epochs = math.floor(seconds * images_per_second(config, store) / n * 100) / 100
-    return max(epochs, math.ceil(config.batch_size / n * 100) / 100)
+    return max(epochs, math.ceil(min_batches * config.batch_size / n * 100) / 100)
 
 
 def estimate_seconds(config: RunConfig, store: str | Path | None = None,
@@ -218,6 +255,8 @@ class Work:
     measures_recorded: int = 0
     waiting: int = 0
     waiting_seconds: float = 0.0
+    # The training of every run it lists first (recorded or not): the study from scratch.
+    scratch_seconds: float = 0.0
 
     @property
     def other_seconds(self) -> float | None:
@@ -277,3 +316,12 @@ def work_lines(work: list[Work], machine: str) -> list[str]:
                  + (f", {waiting} waiting for measurements" if waiting else "") + "; "
                  f"{train}; {rest}; on {machine}")
     return lines
+
+
+def scratch_line(work: list[Work]) -> str:
+    """The training the notebooks' runs take from scratch here (none recorded), per notebook."""
+    runs = len(frozenset().union(*(w.keys for w in work)))
+    return (f"from scratch (no run recorded): about "
+            f"{duration(sum(w.scratch_seconds for w in work))} of training for the {runs} runs ("
+            + ", ".join(f"{w.name.split('_')[0]} {duration(w.scratch_seconds)}" for w in work)
+            + ")")

@@ -11,7 +11,9 @@ Every sweep but one runs in the *reference regime*: the full training set minus 
 validation split, and a reference network and recipe strong enough (CIFAR-10 >= 85%,
 CIFAR-100 >= 55% mean validation accuracy on the cpu profile) for a change to show. The exception
 is the overfitting sub-study, which trains the simple CNN on a small subset without
-augmentation for a long schedule, where the train-validation gap opens on purpose.
+augmentation for a long schedule, where the train-validation gap opens on purpose; its depth
+sweep is repeated in the seed's regime (the simple CNN on the full training sets with crop and
+flip, both datasets).
 
 Every function returns a list of (label, RunConfig); notebooks pass it to `executors.run_all`
 and plot what comes back. `STUDIES` holds one `Study` per notebook: its runs, its sweeps
@@ -26,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlib.models.registry import model_options as _model_defaults
-from cnnlib.study import measurements
+from cnnlib.study import cache, measurements, stopping
 from cnnlib.study.budget import epochs_for
 from cnnlib.training.config import RECIPES, RunConfig, recipe
+from cnnlib.training.loop import lr_peak_epoch
 
 DATASETS = ("cifar10", "cifar100")
 
@@ -38,8 +41,11 @@ DATASETS = ("cifar10", "cifar100")
 # "best", "best_per_dataset": notebook 01's best model, the full fastnet on the fastnet_muon
 #   recipe (a validation split kept for choosing the exported seed); "best_seeds" its seeds;
 # "overfit": the overfitting sub-study's simple CNN (small subset, no augmentation, long);
-# "early_stop_patience": epochs without a better validation loss before stopping;
-# "architecture_seconds": the training budget of each network of the architecture comparison;
+# "depth_full": the simple CNN's depth sweep on the full training sets (crop+flip, the
+#   baseline recipe), each dataset, every seed;
+# "architecture_seconds": the architecture frontier's shortest training budget (training steps);
+# "architecture_budgets": per dataset, its budgets as multiples of that one (`BUDGET_FACTORS`)
+#   -> the seeds each runs (the first n of "seeds": fewer at the longer budgets, which cost more);
 # "reduce_sweeps": on every dataset after the first, a sweep keeps only its first and last
 #   variant (smoke: both datasets still go through every code path, in seconds);
 # "lr_find_steps": batches of each learning-rate range test;
@@ -53,8 +59,9 @@ SETTINGS = {
         "best": dict(_SMOKE, tta=0, model_options={"widths": [16, 32, 32]}),
         "best_seeds": (0,),
         "overfit": dict(_SMOKE, epochs=4, model_options={"width": 8}),
-        "early_stop_patience": 1,
-        "architecture_seconds": 1.0,
+        "depth_full": dict(_SMOKE, model_options={"width": 8}),
+        "architecture_seconds": 0.25,
+        "architecture_budgets": {"cifar10": {1: 1, 3: 1, 9: 1}, "cifar100": {1: 1, 3: 1}},
         "architecture_options": {"baseline": {"width": 8}, "fastnet": {"widths": [8, 16, 16]}},
         "reduce_sweeps": True,
         "lr_find_steps": 12,
@@ -75,8 +82,15 @@ SETTINGS = {
         "best_per_dataset": {"cifar100": dict(epochs=15)},
         "best_seeds": (0, 1, 2),
         "overfit": dict(train_subset=5000, val_size=5000, epochs=30, batch_size=128),
-        "early_stop_patience": 5,
+        # 10 epochs, the reference's CIFAR-100 budget: each run sees 450,000 images, 3x a
+        # 30-epoch run of the 5,000-image sub-study; at its measured speed (2 cores, bf16) a run
+        # takes 3 (depth 2) to 13 min (depth 10), the 30 runs about 4 h.
+        "depth_full": dict(val_size=5000, epochs=10),
+        # 2, 6 and 18 minutes (2, 8 and 24 took 5.6 h of the plan's 14); one seed at the longer
+        # budgets, whose minutes cost the most (a second seed there buys a paired test with one
+        # degree of freedom, rarely conclusive).
         "architecture_seconds": 120.0,
+        "architecture_budgets": {"cifar10": {1: 3, 3: 1, 9: 1}, "cifar100": {1: 3, 3: 1}},
         "lr_find_steps": 60,
         "compression": dict(steps=300, batch_size=128, calibration=2048, test_subset=0,
                             seconds=1.0, qat_steps=0),
@@ -87,8 +101,9 @@ SETTINGS = {
         "best": dict(val_size=2000, epochs=20),
         "best_seeds": (0, 1, 2),
         "overfit": dict(train_subset=5000, val_size=5000, epochs=60, batch_size=128),
-        "early_stop_patience": 10,
+        "depth_full": dict(val_size=5000, epochs=30),
         "architecture_seconds": 600.0,
+        "architecture_budgets": {"cifar10": {1: 3, 3: 2, 9: 2}, "cifar100": {1: 3, 3: 2}},
         "lr_find_steps": 100,
         "compression": dict(steps=500, batch_size=256, calibration=4096, test_subset=0,
                             seconds=1.0, qat_steps=300),
@@ -235,17 +250,76 @@ def overfitting_runs(profile: str) -> list[tuple[str, RunConfig]]:
 EARLY_STOPPING = ("no early stopping", "early stopping")
 
 
-def early_stopping_runs(profile: str) -> list[tuple[str, RunConfig]]:
-    """Notebook 03, part 2: the sub-study's standard run with and without early stopping.
+# The candidate rules, replayed on the validation histories of the runs without early stopping
+# (`stopping.simulate`, at no cost): each metric with each patience, counted after the schedule's
+# lr peak (`loop.lr_peak_epoch`). Counted from the first epoch (study v2) the rule stopped
+# during the one-cycle warmup, whose rising lr makes the validation numbers worse for a while.
+STOP_METRICS = ("val_loss", "val_acc")
+STOP_PATIENCES = (1, 2, 3, 5, 8)
+# The choice (`stopping.choose`): the candidate that saves the most epochs on average among
+# those whose mean validation accuracy lost (the full run's last epoch minus the restored one)
+# is at most this; ties to the smaller loss. 0.5 pp is below one standard error of a validation
+# accuracy near 68% on 5,000 images (0.66 pp) and below the sub-study's seed-to-seed sd (0.8
+# pp, study v2): a cost the split can hardly see. If no candidate meets it: the smallest loss.
+STOP_MAX_LOSS_PP = 0.5
+
+
+def early_stopping_runs(profile: str, chosen: stopping.Choice | None = None
+                        ) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 2: the sub-study's standard run without early stopping, then with the
+    rule `chosen` on the former's histories (`early_stopping_choice`), counted after the lr
+    peak. Without a choice (planning only) its first candidate stands in: as many runs.
 
     Same seed, same schedule: the stopped run is the first epochs of the full one, then
-    the weights of its best validation loss.
+    the weights of its best epoch.
     """
-    patience = settings(profile)["early_stop_patience"]
-    return [(label, _overfit(profile, seed, **changes))
-            for label, changes in ((EARLY_STOPPING[0], {}),
-                                   (EARLY_STOPPING[1], dict(early_stop_patience=patience,
-                                                            early_stop_metric="val_loss")))
+    seeds = settings(profile)["seeds"]
+    full = [(EARLY_STOPPING[0], _overfit(profile, seed)) for seed in seeds]
+    metric, patience = (chosen.metric, chosen.patience) if chosen else (STOP_METRICS[0],
+                                                                        STOP_PATIENCES[0])
+    return full + [(EARLY_STOPPING[1], c.replace(early_stop_metric=metric,
+                                                 early_stop_patience=patience,
+                                                 early_stop_after=lr_peak_epoch(c)))
+                   for _, c in full]
+
+
+def early_stopping_candidates(runs):
+    """Every candidate rule replayed on the runs without early stopping (`stopping.simulate`)."""
+    return stopping.simulate(runs, STOP_METRICS, STOP_PATIENCES)
+
+
+def early_stopping_choice(runs) -> stopping.Choice:
+    """The rule chosen on the validation histories of the runs without early stopping."""
+    return stopping.choose(early_stopping_candidates(runs), STOP_MAX_LOSS_PP)
+
+
+def early_stopping_rule(profile: str, chosen: stopping.Choice) -> str:
+    """The stopped runs' rule in words, as `chosen` on the validation histories."""
+    c = next(c for label, c in early_stopping_runs(profile, chosen) if label == EARLY_STOPPING[1])
+    within = "" if chosen.within else (f"; no candidate lost at most {STOP_MAX_LOSS_PP:g} pp, "
+                                       "so the one that lost the least")
+    return (stopping.rule_words(c.early_stop_metric, c.early_stop_patience, c.early_stop_after)
+            + f", chosen on validation histories{within}")
+
+
+# The depth question in the seed's regime (full training sets, crop+flip), beside the 5,000-image
+# sub-study where overfitting is on purpose; its labels differ from that sub-study's.
+FULL_SET = " (full set)"
+# Depths 4 and 8 are cut here to fit the cpu plan (14 h): the 30 runs of all five took ~4 h;
+# the ends and the standard depth keep the question; the sub-study keeps all five.
+FULL_SET_DEPTHS = (2, 6, 10)
+
+
+def depth_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 4: the simple CNN (baseline recipe) at each of `FULL_SET_DEPTHS` on the
+    full training set minus the validation split of each dataset, every seed."""
+    s = dict(settings(profile)["depth_full"])
+    options = s.pop("model_options", {})
+    standard = _SIMPLE_CNN["depth"]  # first: a reduced sweep keeps the reference
+    order = [standard, *(d for d in FULL_SET_DEPTHS if d != standard)]
+    return [(f"depth {d}{FULL_SET}", _recipe("baseline", dataset=ds, seed=seed,
+                                             model_options={**options, "depth": d}, **s))
+            for ds in datasets for d in sorted(_variants(profile, ds, order, datasets))
             for seed in settings(profile)["seeds"]]
 
 
@@ -280,23 +354,60 @@ def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
     return out
 
 
-# The architecture comparison: every family trains with the simple CNN's recipe, except
-# fastnet, whose recipe is part of what it is.
-ARCHITECTURES = ("baseline", "resnet20", "resnet56", "wrn16_4", "densenet_bc", "fastnet")
+# The architecture frontier: each network with its own family's recipe at several wall-clock
+# budgets. The simple CNN and fastnet keep their recipes (fastnet's is part of what it is); the
+# ResNets, WRN and DenseNet take their papers' CIFAR recipe (`sgd_cosine`), not one tuned for
+# another network: study v2 trained them all with the simple CNN's, at one budget of 2 minutes
+# in which WRN-16-4 saw half an epoch, so its ranking measured epochs.
+# ResNet-56 (ResNet-20 with three times the blocks) is cut to fit the cpu plan; notebook 03 asks
+# what depth is worth, and `cnnlib train --model resnet56 --recipe sgd_cosine` trains it.
+ARCHITECTURES = ("baseline", "resnet20", "wrn16_4", "densenet_bc", "fastnet")
+_OWN_RECIPE = {"baseline": "baseline", "fastnet": "fastnet"}
+BUDGET_FACTORS = (1, 3, 9)  # the budgets, as multiples of the profile's architecture_seconds
+# Each network's published test accuracy (%) after its paper's full schedule, shown beside ours
+# and labelled; never a bar a run must clear. None where the paper reports no figure for this
+# network and dataset (DenseNet's papers report no BC-40; the simple CNN is this study's own).
+PUBLISHED = {
+    "resnet20": ({"cifar10": 91.25}, "He et al. 2016, Table 6 (164 epochs)"),
+    "wrn16_4": ({"cifar10": 94.98, "cifar100": 75.97},
+                "Zagoruyko & Komodakis 2016, no dropout (200 epochs)"),
+    "fastnet": ({"cifar10": 94.01}, "Jordan 2024, airbench94 (9.9 epochs, with TTA)"),
+}
+
+
+def architecture_label(model: str, factor: int) -> str:
+    """The label of `model` at `factor` times the shortest budget: 'resnet20 ×3'."""
+    return f"{model} ×{factor}"
+
+
+def architecture_budget(label: str) -> tuple[str, int]:
+    """The network and budget factor of an `architecture_label`."""
+    model, factor = label.rsplit(" ×", 1)
+    return model, int(factor)
+
+
+def _budget_datasets(factor: int) -> tuple[str, ...]:
+    """The datasets the cpu profile runs a budget on (CIFAR-100 stops at ×3)."""
+    return tuple(ds for ds in DATASETS if factor in SETTINGS["cpu"]["architecture_budgets"][ds])
 
 
 def architecture_runs(profile: str, store=None, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
-    """Notebook 06: each network trained for the same wall-clock budget (`store`: budget.py)."""
+    """Notebook 06: each network at each budget of its dataset (`store`: the speeds of
+    budget.py, which turn a budget into epochs here), the first seeds each budget runs."""
     s = settings(profile)
     size = {k: v for k, v in s["reference"].items() if k != "model_options"}
     out = []
     for ds in datasets:
         for model in _variants(profile, ds, list(ARCHITECTURES), datasets):
-            name = "fastnet" if model == "fastnet" else "baseline"
             options = s.get("architecture_options", {}).get(model, {})
-            base = _recipe(name, dataset=ds, model=model, model_options=options, **size)
-            epochs = epochs_for(base, s["architecture_seconds"], store)
-            out += [(model, base.replace(epochs=epochs, seed=seed)) for seed in s["seeds"]]
+            base = _recipe(_OWN_RECIPE.get(model, "sgd_cosine"), dataset=ds, model=model,
+                           model_options=options, **size)
+            for factor, n in s["architecture_budgets"][ds].items():
+                # A floor of `factor` batches: on a slow machine the budgets stay distinct runs.
+                epochs = epochs_for(base, factor * s["architecture_seconds"], store,
+                                    min_batches=factor)
+                out += [(architecture_label(model, factor), base.replace(epochs=epochs, seed=seed))
+                        for seed in s["seeds"][:n]]
     return out
 
 
@@ -330,6 +441,8 @@ class Sweep:
     repeats: str = ""
     # The question it answers, a README heading (default: its study's question).
     question: str = ""
+    # The datasets it runs on (default: all of its study's); elsewhere it is not missing.
+    datasets: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.reference not in self.labels:
@@ -340,6 +453,9 @@ class Sweep:
     def variants(self) -> tuple[str, ...]:
         """The labels compared with the reference."""
         return tuple(x for x in self.labels if x != self.reference)
+
+    def runs_on(self, dataset: str) -> bool:
+        return not self.datasets or dataset in self.datasets
 
 
 @dataclass(frozen=True)
@@ -378,12 +494,15 @@ class Study:
             here = {label for label, c in runs if c.dataset == dataset}
             problems += [f"{s.name} on {dataset}: no {s.reference!r} run" for s in self.sweeps
                          if here & set(s.labels) and s.reference not in here]
+            problems += [f"{s.name} runs on {dataset}, not one of its datasets {s.datasets}"
+                         for s in self.sweeps if here & set(s.labels) and not s.runs_on(dataset)]
         if problems:
             raise ValueError(f"{self.name}: " + "; ".join(problems))
 
 
 _RECIPE = RECIPES["fastnet"]  # the reference recipe of every sweep but the overfitting ones
 _ANSWER = ("answer", "lines")
+_CIFAR10 = ("cifar10",)  # notebook 03's sub-study, early stopping and optimizers
 STUDIES = {s.name: s for s in (
     Study("01_baseline", lambda p, store: baseline_runs(p),
           title="The reference network and the best model",
@@ -405,8 +524,8 @@ STUDIES = {s.name: s for s in (
                    "augmentation_budgets.png", "augmentation_splits.png"),
           findings=(*_ANSWER, "budget_interaction")),
     Study("03_depth_study",
-          lambda p, store: (overfitting_runs(p) + early_stopping_runs(p)
-                            + optimizer_runs(p, recorded_suggestions(p))),
+          lambda p, store: (overfitting_runs(p) + early_stopping_runs(p, recorded_choice(p))
+                            + optimizer_runs(p, recorded_suggestions(p)) + depth_runs(p)),
           measures=lambda p: _recorded_range_tests(p),
           title="Depth and overfitting, early stopping, optimizers",
           question="How do depth, width, dropout and weight decay change overfitting; what does "
@@ -414,16 +533,22 @@ STUDIES = {s.name: s for s in (
           sweeps=(*(Sweep(k.name, tuple(label for label, _ in k.variants()),
                           k.label(k.standard), rank=k.name == "depth",
                           question="How do depth, width, dropout and weight decay change "
-                                   "overfitting?") for k in KNOBS),
+                                   "overfitting?", datasets=_CIFAR10) for k in KNOBS),
                   Sweep("early stopping", EARLY_STOPPING, EARLY_STOPPING[0],
-                        finding="epochs_saved",
+                        finding="epochs_saved", datasets=_CIFAR10,
                         question="What does early stopping save, and what does it cost?"),
                   Sweep("optimizer", tuple(f"{o} @ {k}" for o in OPTIMIZERS
                                            for k in LR_KINDS),
-                        f"{_RECIPE['optimizer']} @ {LR_KINDS[0]}", rank=True,
-                        question="Which optimizer trains the reference network best?")),
+                        f"{_RECIPE['optimizer']} @ {LR_KINDS[0]}", rank=True, datasets=_CIFAR10,
+                        question="Which optimizer trains the reference network best?"),
+                  Sweep("depth on the full training sets",
+                        tuple(f"depth {d}{FULL_SET}" for d in FULL_SET_DEPTHS),
+                        f"depth {_SIMPLE_CNN['depth']}{FULL_SET}", rank=True,
+                        question="Does depth help CIFAR-10, and does it overfit CIFAR-100, on "
+                                 "the full training sets?")),
           figures=("overfitting_depth.png", "overfitting_width_dropout_decay.png",
-                   "early_stopping_curves.png", "lr_range_tests.png", "optimizers.png"),
+                   "early_stopping_curves.png", "lr_range_tests.png", "optimizers.png",
+                   "depth_full_sets.png"),
           findings=(*_ANSWER, "epochs_saved")),
     # 04 and 05 reuse 01's models from the run cache.
     Study("04_interpretability", lambda p, store: baseline_runs(p),
@@ -440,11 +565,15 @@ STUDIES = {s.name: s for s in (
                    "test accuracy?",
           figures=("compression_tradeoffs.png",), findings=("compression_answer",)),
     Study("06_architectures", lambda p, store: architecture_runs(p, store),
-          title="Architectures under one wall-clock budget",
-          question="Which network reaches the highest test accuracy when each gets the same "
-                   "training time?",
-          sweeps=(Sweep("architecture", ARCHITECTURES, RECIPES["baseline"]["model"], rank=True),),
-          figures=("architectures_tradeoff.png",), findings=_ANSWER),
+          title="Architectures: accuracy against training time",
+          question="Which network reaches the highest test accuracy at each training budget, "
+                   "each trained with its own family's recipe?",
+          sweeps=tuple(Sweep(f"architecture, budget ×{f}",
+                             tuple(architecture_label(m, f) for m in ARCHITECTURES),
+                             architecture_label(RECIPES["baseline"]["model"], f), rank=True,
+                             datasets=_budget_datasets(f))
+                       for f in BUDGET_FACTORS),
+          figures=("architecture_frontier.png",), findings=_ANSWER),
     # 07 judges 02's runs and 01's best models by what each run's assessment measured.
     Study("07_robustness", lambda p, store: augmentation_runs(p) + [
               (label, c) for label, c in baseline_runs(p) if label == "best"],
@@ -467,11 +596,28 @@ def recorded_suggestions(profile: str) -> dict[str, float] | None:
     return None if None in tests.values() else {o: t["suggested_lr"] for o, t in tests.items()}
 
 
+def recorded_choice(profile: str) -> stopping.Choice | None:
+    """The early-stopping rule chosen on the histories of the runs without it, when all are in
+    the run cache with their histories; else None (a plan then counts the stopped runs under a
+    stand-in rule: as many runs)."""
+    full = [c for label, c in early_stopping_runs(profile) if label == EARLY_STOPPING[0]]
+    if len(cache.recorded_keys(full)) < len({c.key() for c in full}):
+        return None  # (checked first: it reads no data while nothing is recorded)
+    runs = [cache.cached(c) for c in full]
+    if any(r is None or not r.result.get("history") for r in runs):
+        return None
+    return early_stopping_choice(runs)
+
+
 def _recorded_range_tests(profile: str) -> tuple[str, int, int, list[RunConfig]]:
+    """The range tests, and the runs waiting for measurements: the optimizers' runs at their
+    range tests' lrs, and the early-stopping runs, whose rule waits for the full runs."""
     steps, configs = lr_find_steps(profile), lr_find_configs(profile).values()
     done = sum(measurements.recorded_lr_find(c, steps) is not None for c in configs)
     waiting = [] if done == len(configs) else [c for label, c in optimizer_runs(profile)
                                                if label.endswith(LR_KINDS[1])]
+    if recorded_choice(profile) is None:
+        waiting += [c for label, c in early_stopping_runs(profile) if label == EARLY_STOPPING[1]]
     return "range tests", done, len(configs), waiting
 
 

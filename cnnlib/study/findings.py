@@ -18,7 +18,14 @@ import math
 import pandas as pd
 
 from cnnlib.data.obtain import NUM_CLASSES
-from cnnlib.study.definitions import LONG, STUDIES, Sweep
+from cnnlib.study.definitions import (
+    LONG,
+    SETTINGS,
+    STUDIES,
+    Sweep,
+    early_stopping_rule,
+    recorded_choice,
+)
 from cnnlib.study.stats import (
     CONFIDENCE,
     NAMES,
@@ -166,6 +173,8 @@ def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
     name, unit = NAMES.get(metric, (metric, ""))
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
+        if not sweep.runs_on(dataset):
+            continue
         members = _members(part, sweep)
         if not members:  # the study ran here, the sweep did not: say so
             lines.append(f"- **{sweep.name}, {pretty(dataset)}**: {_missing(sweep, members)}.")
@@ -371,7 +380,7 @@ def answer(df, sweeps: tuple[Sweep, ...]) -> str:
     for dataset, part in df.groupby("dataset", sort=False):
         marks = {k: "at chance" for k in at_chance(part)}
         missing = []
-        for sweep in sweeps:
+        for sweep in filter(lambda s: s.runs_on(dataset), sweeps):
             members = _members(part, sweep)
             if sweep.reference not in members:
                 missing.append(_missing(sweep, members, short=True))
@@ -433,23 +442,47 @@ def early_stopping_table(df, stopped: str = _STOPPING.variants[0],
                                        "Δ pp"])
 
 
-def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING.reference) -> str:
-    """Notebook 03: per dataset, the epochs early stopping saved (per seed and on average)
-    and its paired change in test accuracy against the same runs without it."""
-    lines = []
-    for dataset, part in early_stopping_table(df, stopped, full).groupby("dataset", sort=False):
+def _recorded_rule(df) -> str:
+    """The early-stopping rule chosen on the recorded histories of the rows' profile (in the
+    run cache), in words; "" when they are not recorded here."""
+    profiles = set(df["profile"].dropna()) if "profile" in df else set()
+    profile = profiles.pop() if len(profiles) == 1 else ""
+    chosen = recorded_choice(profile) if profile in SETTINGS else None
+    return "" if chosen is None else early_stopping_rule(profile, chosen)
+
+
+def _lost(r) -> str:
+    """A stopped run's test accuracy against its full run's, per seed, in words."""
+    lost = r["test acc % without"] - r["test acc % with"]
+    return (f"test accuracy {abs(lost):.1f} pp {'lower' if lost > 0 else 'higher'}"
+            if round(lost, 1) else "test accuracy unchanged")
+
+
+def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING.reference,
+                 rule: str | None = None) -> str:
+    """Notebook 03: per dataset, the stopped runs' rule (`rule` in words; by default the one
+    chosen on the histories recorded in the run cache), the epochs early stopping saved and the
+    test accuracy it lost per seed (each run scored once) and on average, with the paired
+    comparison against the same runs without it; then the regime."""
+    table, lines = early_stopping_table(df, stopped, full), []
+    if len(table) and rule is None:
+        rule = _recorded_rule(df)
+    for dataset, part in table.groupby("dataset", sort=False):
         per_seed = "; ".join(
             f"seed {r['seed']}: " + (f"stopped after epoch {r['epochs run']}"
                                      if r["epochs saved"] else "ran every epoch")
-            + f", weights of epoch {r['best epoch']} restored" for _, r in part.iterrows())
+            + f" ({r['epochs saved']} saved), weights of epoch {r['best epoch']} restored, "
+            + _lost(r) for _, r in part.iterrows())
         share = part["epochs saved"].sum() / part["schedule"].sum()
-        d = compare(df[df["dataset"] == dataset], full, [stopped])[0]
+        rows = df[df["dataset"] == dataset]
+        d = compare(rows, full, [stopped])[0]
         lines.append(f"- **early stopping, {pretty(dataset)}** ({n_seeds(len(part))}): "
-                     f"{part['epochs saved'].mean():.1f} of {part['schedule'].iloc[0]} epochs "
+                     + (f"{rule[0].upper()}{rule[1:]}. " if rule else "")
+                     + f"{part['epochs saved'].mean():.1f} of {part['schedule'].iloc[0]} epochs "
                      f"saved on average ({share:.0%} of the schedule; {per_seed}); test accuracy "
                      f"{part['test acc % with'].mean():.1f}% with, "
                      f"{part['test acc % without'].mean():.1f}% without: {d.verdict}, "
-                     f"{d.numbers()}.")
+                     f"{d.numbers()}. Regime: {regime(rows, [full, stopped])}.")
     return "\n".join(lines)
 
 
@@ -568,8 +601,9 @@ def readme_section(rows, confused: dict | None = None) -> str:
     hardware = "; ".join(str(h) for h in every["hardware"].dropna().unique() if h)
     parts = [f"Profile {profiles}, {len(every)} runs, trained on {hardware}. Test accuracy; "
              f"Δ: paired by seed against the reference, mean ± sd; a verdict holds after Holm's "
-             f"correction for the comparisons of its sweep and dataset, and its "
-             f"{CONFIDENCE:.0%} CI is adjusted for their number."]
+             f"correction for the comparisons of its sweep and dataset, and its CI is at the "
+             f"level of its Holm step ({CONFIDENCE:.0%} for a single comparison), so it clears "
+             f"0 exactly when the verdict is not inconclusive."]
     if "01_baseline" in studies:
         parts.append("**The sweeps' reference network against the best model**\n\n"
                      + baseline_answer(studies["01_baseline"]) + "\n"

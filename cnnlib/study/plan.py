@@ -37,6 +37,7 @@ def plan_work(profile: str, notebooks=None, remeasure: bool = False) -> list[Wor
     seen, out = set(), []
     for name, configs in runs.items():
         new = [c for k, c in configs.items() if k not in recorded | seen]
+        own = [c for k, c in configs.items() if k not in seen]  # those it lists first
         seen |= set(configs)
         what, done, total, waiting = (STUDIES[name].measures or (lambda p: ("", 0, 0, [])))(profile)
         later = [c for c in new if c.key() in {w.key() for w in waiting}]
@@ -45,7 +46,8 @@ def plan_work(profile: str, notebooks=None, remeasure: bool = False) -> list[Wor
                         sum(estimate_seconds(c, speeds) for c in new),
                         notebook_seconds(profile, name, notebook_seconds_path()),
                         what, total, 0 if remeasure else done, len(later),
-                        sum(estimate_seconds(c, speeds) for c in later)))
+                        sum(estimate_seconds(c, speeds) for c in later),
+                        sum(estimate_seconds(c, speeds) for c in own)))
     return out
 
 

@@ -24,7 +24,9 @@ import torch
 from cnnlib import _fileio as fileio
 from cnnlib.models.registry import model_options
 from cnnlib.study import locations, stats
+from cnnlib.study.budget import duration
 from cnnlib.study.checks import parameters
+from cnnlib.study.definitions import PUBLISHED, architecture_budget
 from cnnlib.study.findings import TTA_WORDS, interactions, options_words
 from cnnlib.study.table import markdown_table
 from cnnlib.training.evaluate import most_confused_pairs
@@ -32,9 +34,9 @@ from cnnlib.viz._figure import pretty
 
 __all__ = [
     "CHECK_MARK", "COLUMN_NAMES", "Context", "answer", "best_run", "confused_pairs",
-    "cost_table", "delta_table", "histories", "long_metrics",
+    "cost_table", "delta_table", "frontier_frame", "histories", "long_metrics",
     "md", "one_per_class", "option_column", "pair_examples", "pick",
-    "pp", "provenance", "runs_table", "save_table", "seed_table", "selection_rule",
+    "pp", "provenance", "published", "runs_table", "save_table", "seed_table", "selection_rule",
     "show", "show_file", "start", "summary_table", "table", "with_gap", "with_parameters",
     "write_csv",
 ]
@@ -296,17 +298,38 @@ def with_parameters(df):
                                  zip(df["model"], df["dataset"], df["options"], strict=True)])
 
 
-def cost_table(df):
-    """Per dataset and network (label): parameters, epochs, wall minutes per run and test
-    accuracy (%), the last two mean ± std over seeds; groups in first-seen order."""
+def frontier_frame(df):
+    """Notebook 06's rows with `network` and `budget` (the factor of the shortest budget) from
+    each label, and `minutes`, the measured wall time of the run."""
+    parts = [architecture_budget(x) for x in df["label"]]
+    return df.assign(network=[m for m, _ in parts], budget=[f"×{f}" for _, f in parts],
+                     minutes=df["wall_seconds"] / 60)
+
+
+def published(dataset: str, network: str) -> float | None:
+    """`definitions.PUBLISHED`'s accuracy (%) of `network` on `dataset`, or None."""
+    return PUBLISHED.get(network, ({}, ""))[0].get(dataset)
+
+
+def cost_table(df, seconds: float):
+    """Per dataset, network and budget (`seconds`: the shortest budget of training steps):
+    parameters, epochs, wall minutes per run and test accuracy (%), the last two mean ± std
+    over seeds; then the network's published accuracy after its paper's full schedule."""
     rows = []
-    for (dataset, label), part in with_parameters(df).groupby(["dataset", "label"], sort=False):
-        rows.append({"dataset": dataset, "network": label,
-                     "parameters": int(part["parameters"].iloc[0]),
+    frame = with_parameters(frontier_frame(df))
+    for (dataset, label), part in frame.groupby(["dataset", "label"], sort=False):
+        network, factor = architecture_budget(label)
+        budget = factor * seconds
+        paper = published(dataset, network)
+        rows.append({"dataset": dataset, "network": network,
+                     "budget": f"{budget:g} s" if budget < 90 else duration(budget),
+                     "parameters": f"{int(part['parameters'].iloc[0]):,}",
                      "epochs": ", ".join(f"{e:g}" for e in dict.fromkeys(part["epochs"])),
                      "wall min": stats.plus_minus(part["wall_seconds"] / 60, 2),
-                     "test acc %": stats.plus_minus(part["test_acc"] * 100), "seeds": len(part)})
-    return pd.DataFrame(rows).set_index(["dataset", "network"])
+                     "test acc %": stats.plus_minus(part["test_acc"] * 100), "seeds": len(part),
+                     "published %": "" if paper is None else f"{paper:g}",
+                     "published after": "" if paper is None else PUBLISHED[network][1]})
+    return pd.DataFrame(rows)
 
 
 def summary_table(df, by=("dataset", "label")):
@@ -360,7 +383,8 @@ def delta_table(df, reference: str, metric: str = "test_acc", order=None, name: 
             row[f"{dataset} acc %"] = stats.plus_minus(runs_[metric] * 100)
             d = deltas.get(label)
             row[f"{dataset} Δ pp"] = d.change() if d else ""
-            row[f"{dataset} {stats.CONFIDENCE:.0%} CI, adjusted"] = d.interval_text() if d else ""
+            row[f"{dataset} CI (Holm level)"] = (f"{d.interval_text()} ({100 * d.level:.3g}%)"
+                                                 if d and d.n > 1 else "")
             row[f"{dataset} verdict"] = d.verdict if d else "reference"
     out = pd.DataFrame.from_dict(table, orient="index").fillna("")
     if order is not None:

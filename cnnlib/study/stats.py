@@ -11,11 +11,12 @@ its reference): testing m variants at 5% each would call some noise an effect, s
 verdicts hold the family-wise error at 5% with Holm's step-down correction, and a variant
 "improves" or "hurts" only when its Holm-adjusted p is below 0.05; otherwise it is
 "inconclusive with n seeds" (one seed gives no test), which says the seeds could not tell,
-not that there is no difference. The printed interval is the Bonferroni one, at level
-1 - 0.05 / m: Holm has no matching interval, and the Bonferroni intervals hold all at once
-with 95% probability, so a reader can trust every one together. Holm is uniformly more
-powerful than Bonferroni, so a verdict may stand while its interval touches 0; the
-sentence then shows the Holm p, which is why. With m = 1 both are the plain 95% rule.
+not that there is no difference. The printed interval is at the level of the comparison's
+Holm step: the j-th smallest of m p-values is tested at 0.05 / (m - j + 1), so its interval
+is the 1 - 0.05 / (m - j + 1) one (98.3% for the first of 3, 97.5%, then 95%), and it clears
+0 exactly when the verdict is "improves" or "hurts". Holm stops at its first failed step;
+every comparison from there on gets that step's level, whose interval holds 0, as its
+verdict is inconclusive. With m = 1 it is the plain 95% rule.
 A ranking names the top label and its paired margin over the runner-up, a single
 comparison under the plain rule.
 """
@@ -72,8 +73,8 @@ def p_text(p: float) -> str:
 class Delta:
     """A variant minus the reference, per seed, in percentage points (metric x 100).
 
-    `m`: the number of comparisons in its family and `p_adjusted` its Holm-adjusted p, both
-    set by `holm`; a Delta made alone is a family of one.
+    `m`: the number of comparisons in its family, `p_adjusted` its Holm-adjusted p and `step`
+    the level of its interval, all set by `holm`; a Delta made alone is a family of one.
     """
 
     dataset: str
@@ -83,6 +84,7 @@ class Delta:
     deltas: tuple[float, ...]
     m: int = 1
     p_adjusted: float = math.nan
+    step: int = 1  # the hypotheses left at its Holm step (`holm`): its interval's level
 
     @property
     def n(self) -> int:
@@ -112,8 +114,8 @@ class Delta:
 
     @property
     def level(self) -> float:
-        """The interval's confidence: 95%, Bonferroni-corrected for the family (1 - 0.05 / m)."""
-        return CONFIDENCE if self.m <= 1 else 1 - (1 - CONFIDENCE) / self.m
+        """The interval's confidence: that of its Holm step, 1 - 0.05 / step (95% alone)."""
+        return 1 - (1 - CONFIDENCE) / max(1, self.step)
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -152,35 +154,41 @@ class Delta:
         return "" if self.n < 2 else f"{signed(low)} to {signed(high)}"
 
     def numbers(self) -> str:
-        """'+4.3 ± 0.2 pp (95% CI +2.5 to +6.1)'; in a family of 7: '+4.3 ± 0.2 pp (95% CI
-        adjusted for 7 comparisons +1.0 to +7.6, Holm p = 0.012)'; one seed: '+4.3 pp (no
+        """'+4.3 ± 0.2 pp (95% CI +2.5 to +6.1)'; first of a family of 7: '+4.3 ± 0.2 pp
+        (99.3% CI +1.0 to +7.6, Holm p = 0.012 over 7 comparisons)'; one seed: '+4.3 pp (no
         interval)'."""
         if self.n < 2:
             return f"{self.change()} pp (no interval)"
-        if self.m <= 1:
-            return f"{self.change()} pp ({CONFIDENCE:.0%} CI {self.interval_text()})"
-        holm_p = "" if math.isnan(self.p_adjusted) else f", Holm p {p_text(self.p_adjusted)}"
-        return (f"{self.change()} pp ({CONFIDENCE:.0%} CI adjusted for {self.m} comparisons "
-                f"{self.interval_text()}{holm_p})")
+        ci = f"{100 * self.level:.3g}% CI {self.interval_text()}"
+        if self.m <= 1 or math.isnan(self.p_adjusted):
+            return f"{self.change()} pp ({ci})"
+        return (f"{self.change()} pp ({ci}, Holm p {p_text(self.p_adjusted)} over {self.m} "
+                "comparisons)")
 
 
 def holm(deltas) -> list[Delta]:
-    """The Deltas of one family, in the same order, with `m` and Holm's adjusted p set.
+    """The Deltas of one family, in the same order, with `m`, Holm's adjusted p and the step
+    of each interval set.
 
     m counts the Deltas with a test (two seeds or more); the others keep a NaN p and stay
     inconclusive. Sorted by p, the j-th smallest (1-based) is adjusted to
-    min(1, (m - j + 1) p), raised to the largest adjusted p before it so the order holds.
+    min(1, (m - j + 1) p), raised to the largest adjusted p before it so the order holds; its
+    interval's step is m - j + 1, or that of the first step that failed before it.
     """
     deltas = list(deltas)
     tested = sorted((i for i, d in enumerate(deltas) if not math.isnan(d.p)),
                     key=lambda i: deltas[i].p)
     m = max(len(tested), 1)
-    adjusted = {}
-    running = 0.0
+    adjusted, steps = {}, {}
+    running, failed = 0.0, None
     for j, i in enumerate(tested):  # j is 0-based here: the factor is m - j
         running = max(running, min(1.0, (m - j) * deltas[i].p))
         adjusted[i] = running
-    return [replace(d, m=m, p_adjusted=adjusted.get(i, math.nan)) for i, d in enumerate(deltas)]
+        if failed is None and not running < 1 - CONFIDENCE:
+            failed = j
+        steps[i] = m - (j if failed is None else failed)
+    return [replace(d, m=m, p_adjusted=adjusted.get(i, math.nan), step=steps.get(i, m))
+            for i, d in enumerate(deltas)]
 
 
 def metric_values(df, metric: str):

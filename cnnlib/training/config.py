@@ -60,6 +60,9 @@ class RunConfig:
     val_size: int = 5000
     early_stop_patience: int = 0  # epochs without improvement before stopping; 0 = off
     early_stop_metric: str = "val_acc"
+    # Epochs that count neither as best nor towards patience (e.g. up to the lr peak, where a
+    # one-cycle schedule's validation numbers still get worse); 0 = count from the first.
+    early_stop_after: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 on CUDA and on CPUs with native bf16, else fp32
@@ -110,7 +113,7 @@ class RunConfig:
         ints = {"batch_size": (1, None), "seed": (0, 2**63 - 1),  # torch.manual_seed: 64-bit
                 "randaugment_magnitude": (0, 30)}
         for name in ("val_size", "train_subset", "test_subset", "early_stop_patience",
-                     "crop_padding", "cutout_size", "randaugment_ops"):
+                     "early_stop_after", "crop_padding", "cutout_size", "randaugment_ops"):
             ints[name] = (0, None)
         for name, (low, high) in ints.items():
             setattr(self, name, check_int(name, getattr(self, name), low, high))
@@ -179,7 +182,7 @@ class RunConfig:
 
 
 # Fields added after the study's first recorded runs (see `RunConfig.key`).
-LATER_FIELDS = ("muon_lr", "muon_momentum", "mix_prob")
+LATER_FIELDS = ("muon_lr", "muon_momentum", "mix_prob", "early_stop_after")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
@@ -207,6 +210,14 @@ RECIPES: dict[str, dict] = {
                     weight_decay=0.00133, schedule="onecycle", warmup=0.23, warmup_start=0.2,
                     final_lr=0.07, label_smoothing=0.2, augment="crop+flip", crop_padding=2,
                     pad_mode="reflect", norm_lr_scale=64.0, lookahead=True, tta=2, val_size=0),
+    # The CIFAR recipe of the ResNet, WRN and DenseNet papers: SGD with momentum 0.9, lr 0.1 at
+    # batch 128, weight decay 5e-4 (WRN's; ResNet and DenseNet used 1e-4 over longer
+    # schedules), no label smoothing, crops from a 4-pixel zero padding and flips; a cosine
+    # schedule from the first step (WRN and later work; the papers' steps need a fixed length).
+    "sgd_cosine": dict(model="resnet20", batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+                       weight_decay=5e-4, schedule="cosine", warmup=0.0, final_lr=0.0,
+                       label_smoothing=0.0, augment="crop+flip", crop_padding=4,
+                       pad_mode="zeros"),
     # The same network trained the way airbench94_muon trains it (94% in 8 epochs on a GPU):
     # Muon for the conv filters (lr 0.24, momentum 0.6); Nesterov SGD, momentum 0.85, for the
     # head and the biases. airbench's sum-reduced lrs at batch 2000 (head 0.67, biases 0.053)

@@ -64,6 +64,60 @@ def lr_factor(config: RunConfig, step: int, total: int) -> float:
     return 1 + (config.final_lr - 1) * u  # onecycle: linear up, linear down
 
 
+def lr_peak_epoch(config: RunConfig) -> int:
+    """The epoch in which the schedule's learning rate peaks: the end of warmup rounded up to
+    a whole epoch (onecycle, cosine); 0 for a schedule that starts at its peak (constant, step)."""
+    if config.schedule in ("constant", "step"):
+        return 0
+    return math.ceil(config.warmup * config.epochs - 1e-9)  # 0.15 * 20 is 3.0000000000000004
+
+
+@dataclass
+class EarlyStopping:
+    """Early stopping's one rule. Fed one epoch's history row at a time (`update`): an epoch
+    after `after` whose `metric` beats the best so far becomes the best; `patience` counted
+    epochs in a row without a new best stop the run (0: it never stops, the best is still
+    tracked). The trainer feeds it each epoch it trains, `replay` a stored history."""
+
+    metric: str
+    patience: int = 0
+    after: int = 0
+    best: tuple[float, int] | None = None  # (value, higher is better; its epoch)
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    @classmethod
+    def of(cls, config: RunConfig) -> EarlyStopping:
+        return cls(config.early_stop_metric, config.early_stop_patience, config.early_stop_after)
+
+    def update(self, row: dict) -> bool:
+        """Count one epoch's history row; True when it is the new best."""
+        if row["epoch"] <= self.after:
+            return False
+        if self.metric in row:
+            value = row[self.metric] if self.metric == "val_acc" else -row[self.metric]
+            if self.best is None or value > self.best[0]:
+                self.best, self.bad_epochs = (value, row["epoch"]), 0
+                return True
+        self.bad_epochs += 1
+        self.stopped = bool(self.patience and self.bad_epochs >= self.patience)
+        return False
+
+
+def replay(history: list[dict], metric: str, patience: int, after: int = 0) -> tuple[int, int | None]:
+    """What a run stopped by `EarlyStopping(metric, patience, after)` would have done, read
+    from the history of the same run without early stopping (same config and seed, so its
+    first epochs are the same): (its last epoch, the epoch whose weights it restores; None
+    when no epoch counted, and it keeps its final weights)."""
+    rule, last = EarlyStopping(metric, patience, after), 0
+    for row in history:
+        rule.update(row)
+        last = row["epoch"]
+        if rule.stopped:
+            break
+    return last, None if rule.best is None else rule.best[1]
+
+
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """BatchNorm parameters (lr scaled, decay scaled inversely) and the rest; with Muon,
     conv filters form a third group and every bias joins the BatchNorm group."""
@@ -194,9 +248,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
-        self.best = None  # (metric value, epoch, state_dict when early stopping)
-        self.bad_epochs = 0
-        self.stopped_early = False
+        self.stopping = EarlyStopping.of(config)  # tracks the best epoch even when off
+        self.best_weights = None  # the best epoch's state_dict, kept only under early stopping
         self.diverged: str | None = None  # set when the training loss stops being finite
         self.scored_as_chance = False  # finish(): a diverged model predicts uniform probabilities
         self.elapsed = 0.0  # training seconds over all sessions of this run
@@ -213,10 +266,11 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "lookahead": self.lookahead.ema if self.lookahead else None,
-            "history": self.history, "bad_epochs": self.bad_epochs,
+            "history": self.history, "bad_epochs": self.stopping.bad_epochs,
             "stopped_early": self.stopped_early,
-            "best": None if self.best is None else
-            {"value": self.best[0], "epoch": self.best[1], "model": self.best[2]},
+            "best": None if self.stopping.best is None else
+            {"value": self.stopping.best[0], "epoch": self.stopping.best[1],
+             "model": self.best_weights},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
@@ -231,10 +285,11 @@ class Trainer:
         if self.lookahead:
             self.lookahead.ema = {k: v.to(self.device) for k, v in s["lookahead"].items()}
         self.epoch, self.step, self.elapsed = s["epoch"], s["step"], s["elapsed"]
-        self.history, self.bad_epochs = s["history"], s["bad_epochs"]
-        self.stopped_early = s["stopped_early"]
+        self.history, self.stopping.bad_epochs = s["history"], s["bad_epochs"]
+        self.stopping.stopped = s["stopped_early"]
         b = s["best"]
-        self.best = None if b is None else (b["value"], b["epoch"], b["model"])
+        self.stopping.best = None if b is None else (b["value"], b["epoch"])
+        self.best_weights = None if b is None else b["model"]
         torch.set_rng_state(s["rng"])
         if s["cuda_rng"]:
             torch.cuda.set_rng_state_all(s["cuda_rng"])
@@ -328,18 +383,9 @@ class Trainer:
         m = metrics_from_logits(self.predict(self.val_split), self.val_split.labels)
         return {"val_loss": m["loss"], "val_acc": m["acc"]}
 
-    def _improved(self, row: dict) -> bool:
-        metric = self.config.early_stop_metric
-        if metric not in row:
-            return False
-        value = row[metric] if metric == "val_acc" else -row[metric]
-        if self.best is None or value > self.best[0]:
-            # Only early stopping restores the best weights: without it, copying them (and
-            # saving the copy in last.pt) would only cost memory and disk.
-            keep = self.config.early_stop_patience > 0
-            self.best = (value, row["epoch"], copy.deepcopy(self.model.state_dict()) if keep else None)
-            return True
-        return False
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopping.stopped
 
     def run(self, *, save_diverged: bool = True) -> TrainResult:
         self.run_epochs()
@@ -359,11 +405,10 @@ class Trainer:
             self.elapsed += row["seconds"]
             self.epoch += 1
             self.history.append(row)
-            if self._improved(row):
-                self.bad_epochs = 0
-            else:
-                self.bad_epochs += 1
-                self.stopped_early = bool(cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience)
+            # Only early stopping restores the best weights: without it, copying them (and
+            # saving the copy in last.pt) would only cost memory and disk.
+            if self.stopping.update(row) and cfg.early_stop_patience:
+                self.best_weights = copy.deepcopy(self.model.state_dict())
             if self.last_path and self.dist.is_main:
                 save_atomic(self.state(), self.last_path)
             if self.progress:
@@ -374,9 +419,9 @@ class Trainer:
         `save_diverged` (the run cache needs it to count the run finished)."""
         cfg = self.config
         best_epoch = None
-        if cfg.early_stop_patience and self.best is not None:
-            self.model.load_state_dict(self.best[2])  # early stopping keeps the best-validation weights
-            best_epoch = self.best[1]
+        if cfg.early_stop_patience and self.stopping.best is not None:
+            self.model.load_state_dict(self.best_weights)  # early stopping keeps the best-validation weights
+            best_epoch = self.stopping.best[1]
         # A diverged run without early-stopped weights scores as uniform probabilities (chance).
         self.scored_as_chance = self.diverged is not None and best_epoch is None
         if not self.dist.is_main:

@@ -178,8 +178,8 @@ def _points_alt(df, x, y, panel, percent, title, value_label, hue=None) -> str:
 def plot_deltas(deltas, path=None, value_label: str = "test accuracy", order=None,
                 title: str | None = None, alt: str | None = None) -> Figure:
     """Paired changes against a reference (``stats.Delta``, percentage points): per label
-    the mean change with its confidence interval (95%, adjusted for the comparisons of its
-    family: `stats.Delta.interval`), one panel per dataset, a line at 0.
+    the mean change with its confidence interval (at the level of its Holm step among the
+    comparisons of its family: `stats.Delta.interval`), one panel per dataset, a line at 0.
 
     The colour is the verdict (the interval above 0, below 0, or spanning it); one seed has
     no interval, only a dot. ``order``: the labels top to bottom (default: first seen).
@@ -208,7 +208,7 @@ def plot_deltas(deltas, path=None, value_label: str = "test accuracy", order=Non
     axes[0, 0].set_yticks(range(len(labels)), labels)
     axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)
     if legend:
-        legend_outside(axes[0, -1], list(legend.values()), list(legend), title="95% CI, paired,\nadjusted for the comparisons")
+        legend_outside(axes[0, -1], list(legend.values()), list(legend), title="CI, paired, at\nits Holm step's level")
     if title:
         fig.suptitle(title)
     describe(fig, alt or _deltas_alt(deltas, datasets, value_label, title))

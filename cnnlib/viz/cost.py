@@ -1,8 +1,9 @@
-"""Networks against their cost: accuracy against measured wall time and against parameters.
+"""Networks against their cost: test accuracy against measured training time.
 
-Notebook 06 trains each network for the same wall-clock budget; this figure places every
-network (a marker) of every dataset (a colour) at its mean over seeds, with +-std bars in
-both directions. ``plots`` re-exports it (the notebooks' one figure import).
+Notebook 06 trains each network at several wall-clock budgets; this figure draws, per dataset
+(a panel), one line per network through its budgets at the mean over seeds (+-std bars both
+ways where a budget ran several), each point labelled with the epochs it bought, and each
+network's published accuracy after its paper's full schedule as a star at the right edge.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from cnnlib.viz._figure import (
     describe,
@@ -22,12 +23,7 @@ from cnnlib.viz._figure import (
     save_figure,
 )
 
-__all__ = ["plot_tradeoff_points"]
-
-
-def _count_text(v: float, _=None) -> str:
-    """A count for a log axis or a sentence: 20k, 1.5M, 2.35."""
-    return next((f"{v / k:.3g}{u}" for k, u in ((1e6, "M"), (1e3, "k")) if v >= k), f"{v:.3g}")
+__all__ = ["plot_frontier"]
 
 
 def _metric_name(column: str) -> str:
@@ -39,56 +35,69 @@ def _mean_sd(values) -> tuple[float, float]:
     return float(values.mean()), float(np.nan_to_num(values.std()))
 
 
-def plot_tradeoff_points(df, xs: dict[str, str], y: str = "test_acc", marker: str = "label",
-                         hue: str = "dataset", logx=(), marks: dict | None = None, path=None,
-                         title: str | None = None, alt: str | None = None) -> Figure:
-    """Mean ``y`` (a fraction) against the mean of each ``xs`` column (its axis label), a panel
-    each: a point per (``hue``, ``marker``) group, +-std bars over its rows (seeds) both ways.
-
-    A marker per ``marker`` value, a colour per ``hue`` value, one legend outside the data
-    (text beside points would overlap where networks cluster). ``logx``: columns on a log
-    scale (counts read 20k, 1.5M); ``marks``: column -> (value, label), a dashed line.
-    """
-    names, hues = list(dict.fromkeys(df[marker])), list(dict.fromkeys(df[hue]))
-    shapes = dict(zip(names, "osD^vPX*hp<>", strict=False))
-    colors = dict(zip(hues, palette(len(hues)), strict=True))
-    fig, axes = new_figure(1, len(xs), figsize=(1.8 + 4.3 * len(xs), 4.4), sharey=True)
-    handles = [Line2D([], [], ls="", marker="o", ms=7, color=colors[h]) for h in hues]
-    handles += [Line2D([], [], ls="", marker=shapes.get(n, "o"), ms=7, color="0.4") for n in names]
-    labels = [pretty(h) for h in hues] + [str(n) for n in names]
-    for ax, (x, xlabel) in zip(axes[0], xs.items(), strict=True):
-        for (h, name), part in df.groupby([hue, marker], sort=False):
-            (mx, sx), (my, sy) = _mean_sd(part[x]), _mean_sd(part[y])
-            ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=shapes.get(name, "o"), color=colors[h],
-                        ms=7, capsize=2, elinewidth=1)
-        if x in logx:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(_count_text))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        if x in (marks or {}):
-            handles.append(ax.axvline(marks[x][0], color="0.4", ls="--", lw=1))
-            labels.append(marks[x][1])
-        ax.margins(x=0.08, y=0.1)
-        ax.set_xlabel(xlabel)
+def plot_frontier(df, published: dict | None = None, x: str = "minutes", y: str = "test_acc",
+                  line: str = "network", group: str = "budget", panel: str = "dataset",
+                  annotate: str = "epochs", path=None, title: str | None = None) -> Figure:
+    """Mean ``y`` (a fraction) against mean ``x`` (log scale), a panel per ``panel`` value, a
+    line per ``line`` value through its ``group`` values (budgets), in order of ``x``; each
+    point labelled with its mean ``annotate`` ("0.57 ep"). ``published``: (panel, line) ->
+    accuracy in percent, drawn as a star of the line's colour right of the data."""
+    panels, names = list(dict.fromkeys(df[panel])), list(dict.fromkeys(df[line]))
+    colors = dict(zip(names, palette(len(names)), strict=True))
+    fig, axes = new_figure(1, len(panels), figsize=(1.8 + 4.6 * len(panels), 4.6))
+    handles = [Line2D([], [], marker="o", ms=5, color=colors[n]) for n in names]
+    labels = [str(n) for n in names]
+    stars = False
+    for ax, p in zip(axes[0], panels, strict=True):
+        part = df[df[panel] == p]
+        right = part[x].max()
+        for name, rows in part.groupby(line, sort=False):
+            points = sorted((_mean_sd(g[x]), _mean_sd(g[y]), float(g[annotate].mean()))
+                            for _, g in rows.groupby(group, sort=False))
+            xs, ys = [m for (m, _), _, _ in points], [m for _, (m, _), _ in points]
+            ax.errorbar(xs, ys, xerr=[s for (_, s), _, _ in points],
+                        yerr=[s for _, (_, s), _ in points], color=colors[name], marker="o",
+                        ms=5, capsize=2, elinewidth=1, lw=1.5)
+            for (mx, _), (my, _), epochs in points:
+                ax.annotate(f"{epochs:.2g} ep", (mx, my), xytext=(4, -10),
+                            textcoords="offset points", fontsize=7, color=colors[name])
+            value = (published or {}).get((p, name))
+            if value is not None:
+                ax.plot([right * 2.2], [value / 100], marker="*", ms=11, ls="",
+                        color=colors[name], clip_on=False)
+                stars = True
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("measured minutes per run (log scale)")
+        ax.set_title(pretty(p))
+        ax.margins(x=0.15, y=0.08)
         ax.grid(alpha=0.3)
+        percent_axis(ax.yaxis)
     axes[0, 0].set_ylabel(_metric_name(y))
-    percent_axis(axes[0, 0].yaxis)
+    if stars:
+        handles.append(Line2D([], [], marker="*", ms=11, ls="", color="0.4"))
+        labels.append("published, full schedule")
     legend_outside(axes[0, -1], handles, labels)
     if title:
         fig.suptitle(title)
-    describe(fig, alt or _alt(df, xs, y, marker, hue, title))
+    describe(fig, _alt(df, published, x, y, line, group, panel, annotate, title))
     return save_figure(fig, path)
 
 
-def _alt(df, xs, y, marker, hue, title) -> str:
+def _alt(df, published, x, y, line, group, panel, annotate, title) -> str:
     parts = []
-    for h, part in df.groupby(hue, sort=False):
-        means = part.groupby(marker, sort=False)[[y, *xs]].mean()
-        top, low = means[y].idxmax(), means[y].idxmin()
-        at = ", ".join(f"{_count_text(means.loc[top, x])} {x}" for x in xs)
-        parts.append(f"{pretty(h)}: highest {top} ({100 * means.loc[top, y]:.1f}% at {at}), "
-                     f"lowest {low} ({100 * means.loc[low, y]:.1f}%)")
-    return (f"{title + '. ' if title else ''}Scatter plots of mean {_metric_name(y)} against "
-            f"{' and against '.join(xs.values())}, one marker per {marker}, one colour per {hue}, "
-            "standard-deviation bars over seeds; " + "; ".join(parts) + ".")
+    for p, part in df.groupby(panel, sort=False):
+        means = part.groupby([group, line], sort=False)[[y, x, annotate]].mean()
+        for budget, rows in means.groupby(level=0, sort=False):
+            top = rows[y].idxmax()
+            parts.append(f"{pretty(p)}, {group} {budget}: highest {top[1]} "
+                         f"({100 * rows.loc[top, y]:.1f}% after {rows.loc[top, x]:.1f} min, "
+                         f"{rows.loc[top, annotate]:.2g} {annotate})")
+    marks = [f"{name} {value:g}% on {pretty(p)}" for (p, name), value in (published or {}).items()
+             if value is not None and p in set(df[panel]) and name in set(df[line])]
+    return (f"{title + '. ' if title else ''}Line plots of mean {_metric_name(y)} against "
+            f"measured minutes (log scale), one line per {line} through its {group}s, one "
+            "panel per dataset, standard-deviation bars over seeds; " + "; ".join(parts)
+            + (f". Published accuracy after the full schedule (stars): {', '.join(marks)}"
+               if marks else "") + ".")
