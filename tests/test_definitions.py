@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from cnnlib.study import budget, definitions, findings, locations
-from cnnlib.study.definitions import STUDIES, Sweep
+from cnnlib.study.definitions import STUDIES
+from cnnlib.study.sweeps import Sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +57,8 @@ def test_the_references_are_the_recipes_own_settings():
     assert refs == {"augmentation": "crop+flip", "augmentation, long budget": "crop+flip (long)",
                     "depth": "depth 6", "width": "width 32",
                     "dropout": "dropout 0.0", "weight decay": "weight decay 0.0005",
-                    "early stopping": "no early stopping", "optimizer": "nesterov @ reference lr",
+                    "early stopping": "no early stopping", "learning-rate grid": "nesterov @ lr 1.5",
+                    "optimizer": "nesterov @ chosen lr", "schedule": "one-cycle schedule",
                     "depth on the full training sets": "depth 6 (full set)",
                     **{f"architecture, budget ×{f}": f"baseline ×{f}" for f in (1, 3, 9)}}
     # The overfitting knobs' references are one network: the sub-study's standard run.
@@ -106,6 +108,7 @@ def _frame(runs_by_study) -> pd.DataFrame:
             rows.append({"study": study, "label": label, "dataset": c.dataset, "model": c.model,
                          "options": json.dumps(c.model_options, sort_keys=True),
                          "augmentations": c.augment, "train_images": 1000, "tta": c.tta,
+                         "optimizer": c.optimizer, "lr": c.lr,
                          "seed": c.seed, "epochs": c.epochs, "epochs_run": run,
                          "best_epoch": run, "train_acc": acc + 0.05, "val_acc": acc,
                          "test_acc": acc, "wall_seconds": 60.0, "hardware": "test CPU",
@@ -144,8 +147,9 @@ def test_a_frame_of_the_studies_own_runs_gets_a_finding_for_every_sweep(profile,
         if study.sweeps:
             answer = findings.answer(frame[frame["study"] == study.name], study.sweeps)
             assert "no run" not in answer and "to compare" not in answer
-            for sweep in study.sweeps:
-                assert f"`{sweep.reference}`" in answer, sweep.name
+            for sweep in study.sweeps:  # a grid compares nothing: it names its choices
+                assert (f"**CIFAR-10, {sweep.name}**: rates chosen" if sweep.grid
+                        else f"`{sweep.reference}`") in answer, sweep.name
 
 
 def test_a_sweep_without_runs_or_without_a_finding_fails(store):

@@ -351,6 +351,8 @@ def test_cost_table_and_published_accuracy_of_each_network():
     assert (row["published %"], row["published after"]) == (
         "91.25", definitions.PUBLISHED["resnet20"][1])
     assert table.iloc[0]["published %"] == "" and table.iloc[6]["published %"] == ""
+    # It belongs to no budget: once per network and dataset, on the network's first row.
+    assert table.iloc[4]["published %"] == table.iloc[4]["published after"] == ""
     assert table.iloc[4]["epochs"] == "3.75" and table.iloc[4]["seeds"] == 1
     # The same network with a 100-class head: 90 more rows of the last linear layer.
     params = table["parameters"].str.replace(",", "").astype(int)
@@ -368,14 +370,14 @@ def test_a_budget_sweep_names_the_epochs_each_network_got():
     assert "Epochs" not in lines[1]
 
 
-# An optimizer sweep in which `adam @ reference lr` collapsed: validation accuracy at the 10%
-# of guessing on cifar10. `sgd @ reference lr` is poor on validation (16%, above 1.5 x 10%)
-# and `adamw @ reference lr` scores 10% on test but not on validation: neither is flagged,
+# An optimizer sweep in which `adam @ chosen lr` collapsed: validation accuracy at the 10%
+# of guessing on cifar10. `sgd @ chosen lr` is poor on validation (16%, above 1.5 x 10%)
+# and `adamw @ chosen lr` scores 10% on test but not on validation: neither is flagged,
 # since the flag reads validation accuracy only.
-OPT = {"nesterov @ reference lr": ((0.80, 0.81, 0.80), (0.80, 0.81, 0.80)),
-       "sgd @ reference lr": ((0.16, 0.16, 0.16), (0.16, 0.17, 0.16)),
-       "adam @ reference lr": ((0.10, 0.10, 0.101), (0.80, 0.80, 0.80)),
-       "adamw @ reference lr": ((0.70, 0.71, 0.70), (0.10, 0.10, 0.10))}
+OPT = {"nesterov @ chosen lr": ((0.80, 0.81, 0.80), (0.80, 0.81, 0.80)),
+       "sgd @ chosen lr": ((0.16, 0.16, 0.16), (0.16, 0.17, 0.16)),
+       "adam @ chosen lr": ((0.10, 0.10, 0.101), (0.80, 0.80, 0.80)),
+       "adamw @ chosen lr": ((0.70, 0.71, 0.70), (0.10, 0.10, 0.10))}
 
 
 def _optimizer_frame():
@@ -388,15 +390,15 @@ def _optimizer_frame():
 
 def test_runs_at_chance_level_are_named_from_validation_accuracy():
     df = _optimizer_frame()
-    assert findings.at_chance(df) == {"adam @ reference lr": pytest.approx(0.10033, abs=1e-4)}
+    assert findings.at_chance(df) == {"adam @ chosen lr": pytest.approx(0.10033, abs=1e-4)}
     line = findings.lines(df, "03_depth_study", ("optimizer",))
     assert line.endswith("At chance level (mean validation accuracy below 1.5× the 10% of "
-                         "guessing): `adam @ reference lr` (10.0%); these runs did not learn, so "
+                         "guessing): `adam @ chosen lr` (10.0%); these runs did not learn, so "
                          "their differences measure a failed run. Regime: baseline, 2 epochs, "
                          "1,000 training images, each label's augmentation.")
     answer = findings.answer(df, STUDIES["03_depth_study"].sweeps)
-    assert "`adam @ reference lr` -0.3 pp (at chance)" in answer
-    for unflagged in ("`adamw @ reference lr` -70.3 pp", "`sgd @ reference lr` -64.0 pp"):
+    assert "`adam @ chosen lr` -0.3 pp (at chance)" in answer
+    for unflagged in ("`adamw @ chosen lr` -70.3 pp", "`sgd @ chosen lr` -64.0 pp"):
         assert unflagged in answer and f"{unflagged} (at chance)" not in answer
     # On cifar100 guessing is 1%: 10% is not chance there.
     assert findings.at_chance(df.assign(dataset="cifar100")) == {}

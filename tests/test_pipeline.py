@@ -309,10 +309,11 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     says 0 to train; what the notebooks take besides, once measured here, comes from then."""
     lines = plan.plan_lines("smoke")
     unique = len({c.key() for s in definitions.STUDIES.values() for _, c in s.runs("smoke", None)})
-    # 4 runs at the range tests' lrs, 1 early-stopped run whose rule waits for the full run's
+    # 3 optimizers at the rates the grid chooses and 2 schedules (Nesterov at its stand-in rate
+    # is notebook 01's reference), 1 early-stopped run whose rule waits for the full run's
     # history
-    assert lines[-1].startswith(f"total: {unique} runs, 0 recorded, {unique - 5} to train, "
-                                "5 waiting for measurements; about ")
+    assert lines[-1].startswith(f"total: {unique} runs, 0 recorded, {unique - 6} to train, "
+                                "6 waiting for measurements; about ")
     assert "besides training not yet measured on this machine" in lines[0]
     steps = definitions.lr_find_steps("smoke")
     for config in definitions.lr_find_configs("smoke").values():
@@ -327,7 +328,7 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
             "cifar10")), settings)
         measurements.measured("compression", {**what, "weights": "w"}, lambda: [])
     lines = plan.plan_lines("smoke")
-    unique = len(runs)  # the runs at the range tests' lrs now: some may equal others
+    unique = len(runs)
     assert lines[-1].startswith(f"total: {unique} runs, {unique} recorded, 0 to train; no "
                                 "training; evaluation, figures, range tests, compressed models "
                                 "not yet measured on this machine; on ")

@@ -463,7 +463,7 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
     # A floor of factor batches: however slow the machine, every budget is a run of its own.
     assert len({c.key() for _, c in archs}) == len(archs)
     # Each budget runs the first seeds its dataset gives it; every network every budget.
-    for dataset, budgets in s["architecture_budgets"].items():
+    for dataset, budgets in studies.architecture_budgets(profile).items():
         for factor, n in budgets.items():
             seeds = {c.seed for label, c in archs if c.dataset == dataset
                      and label == studies.architecture_label(c.model, factor)}
@@ -485,7 +485,8 @@ def test_every_profile_builds_valid_configs(profile, tmp_path, monkeypatch):
 def test_the_reference_regime_is_the_full_training_set():
     """Every sweep of the cpu profile but the overfitting sub-study trains on the full
     training set minus its validation split, with the reference network."""
-    for label, config in studies.augmentation_runs("cpu") + studies.optimizer_runs("cpu"):
+    for label, config in (studies.augmentation_runs("cpu") + studies.lr_grid_runs("cpu")
+                          + studies.optimizer_runs("cpu")):
         assert config.train_subset == 0 and config.val_size > 0, label
         assert config.model_options == studies.SETTINGS["cpu"]["reference"]["model_options"]
     for label, config in studies.overfitting_runs("cpu"):
@@ -507,19 +508,6 @@ def test_identical_networks_share_one_config():
     assert stopping["no early stopping"].key() == standard.key()
     assert stopping["early stopping"].replace(early_stop_patience=0, early_stop_metric="val_acc",
                                               early_stop_after=0) == standard
-
-
-def test_optimizer_runs_train_at_the_rounded_range_test_lr():
-    suggested = {"sgd": 0.123456, "nesterov": 0.05, "adam": 0.0012345, "adamw": 0.0031}
-    configs = studies.optimizer_runs("smoke", suggested)
-    lrs = {label: c.lr for label, c in configs}
-    assert lrs["adam @ range-test lr"] == 0.0012 and lrs["sgd @ range-test lr"] == 0.12
-    reference = studies.reference("smoke", "cifar10")
-    assert lrs["adamw @ reference lr"] == reference.lr
-    assert dict(configs)["nesterov @ reference lr"].key() == reference.key()
-    tests = studies.lr_find_configs("smoke")
-    assert {opt: c.optimizer for opt, c in tests.items()} == {o: o for o in suggested}
-    assert len(studies.optimizer_runs("smoke")) == len(configs)  # planning: the same count
 
 
 def test_smoke_keeps_both_datasets_but_reduces_sweeps():

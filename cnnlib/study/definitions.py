@@ -27,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from cnnlib.models.registry import model_options as _model_defaults
-from cnnlib.study import cache, measurements, stopping
+from cnnlib.study import cache, lr_grid, measurements, stopping
 from cnnlib.study.budget import epochs_for
+from cnnlib.study.sweeps import Study, Sweep
 from cnnlib.training.config import RECIPES, RunConfig, recipe
 from cnnlib.training.loop import lr_peak_epoch
 
@@ -44,8 +47,8 @@ DATASETS = ("cifar10", "cifar100")
 # "depth_full": the simple CNN's depth sweep on the full training sets (crop+flip, the
 #   baseline recipe), each dataset, every seed;
 # "architecture_seconds": the architecture frontier's shortest training budget (training steps);
-# "architecture_budgets": per dataset, its budgets as multiples of that one (`BUDGET_FACTORS`)
-#   -> the seeds each runs (the first n of "seeds": fewer at the longer budgets, which cost more);
+# "architecture_seeds": per budget (a multiple of that one, `BUDGETS`), the seeds it runs (the
+#   first n of "seeds": fewer at the longer budgets, which cost more);
 # "reduce_sweeps": on every dataset after the first, a sweep keeps only its first and last
 #   variant (smoke: both datasets still go through every code path, in seconds);
 # "lr_find_steps": batches of each learning-rate range test;
@@ -61,7 +64,7 @@ SETTINGS = {
         "overfit": dict(_SMOKE, epochs=4, model_options={"width": 8}),
         "depth_full": dict(_SMOKE, model_options={"width": 8}),
         "architecture_seconds": 0.25,
-        "architecture_budgets": {"cifar10": {1: 1, 3: 1, 9: 1}, "cifar100": {1: 1, 3: 1}},
+        "architecture_seeds": {1: 1, 3: 1, 9: 1},
         "architecture_options": {"baseline": {"width": 8}, "fastnet": {"widths": [8, 16, 16]}},
         "reduce_sweeps": True,
         "lr_find_steps": 12,
@@ -90,7 +93,7 @@ SETTINGS = {
         # budgets, whose minutes cost the most (a second seed there buys a paired test with one
         # degree of freedom, rarely conclusive).
         "architecture_seconds": 120.0,
-        "architecture_budgets": {"cifar10": {1: 3, 3: 1, 9: 1}, "cifar100": {1: 3, 3: 1}},
+        "architecture_seeds": {1: 3, 3: 1, 9: 1},
         "lr_find_steps": 60,
         "compression": dict(steps=300, batch_size=128, calibration=2048, test_subset=0,
                             seconds=1.0, qat_steps=0),
@@ -103,7 +106,7 @@ SETTINGS = {
         "overfit": dict(train_subset=5000, val_size=5000, epochs=60, batch_size=128),
         "depth_full": dict(val_size=5000, epochs=30),
         "architecture_seconds": 600.0,
-        "architecture_budgets": {"cifar10": {1: 3, 3: 2, 9: 2}, "cifar100": {1: 3, 3: 2}},
+        "architecture_seeds": {1: 3, 3: 2, 9: 2},
         "lr_find_steps": 100,
         "compression": dict(steps=500, batch_size=256, calibration=4096, test_subset=0,
                             seconds=1.0, qat_steps=300),
@@ -323,35 +326,69 @@ def depth_runs(profile: str, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
             for seed in settings(profile)["seeds"]]
 
 
-# Notebook 03's optimizers: study v2's four. Muon (`optimizer="muon"`) trains notebook 01's
-# best models; it joins this comparison when the study's next version is run.
+# Notebook 03, part 3: learning rate, optimizer and schedule of the reference network (CIFAR-10).
+# Study v2's four optimizers. Muon (`optimizer="muon"`) trains notebook 01's best models.
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+# Adam and AdamW with their own settings, not the Nesterov recipe's: betas (0.9, 0.999)
+# (`momentum` is β1), one learning rate for every parameter (no BatchNorm multiplier), no
+# lookahead; Adam's weight decay an L2 term in the gradient (5e-4, the CIFAR papers' value),
+# AdamW's decoupled from it (0.05, the value of DeiT's and ConvNeXt's AdamW recipes).
+OWN_SETTINGS = {"adam": dict(momentum=0.9, norm_lr_scale=1.0, lookahead=False, weight_decay=5e-4),
+                "adamw": dict(momentum=0.9, norm_lr_scale=1.0, lookahead=False, weight_decay=0.05)}
+# Each optimizer's grid: five rates a factor 2 apart (16x in all), centred on its conventional
+# rate at the reference batch of 1024: the recipe's 1.5 for SGD and Nesterov; Adam's default
+# 1e-3 at batch 128 scaled by the square root of the batch ratio (2.8e-3, rounded to 3e-3).
+LR_STEPS = (0.25, 0.5, 1, 2, 4)
+LR_CENTRES = {"sgd": RECIPES["fastnet"]["lr"], "nesterov": RECIPES["fastnet"]["lr"],
+              "adam": 3e-3, "adamw": 3e-3}
+LR_GRIDS = {o: tuple(float(f"{c * k:.3g}") for k in LR_STEPS) for o, c in LR_CENTRES.items()}
+# The schedules compared at the recipe optimizer's chosen rate: the recipe's one-cycle (warmup
+# from 0.2x to the peak over 23% of the steps, then linear to 0.07x); cosine from the peak at the
+# first step to 0 (the ResNet/WRN papers' recipe today); step: the peak, divided by 10 at 50% and
+# 75% of the steps (the ResNet paper's shape).
+SCHEDULES = {"one-cycle": {}, "cosine": dict(schedule="cosine", warmup=0.0, final_lr=0.0),
+             "step": dict(schedule="step")}
+CHOSEN = " @ chosen lr"  # the suffix of an optimizer's label at its chosen rate
+
+
+def grid_label(optimizer: str, lr: float) -> str:
+    return f"{optimizer} @ lr {lr:g}"
+
+
+def grid_seed(profile: str) -> int:
+    """The grid's seed: one the sweeps do not use, so the runs scored at the chosen rate are
+    not the grid runs that won the choice."""
+    return max(settings(profile)["seeds"]) + 1
+
+
+def optimized(profile: str, optimizer: str, lr: float, seed: int = 0,
+              dataset: str = "cifar10", **changes) -> RunConfig:
+    """The reference network trained by `optimizer` at `lr`, with the optimizer's own settings."""
+    return reference(profile, dataset, seed, optimizer=optimizer, lr=lr,
+                     **{**OWN_SETTINGS.get(optimizer, {}), **changes})
 
 
 def lr_find_configs(profile: str, dataset: str = "cifar10") -> dict[str, RunConfig]:
-    """Notebook 03, part 3: per optimizer, the reference config its range test scans."""
-    return {opt: reference(profile, dataset, optimizer=opt) for opt in OPTIMIZERS}
+    """Notebook 03, part 3: per optimizer, the config its range test scans."""
+    return {opt: optimized(profile, opt, LR_CENTRES[opt], dataset=dataset) for opt in OPTIMIZERS}
 
 
-LR_KINDS = ("reference lr", "range-test lr")
+def lr_grid_runs(profile: str) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 3: each optimizer at each rate of its grid, one seed (`grid_seed`)."""
+    return [(grid_label(o, lr), optimized(profile, o, lr, grid_seed(profile)))
+            for o in OPTIMIZERS for lr in LR_GRIDS[o]]
 
 
-def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
-                   dataset: str = "cifar10") -> list[tuple[str, RunConfig]]:
-    """Notebook 03, part 3: each optimizer at the reference lr and at its range test's lr.
-
-    `suggested` maps each optimizer to the lr its range test suggested (rounded to two
-    significant digits, so that a rerun finds the same runs). Without it (planning only)
-    a tenth of the reference lr stands in: the count of runs is the same.
-    """
-    base = reference(profile, dataset)
-    out = []
-    for opt in OPTIMIZERS:
-        found = float(f"{(suggested or {}).get(opt, base.lr / 10):.2g}")
-        for kind, lr in zip(LR_KINDS, (base.lr, found), strict=True):
-            out += [(f"{opt} @ {kind}", reference(profile, dataset, seed, optimizer=opt, lr=lr))
-                    for seed in settings(profile)["seeds"]]
-    return out
+def optimizer_runs(profile: str, chosen: dict[str, float] | None = None
+                   ) -> list[tuple[str, RunConfig]]:
+    """Notebook 03, part 3: each optimizer at its rate `chosen` on the grid, then the recipe's
+    optimizer at its chosen rate under each of `SCHEDULES`; every seed. Without a choice
+    (planning only) each grid's centre stands in: as many runs."""
+    rates = chosen or LR_CENTRES
+    seeds, opt = settings(profile)["seeds"], RECIPES["fastnet"]["optimizer"]
+    out = [(o + CHOSEN, optimized(profile, o, rates[o], seed)) for o in OPTIMIZERS for seed in seeds]
+    return out + [(f"{name} schedule", optimized(profile, opt, rates[opt], seed, **changes))
+                  for name, changes in SCHEDULES.items() for seed in seeds]
 
 
 # The architecture frontier: each network with its own family's recipe at several wall-clock
@@ -363,7 +400,10 @@ def optimizer_runs(profile: str, suggested: dict[str, float] | None = None,
 # what depth is worth, and `cnnlib train --model resnet56 --recipe sgd_cosine` trains it.
 ARCHITECTURES = ("baseline", "resnet20", "wrn16_4", "densenet_bc", "fastnet")
 _OWN_RECIPE = {"baseline": "baseline", "fastnet": "fastnet"}
-BUDGET_FACTORS = (1, 3, 9)  # the budgets, as multiples of the profile's architecture_seconds
+# The budgets per dataset, as multiples of the profile's architecture_seconds: three on CIFAR-10,
+# two on CIFAR-100 (its ×9 would add about an hour to the cpu plan).
+BUDGETS = {"cifar10": (1, 3, 9), "cifar100": (1, 3)}
+BUDGET_FACTORS = tuple(sorted({f for factors in BUDGETS.values() for f in factors}))
 # Each network's published test accuracy (%) after its paper's full schedule, shown beside ours
 # and labelled; never a bar a run must clear. None where the paper reports no figure for this
 # network and dataset (DenseNet's papers report no BC-40; the simple CNN is this study's own).
@@ -386,9 +426,10 @@ def architecture_budget(label: str) -> tuple[str, int]:
     return model, int(factor)
 
 
-def _budget_datasets(factor: int) -> tuple[str, ...]:
-    """The datasets the cpu profile runs a budget on (CIFAR-100 stops at ×3)."""
-    return tuple(ds for ds in DATASETS if factor in SETTINGS["cpu"]["architecture_budgets"][ds])
+def architecture_budgets(profile: str) -> dict[str, dict[int, int]]:
+    """Per dataset, its budgets (`BUDGETS`) and the seeds each runs on `profile`."""
+    seeds = settings(profile)["architecture_seeds"]
+    return {ds: {f: seeds[f] for f in factors} for ds, factors in BUDGETS.items()}
 
 
 def architecture_runs(profile: str, store=None, datasets=DATASETS) -> list[tuple[str, RunConfig]]:
@@ -402,7 +443,7 @@ def architecture_runs(profile: str, store=None, datasets=DATASETS) -> list[tuple
             options = s.get("architecture_options", {}).get(model, {})
             base = _recipe(_OWN_RECIPE.get(model, "sgd_cosine"), dataset=ds, model=model,
                            model_options=options, **size)
-            for factor, n in s["architecture_budgets"][ds].items():
+            for factor, n in architecture_budgets(profile)[ds].items():
                 # A floor of `factor` batches: on a slow machine the budgets stay distinct runs.
                 epochs = epochs_for(base, factor * s["architecture_seconds"], store,
                                     min_batches=factor)
@@ -423,86 +464,10 @@ def compression_settings(profile: str) -> dict:
 # -- one declarative definition per study (notebook) -------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """Labels of one study compared with one of them, the reference.
-
-    `labels`: in the figures' order, generated from the variants the runs are made of;
-    `rank`: state which label is highest, and its margin; `finding`: the `findings`
-    function that states the sweep; `repeats`: see below.
-    """
-
-    name: str
-    labels: tuple[str, ...]
-    reference: str
-    rank: bool = False
-    finding: str = "sweep_lines"
-    # The sweep this one repeats at a longer budget: its labels are that sweep's plus `LONG`.
-    repeats: str = ""
-    # The question it answers, a README heading (default: its study's question).
-    question: str = ""
-    # The datasets it runs on (default: all of its study's); elsewhere it is not missing.
-    datasets: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.reference not in self.labels:
-            raise ValueError(f"sweep {self.name}: reference {self.reference!r} is not one of "
-                             f"its labels {self.labels}")
-
-    @property
-    def variants(self) -> tuple[str, ...]:
-        """The labels compared with the reference."""
-        return tuple(x for x in self.labels if x != self.reference)
-
-    def runs_on(self, dataset: str) -> bool:
-        return not self.datasets or dataset in self.datasets
-
-
-@dataclass(frozen=True)
-class Study:
-    """One notebook: its runs per profile (`runs(profile, speeds store)`), its sweeps, the
-    figures it writes (file names in the outputs folder or its figures/; the first is its main
-    figure, the landing page's thumbnail), the names of the `findings` functions it states,
-    and its title and question in a line each (the notebook states the question in full)."""
-
-    name: str
-    runs: Callable[[str, Any], list[tuple[str, RunConfig]]]
-    sweeps: tuple[Sweep, ...] = ()
-    figures: tuple[str, ...] = ()
-    findings: tuple[str, ...] = ()
-    title: str = ""
-    question: str = ""
-    # What it measures besides training, kept in the run cache: (what, recorded, total, the
-    # runs whose configs wait for measurements not recorded yet) on a profile.
-    measures: Callable[[str], tuple[str, int, int, list[RunConfig]]] | None = None
-
-    def sweep(self, name: str) -> Sweep:
-        return next(s for s in self.sweeps if s.name == name)
-
-    def check(self, runs: list[tuple[str, RunConfig]]) -> None:
-        """Raise unless the runs' labels are exactly the sweeps' labels and every dataset
-        with runs of a sweep has its reference (a label renamed on one side only)."""
-        if not self.sweeps:
-            return
-        made = {label for label, _ in runs}
-        declared = {x for s in self.sweeps for x in s.labels}
-        problems = []
-        if made != declared:
-            problems.append(f"labels run but in no sweep: {sorted(made - declared)}; "
-                            f"labels of a sweep never run: {sorted(declared - made)}")
-        for dataset in dict.fromkeys(c.dataset for _, c in runs):
-            here = {label for label, c in runs if c.dataset == dataset}
-            problems += [f"{s.name} on {dataset}: no {s.reference!r} run" for s in self.sweeps
-                         if here & set(s.labels) and s.reference not in here]
-            problems += [f"{s.name} runs on {dataset}, not one of its datasets {s.datasets}"
-                         for s in self.sweeps if here & set(s.labels) and not s.runs_on(dataset)]
-        if problems:
-            raise ValueError(f"{self.name}: " + "; ".join(problems))
-
-
 _RECIPE = RECIPES["fastnet"]  # the reference recipe of every sweep but the overfitting ones
 _ANSWER = ("answer", "lines")
 _CIFAR10 = ("cifar10",)  # notebook 03's sub-study, early stopping and optimizers
+_LR_QUESTION = "Which learning rate, optimizer and schedule train the reference network best?"
 STUDIES = {s.name: s for s in (
     Study("01_baseline", lambda p, store: baseline_runs(p),
           title="The reference network and the best model",
@@ -525,11 +490,12 @@ STUDIES = {s.name: s for s in (
           findings=(*_ANSWER, "budget_interaction")),
     Study("03_depth_study",
           lambda p, store: (overfitting_runs(p) + early_stopping_runs(p, recorded_choice(p))
-                            + optimizer_runs(p, recorded_suggestions(p)) + depth_runs(p)),
+                            + lr_grid_runs(p) + optimizer_runs(p, recorded_lr_choice(p))
+                            + depth_runs(p)),
           measures=lambda p: _recorded_range_tests(p),
-          title="Depth and overfitting, early stopping, optimizers",
+          title="Depth and overfitting, early stopping, learning rate and optimizers",
           question="How do depth, width, dropout and weight decay change overfitting; what does "
-                   "early stopping save; which optimizer trains best?",
+                   "early stopping save; which learning rate, optimizer and schedule train best?",
           sweeps=(*(Sweep(k.name, tuple(label for label, _ in k.variants()),
                           k.label(k.standard), rank=k.name == "depth",
                           question="How do depth, width, dropout and weight decay change "
@@ -537,17 +503,24 @@ STUDIES = {s.name: s for s in (
                   Sweep("early stopping", EARLY_STOPPING, EARLY_STOPPING[0],
                         finding="epochs_saved", datasets=_CIFAR10,
                         question="What does early stopping save, and what does it cost?"),
-                  Sweep("optimizer", tuple(f"{o} @ {k}" for o in OPTIMIZERS
-                                           for k in LR_KINDS),
-                        f"{_RECIPE['optimizer']} @ {LR_KINDS[0]}", rank=True, datasets=_CIFAR10,
-                        question="Which optimizer trains the reference network best?"),
+                  Sweep("learning-rate grid", tuple(grid_label(o, lr) for o in OPTIMIZERS
+                                                    for lr in LR_GRIDS[o]),
+                        grid_label(_RECIPE["optimizer"], _RECIPE["lr"]),
+                        datasets=_CIFAR10, grid=True, question=_LR_QUESTION),
+                  Sweep("optimizer", tuple(o + CHOSEN for o in OPTIMIZERS),
+                        _RECIPE["optimizer"] + CHOSEN, rank=True, datasets=_CIFAR10,
+                        question=_LR_QUESTION),
+                  Sweep("schedule", tuple(f"{name} schedule" for name in SCHEDULES),
+                        f"{next(iter(SCHEDULES))} schedule", rank=True, datasets=_CIFAR10,
+                        question=_LR_QUESTION),
                   Sweep("depth on the full training sets",
                         tuple(f"depth {d}{FULL_SET}" for d in FULL_SET_DEPTHS),
                         f"depth {_SIMPLE_CNN['depth']}{FULL_SET}", rank=True,
                         question="Does depth help CIFAR-10, and does it overfit CIFAR-100, on "
                                  "the full training sets?")),
           figures=("overfitting_depth.png", "overfitting_width_dropout_decay.png",
-                   "early_stopping_curves.png", "lr_range_tests.png", "optimizers.png",
+                   "early_stopping_curves.png", "lr_grid.png", "lr_range_tests.png",
+                   "optimizers.png", "schedules.png",
                    "depth_full_sets.png"),
           findings=(*_ANSWER, "epochs_saved")),
     # 04 and 05 reuse 01's models from the run cache.
@@ -571,7 +544,7 @@ STUDIES = {s.name: s for s in (
           sweeps=tuple(Sweep(f"architecture, budget ×{f}",
                              tuple(architecture_label(m, f) for m in ARCHITECTURES),
                              architecture_label(RECIPES["baseline"]["model"], f), rank=True,
-                             datasets=_budget_datasets(f))
+                             datasets=tuple(ds for ds in DATASETS if f in BUDGETS[ds]))
                        for f in BUDGET_FACTORS),
           figures=("architecture_frontier.png",), findings=_ANSWER),
     # 07 judges 02's runs and 01's best models by what each run's assessment measured.
@@ -589,11 +562,34 @@ STUDIES = {s.name: s for s in (
 
 
 def recorded_suggestions(profile: str) -> dict[str, float] | None:
-    """Per optimizer, the lr its range test suggested, when all are in the run cache; else
-    None (a plan then counts the optimizer runs at a stand-in lr: as many runs)."""
+    """Per optimizer, the lr its range test suggested, when all are in the run cache; else None."""
     steps = lr_find_steps(profile)
     tests = {o: measurements.recorded_lr_find(c, steps) for o, c in lr_find_configs(profile).items()}
     return None if None in tests.values() else {o: t["suggested_lr"] for o, t in tests.items()}
+
+
+def lr_grid_frame(runs) -> pd.DataFrame:
+    """The grid's runs (`config`, `result`) as `lr_grid`'s rows: optimizer, lr, val_acc."""
+    return pd.DataFrame([{"optimizer": r.config.optimizer, "lr": r.config.lr,
+                          "val_acc": (r.result.get("val") or {}).get("val_acc")} for r in runs],
+                        columns=["optimizer", "lr", "val_acc"])
+
+
+def lr_choice(runs) -> dict[str, float]:
+    """Per optimizer, the rate chosen on the grid runs' validation accuracy."""
+    return {o: c.lr for o, c in lr_grid.choose(lr_grid_frame(runs)).items()}
+
+
+def recorded_lr_choice(profile: str) -> dict[str, float] | None:
+    """The rates chosen on the grid, when all its runs are in the run cache; else None (a plan
+    then counts the runs at the chosen rates at the grids' centres: as many runs)."""
+    grid = [c for _, c in lr_grid_runs(profile)]
+    if len(cache.recorded_keys(grid)) < len({c.key() for c in grid}):
+        return None
+    runs = [cache.cached(c) for c in grid]
+    if any(r is None or (r.result.get("val") or {}).get("val_acc") is None for r in runs):
+        return None  # a record without its validation score: nothing to choose on
+    return lr_choice(runs)
 
 
 def recorded_choice(profile: str) -> stopping.Choice | None:
@@ -610,12 +606,11 @@ def recorded_choice(profile: str) -> stopping.Choice | None:
 
 
 def _recorded_range_tests(profile: str) -> tuple[str, int, int, list[RunConfig]]:
-    """The range tests, and the runs waiting for measurements: the optimizers' runs at their
-    range tests' lrs, and the early-stopping runs, whose rule waits for the full runs."""
+    """The range tests, and the runs waiting for the runs that choose their settings: those at
+    the chosen rates wait for the grid, the early-stopping runs for the full runs' histories."""
     steps, configs = lr_find_steps(profile), lr_find_configs(profile).values()
     done = sum(measurements.recorded_lr_find(c, steps) is not None for c in configs)
-    waiting = [] if done == len(configs) else [c for label, c in optimizer_runs(profile)
-                                               if label.endswith(LR_KINDS[1])]
+    waiting = [] if recorded_lr_choice(profile) else [c for _, c in optimizer_runs(profile)]
     if recorded_choice(profile) is None:
         waiting += [c for label, c in early_stopping_runs(profile) if label == EARLY_STOPPING[1]]
     return "range tests", done, len(configs), waiting

@@ -18,13 +18,14 @@ import math
 import pandas as pd
 
 from cnnlib.data.obtain import NUM_CLASSES
+from cnnlib.study import lr_grid
 from cnnlib.study.definitions import (
     LONG,
     SETTINGS,
     STUDIES,
-    Sweep,
     early_stopping_rule,
     recorded_choice,
+    recorded_suggestions,
 )
 from cnnlib.study.stats import (
     CONFIDENCE,
@@ -39,13 +40,15 @@ from cnnlib.study.stats import (
     rank,
     signed,
 )
+from cnnlib.study.sweeps import Sweep
 from cnnlib.viz._figure import pretty
 
 __all__ = [
     "BEST_TARGETS", "CHANCE_FACTOR", "COMPRESSION_GOAL", "REFERENCE_TARGETS", "TTA_WORDS",
     "answer", "at_chance", "baseline_answer", "best_check", "budget_interaction", "bundle",
     "compression_answer", "confusion_sentence", "early_stopping_table", "epochs_saved",
-    "interactions", "lines", "meets_goal", "options_words", "readme_section", "reference_check",
+    "interactions", "lines", "lr_grid_lines", "meets_goal", "options_words", "readme_section",
+    "reference_check",
     "regime", "regime_notes", "speedup_range", "sweep_finding", "sweep_lines",
 ]
 
@@ -169,7 +172,10 @@ def regime_notes(part, members) -> list[str]:
 
 
 def sweep_lines(df, sweep: Sweep, metric: str = "test_acc") -> list[str]:
-    """Markdown bullets, one per dataset: values, the ranking (if asked), the comparisons."""
+    """Markdown bullets, one per dataset: values, the ranking (if asked), the comparisons; a
+    grid's choice (`lr_grid_lines`)."""
+    if sweep.grid:
+        return lr_grid_lines(df, sweep)
     name, unit = NAMES.get(metric, (metric, ""))
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
@@ -385,6 +391,9 @@ def answer(df, sweeps: tuple[Sweep, ...]) -> str:
             if sweep.reference not in members:
                 missing.append(_missing(sweep, members, short=True))
                 continue
+            if sweep.grid:
+                lines += lr_grid_lines(part, sweep, short=True)
+                continue
             said = []
             deltas = compare(part, sweep.reference, members)
             if deltas:
@@ -442,12 +451,18 @@ def early_stopping_table(df, stopped: str = _STOPPING.variants[0],
                                        "Δ pp"])
 
 
+def _profile(df) -> str:
+    """The rows' profile when they have one, else ""."""
+    profiles = set(df["profile"].dropna()) if "profile" in df else set()
+    profile = profiles.pop() if len(profiles) == 1 else ""
+    return profile if profile in SETTINGS else ""
+
+
 def _recorded_rule(df) -> str:
     """The early-stopping rule chosen on the recorded histories of the rows' profile (in the
     run cache), in words; "" when they are not recorded here."""
-    profiles = set(df["profile"].dropna()) if "profile" in df else set()
-    profile = profiles.pop() if len(profiles) == 1 else ""
-    chosen = recorded_choice(profile) if profile in SETTINGS else None
+    profile = _profile(df)
+    chosen = recorded_choice(profile) if profile else None
     return "" if chosen is None else early_stopping_rule(profile, chosen)
 
 
@@ -484,6 +499,51 @@ def epochs_saved(df, stopped: str = _STOPPING.variants[0], full: str = _STOPPING
                      f"{part['test acc % without'].mean():.1f}% without: {d.verdict}, "
                      f"{d.numbers()}. Regime: {regime(rows, [full, stopped])}.")
     return "\n".join(lines)
+
+
+def lr_grid_lines(df, sweep: Sweep, suggested: dict[str, float] | None = None,
+                  short: bool = False) -> list[str]:
+    """Per dataset, a grid sweep (`Sweep.grid`): each optimizer's validation accuracy at each
+    rate (one run each), the rate chosen on it, and its range test's suggestion (`suggested`;
+    by default the range tests recorded for the rows' profile) judged against the grid; then
+    the regime. `short`: the chosen rates and how many suggestions land on them."""
+    if suggested is None:
+        profile = _profile(df)
+        suggested = (recorded_suggestions(profile) if profile else None) or {}
+    lines = []
+    for dataset, part in df.groupby("dataset", sort=False):
+        members = _members(part, sweep)
+        if not sweep.runs_on(dataset) or not members:
+            if sweep.runs_on(dataset):
+                lines.append(f"- **{sweep.name}, {pretty(dataset)}**: {_missing(sweep, members)}.")
+            continue
+        rows = part[part["label"].isin(members)]
+        scores, chosen = lr_grid.scores(rows), lr_grid.choose(rows)
+        judged = {o: lr_grid.judge(rows, o, suggested[o]) for o in chosen if o in suggested}
+        edge = " (the grid's edge)"
+        if short:
+            on = sum(j.nearest == j.chosen for j in judged.values())
+            lines.append(f"- **{pretty(dataset)}, {sweep.name}**: rates chosen on validation "
+                         + ", ".join(f"`{o}` {c.lr:g}{edge * c.edge}" for o, c in chosen.items())
+                         + (f"; the range test's suggestion falls nearest the chosen rate for {on} "
+                            f"of {len(judged)} optimizers" if judged else "")
+                         + f". Regime: {regime(part, members)}.")
+            continue
+        items = []
+        for o, c in chosen.items():
+            grid = scores[scores["optimizer"] == o]
+            text = (f"`{o}` " + " / ".join(f"{lr:g}: {v * 100:.1f}%"
+                                           for lr, v in zip(grid["lr"], grid["val_acc"], strict=True))
+                    + f", chosen {c.lr:g}"
+                    + (f"{edge}: a better rate may lie beyond it" if c.edge else ""))
+            if o in judged:
+                text += f"; its range test suggested {lr_grid.judged_words(judged[o])}"
+            items.append(text)
+        seeds = ", ".join(str(int(x)) for x in sorted(rows["seed"].unique()))
+        lines.append(f"- **{sweep.name}, {pretty(dataset)}** (one run per rate, seed {seeds}; "
+                     f"validation accuracy, which alone chooses the rate): " + "; ".join(items)
+                     + f". Regime: {regime(part, members)}.")
+    return lines
 
 
 # Notebook 05's goal for a compressed variant: at least this speed-up of the fp32 throughput at

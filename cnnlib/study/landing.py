@@ -1,6 +1,6 @@
 """The landing page, `<outputs>/reports/index.html`: one card per report, the Key Results.
 
-A card holds the report's title and question (`definitions.Study`), a short answer computed
+A card holds the report's title and question (`sweeps.Study`), a short answer computed
 from the results (one sentence per dataset), the regime it holds under, how sure it is, a
 thumbnail of the report's main figure (the first of `Study.figures`) and a link to the
 report. The page is one self-contained file (styles inline, thumbnails as data URIs, no
@@ -22,7 +22,7 @@ import pandas as pd
 
 from cnnlib import _fileio as fileio
 from cnnlib.study import locations, robustness
-from cnnlib.study.definitions import STUDIES, Study
+from cnnlib.study.definitions import STUDIES
 from cnnlib.study.findings import (
     BEST_TARGETS,
     compression_answer,
@@ -31,6 +31,7 @@ from cnnlib.study.findings import (
     regime,
 )
 from cnnlib.study.stats import CONFIDENCE, NAMES, compare, n_seeds, rank, signed
+from cnnlib.study.sweeps import Study
 from cnnlib.viz._figure import pretty
 
 INDEX = "index.html"
@@ -102,11 +103,12 @@ def _counted(deltas) -> str:
 
 def sweep_card(rows, study: Study) -> tuple[list[str], str, str]:
     """A sentence per dataset and sweep: how many changes improve, hurt or stay inconclusive
-    against the sweep's reference, and the top of a ranked sweep with its paired margin."""
+    against the sweep's reference, and the top of a ranked sweep with its paired margin (a grid,
+    one run per label, is read by its report)."""
     answer, conditions, every = [], [], []
     for dataset, part in rows.groupby("dataset", sort=False):
         clauses, regimes = [], {}
-        for sweep in study.sweeps:
+        for sweep in (s for s in study.sweeps if not s.grid):
             members = [x for x in sweep.labels if x in set(part["label"])]
             if sweep.reference not in members or len(members) < 2:
                 continue

@@ -314,13 +314,15 @@ def published(dataset: str, network: str) -> float | None:
 def cost_table(df, seconds: float):
     """Per dataset, network and budget (`seconds`: the shortest budget of training steps):
     parameters, epochs, wall minutes per run and test accuracy (%), the last two mean ± std
-    over seeds; then the network's published accuracy after its paper's full schedule."""
-    rows = []
+    over seeds; then the network's published accuracy after its paper's full schedule, on its
+    first row of each dataset (it belongs to no budget)."""
+    rows, shown = [], set()
     frame = with_parameters(frontier_frame(df))
     for (dataset, label), part in frame.groupby(["dataset", "label"], sort=False):
         network, factor = architecture_budget(label)
         budget = factor * seconds
-        paper = published(dataset, network)
+        paper = None if (dataset, network) in shown else published(dataset, network)
+        shown.add((dataset, network))
         rows.append({"dataset": dataset, "network": network,
                      "budget": f"{budget:g} s" if budget < 90 else duration(budget),
                      "parameters": f"{int(part['parameters'].iloc[0]):,}",

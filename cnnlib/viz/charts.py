@@ -325,6 +325,45 @@ def plot_lr_find(result: dict, path=None, title: str | None = None, alt: str | N
     return save_figure(fig, path)
 
 
+def plot_lr_grid(scores, chosen: dict, suggested: dict | None = None, path=None,
+                 title: str | None = None) -> Figure:
+    """Validation accuracy against the learning rate (log scale), one panel per optimizer:
+    ``scores`` has optimizer, lr and val_acc (``study.lr_grid.scores``); ``chosen`` maps each
+    optimizer to its chosen rate (a star) and ``suggested`` to its range test's (a dotted line)."""
+    names = list(dict.fromkeys(scores["optimizer"]))
+    suggested = suggested or {}
+    fig, axes = new_figure(1, len(names), figsize=(1.5 + 3.2 * len(names), 3.8), sharey=True)
+    parts = []
+    for ax, name in zip(axes[0], names, strict=True):
+        part = scores[scores["optimizer"] == name].sort_values("lr")
+        ax.plot(part["lr"], part["val_acc"], "-o", color="C0", markersize=5)
+        best = part[part["lr"] == chosen[name]]
+        ax.plot(best["lr"], best["val_acc"], "*", color="C3", markersize=14)
+        if name in suggested:
+            ax.axvline(suggested[name], color="0.3", linestyle=":", linewidth=1.2)
+        ax.set_xscale("log")
+        ax.set_xticks(part["lr"], [f"{lr:g}" for lr in part["lr"]], rotation=45)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the grid's rates label the axis
+        percent_axis(ax.yaxis, 1)
+        ax.set_xlabel("learning rate (peak)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3, which="both")
+        parts.append(f"{name}: " + ", ".join(f"{v * 100:.1f}% at {lr:g}"
+                                             for lr, v in zip(part["lr"], part["val_acc"],
+                                                              strict=True))
+                     + f", chosen {chosen[name]:g}"
+                     + (f", range test {suggested[name]:.2g}" if name in suggested else ""))
+    axes[0, 0].set_ylabel("validation accuracy")
+    handles = [Line2D([], [], marker="*", color="C3", linestyle="", markersize=12)]
+    if suggested:
+        handles.append(Line2D([], [], color="0.3", linestyle=":"))
+    legend_outside(axes[0, -1], handles, ["chosen", "range test"][:len(handles)])
+    fig.suptitle(title or "Learning-rate grid per optimizer")
+    describe(fig, f"{title or 'Learning-rate grid'}. Line charts of validation accuracy against "
+                  f"the learning rate (log scale), one per optimizer; " + "; ".join(parts) + ".")
+    return save_figure(fig, path)
+
+
 def _lr_find_ylim(losses: np.ndarray) -> tuple[float, float]:
     """The last steps diverge: cap the axis a little above the starting loss."""
     low, start = float(losses.min()), float(losses[0])
