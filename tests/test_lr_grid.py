@@ -37,8 +37,8 @@ def _grid_rows(val=VAL, dataset="cifar10"):
 def test_the_choice_reads_validation_accuracy_only_and_flags_the_grid_edges():
     rows = _grid_rows()
     chosen = lr_grid.choose(rows)
-    assert {o: c.lr for o, c in chosen.items()} == {"sgd": 1.5, "nesterov": 6.0, "adam": 0.0015,
-                                                    "adamw": 0.003}
+    assert {o: c.lr for o, c in chosen.items()} == {"sgd": 1.5, "nesterov": 6.0, "adam": 0.003,
+                                                    "adamw": 0.006}
     assert [c.edge for c in chosen.values()] == [False, True, False, False]
     # The test set changes nothing: a different test accuracy per row, the same choice.
     other = lr_grid.choose(rows.assign(test_acc=range(len(rows))))
@@ -60,15 +60,15 @@ def test_the_range_test_is_judged_against_the_grid():
     assert (j.nearest, j.lost_pp, j.inside) == (0.75, 6.0, True)
     assert lr_grid.judged_words(j).endswith("the grid's rate nearest to it (0.75) scores 6.0 pp "
                                             "lower on validation")
-    j = lr_grid.judge(rows, "adam", 0.0017)
-    assert j.nearest == j.chosen == 0.0015
-    assert lr_grid.judged_words(j) == ("0.0017, 1.1× above the chosen rate: the grid's rate "
+    j = lr_grid.judge(rows, "adam", 0.0034)
+    assert j.nearest == j.chosen == 0.003
+    assert lr_grid.judged_words(j) == ("0.0034, 1.1× above the chosen rate: the grid's rate "
                                        "nearest to it is the chosen one")
 
 
 def test_the_grid_finding_states_each_choice_and_the_range_test_and_compares_nothing():
     rows = _grid_rows()
-    suggested = {"sgd": 0.31, "nesterov": 5.0, "adam": 0.0017, "adamw": 0.03}
+    suggested = {"sgd": 0.31, "nesterov": 5.0, "adam": 0.0034, "adamw": 0.03}
     [line] = findings.lr_grid_lines(rows, GRID, suggested)
     assert line.startswith("- **learning-rate grid, CIFAR-10** (one run per rate, seed 3; "
                            "validation accuracy, which alone chooses the rate): `sgd` 0.375: "
@@ -76,14 +76,14 @@ def test_the_grid_finding_states_each_choice_and_the_range_test_and_compares_not
                            "its range test suggested 0.31, 4.8× below the chosen rate")
     assert "`nesterov` 0.375: 70.0%" in line and ("chosen 6 (the grid's edge): a better rate may "
                                                   "lie beyond it") in line
-    assert "`adamw` 0.00075: 62.0% / 0.0015: 79.0% / 0.003: 82.0% / 0.006: 80.0% / 0.012: 0.0%" in line
+    assert "`adamw` 0.0015: 62.0% / 0.003: 79.0% / 0.006: 82.0% / 0.012: 80.0% / 0.024: 0.0%" in line
     assert line.endswith("Regime: fastnet, 4 epochs, 45,000 training images, crop+flip, no "
                          "test-time augmentation.")
     assert "pp (" not in line and "inconclusive" not in line  # no comparison of one-seed runs
     assert findings.sweep_lines(rows, GRID) == findings.lr_grid_lines(rows, GRID)
     answer = findings.answer(rows, (GRID,))
     assert answer == ("- **CIFAR-10, learning-rate grid**: rates chosen on validation `sgd` 1.5, "
-                      "`nesterov` 6 (the grid's edge), `adam` 0.0015, `adamw` 0.003. Regime: "
+                      "`nesterov` 6 (the grid's edge), `adam` 0.003, `adamw` 0.006. Regime: "
                       "fastnet, 4 epochs, 45,000 training images, crop+flip, no test-time "
                       "augmentation.")  # no range tests recorded here
     short = findings.lr_grid_lines(rows, GRID, suggested, short=True)[0]
@@ -165,11 +165,11 @@ def test_the_plan_waits_for_the_grid_then_counts_the_runs_at_the_chosen_rates(
     for (_, c), acc in zip(grid, [a for accs in VAL.values() for a in accs], strict=True):
         _record(c, 0.1 if acc is None else acc)
     chosen = definitions.recorded_lr_choice("smoke")
-    assert chosen == {"sgd": 1.5, "nesterov": 6.0, "adam": 0.0015, "adamw": 0.003}
+    assert chosen == {"sgd": 1.5, "nesterov": 6.0, "adam": 0.003, "adamw": 0.006}
     [work] = plan.plan_work("smoke", ["03_depth_study"])
     assert work.waiting == len(full)  # only the early-stopped runs wait now
     made = dict(STUDIES["03_depth_study"].runs("smoke", None))
-    assert made["adam @ chosen lr"].lr == 0.0015 and made["step schedule"].lr == 6.0
+    assert made["adam @ chosen lr"].lr == 0.003 and made["step schedule"].lr == 6.0
 
 
 def test_the_grid_figure_marks_the_choice_and_the_range_test(tmp_path):
