@@ -50,17 +50,18 @@ def test_the_choice_reads_validation_accuracy_only_and_flags_the_grid_edges():
 
 def test_the_range_test_is_judged_against_the_grid():
     rows = _grid_rows()
+    scores, chosen = lr_grid.scores(rows), lr_grid.choose(rows)
     # sgd's suggestion 0.31: nearest grid rate 0.375 (log scale), 16 pp below the chosen 1.5.
-    j = lr_grid.judge(rows, "sgd", 0.31)
+    j = lr_grid.judge(scores, chosen["sgd"], 0.31)
     assert (j.nearest, j.lost_pp, j.inside) == (0.375, 16.0, False)
     assert j.factor == pytest.approx(0.31 / 1.5)
     assert lr_grid.judged_words(j) == ("0.31, 4.8× below the chosen rate, outside the grid's "
                                        "span (its accuracy there was not measured)")
-    j = lr_grid.judge(rows, "sgd", 0.6)
+    j = lr_grid.judge(scores, chosen["sgd"], 0.6)
     assert (j.nearest, j.lost_pp, j.inside) == (0.75, 6.0, True)
     assert lr_grid.judged_words(j).endswith("the grid's rate nearest to it (0.75) scores 6.0 pp "
                                             "lower on validation")
-    j = lr_grid.judge(rows, "adam", 0.0034)
+    j = lr_grid.judge(scores, chosen["adam"], 0.0034)
     assert j.nearest == j.chosen == 0.003
     assert lr_grid.judged_words(j) == ("0.0034, 1.1× above the chosen rate: the grid's rate "
                                        "nearest to it is the chosen one")

@@ -512,14 +512,16 @@ def lr_grid_lines(df, sweep: Sweep, suggested: dict[str, float] | None = None,
         suggested = (recorded_suggestions(profile) if profile else None) or {}
     lines = []
     for dataset, part in df.groupby("dataset", sort=False):
+        if not sweep.runs_on(dataset):
+            continue
         members = _members(part, sweep)
-        if not sweep.runs_on(dataset) or not members:
-            if sweep.runs_on(dataset):
-                lines.append(f"- **{sweep.name}, {pretty(dataset)}**: {_missing(sweep, members)}.")
+        if not members:
+            lines.append(f"- **{sweep.name}, {pretty(dataset)}**: {_missing(sweep, members)}.")
             continue
         rows = part[part["label"].isin(members)]
         scores, chosen = lr_grid.scores(rows), lr_grid.choose(rows)
-        judged = {o: lr_grid.judge(rows, o, suggested[o]) for o in chosen if o in suggested}
+        judged = {o: lr_grid.judge(scores, c, suggested[o]) for o, c in chosen.items()
+                  if o in suggested}
         edge = " (the grid's edge)"
         if short:
             on = sum(j.nearest == j.chosen for j in judged.values())

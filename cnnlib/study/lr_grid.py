@@ -62,10 +62,9 @@ class Judged:
     inside: bool
 
 
-def judge(rows: pd.DataFrame, optimizer: str, suggested: float) -> Judged:
-    part = scores(rows)
-    part = part[part["optimizer"] == optimizer]
-    chosen = choose(rows)[optimizer]
+def judge(scores: pd.DataFrame, chosen: Choice, suggested: float) -> Judged:
+    """`suggested` against the grid of `chosen.optimizer` (`scores` as `scores` gives them)."""
+    part = scores[scores["optimizer"] == chosen.optimizer]
     i = (part["lr"].map(math.log) - math.log(suggested)).abs().idxmin()
     return Judged(suggested, chosen.lr, float(part.loc[i, "lr"]),
                   round((chosen.val_acc - float(part.loc[i, "val_acc"])) * 100, 2),
