@@ -11,8 +11,11 @@ evaluation + setup`` (setup: loading the split, the whitening layer's init).
 Levers: bf16 autocast against fp32, channels_last against NCHW, the batch size, Muon against
 Nesterov SGD (the optimizer's own cost), ``torch.compile`` of the model (its compile time is
 in the note: a first run pays it, later runs mostly hit inductor's on-disk cache),
-the evaluation batch, OpenMP thread binding, and jemalloc (the copy that ships with ray) in
-place of glibc's allocator. Run it with nothing else on the machine.
+the evaluation batch, OpenMP thread binding, jemalloc (the copy that ships with ray) in
+place of glibc's allocator, the whitening bias frozen from the first step (the steps after
+``whiten_epochs``: backward stops at the first conv group), and oneDNN's filter gradient on
+fastnet's 3x3 maps in place of the hand-written one (``no small-map grad``). Run it with
+nothing else on the machine.
 
     python benchmarks/speed_levers.py                  # every lever, about 10 minutes
     python benchmarks/speed_levers.py --levers recipe,compile --steps 10
@@ -54,6 +57,8 @@ LEVERS = {
     "batch 4000": ({"batch_size": 4000}, {}, 1000),
     "nesterov sgd": ({"optimizer": "nesterov"}, {}, 1000),
     "compile": ({"compile": True}, {}, 1000),
+    "whiten frozen": ({"whiten_epochs": 1e-3}, {}, 1000),
+    "no small-map grad": ({}, {"CNNLIB_SMALL_MAP": "0"}, 1000),
     "eval batch 500": ({}, {}, 500),
     "eval batch 2500": ({}, {}, 2500),
     "omp bind": ({}, {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, 1000),
@@ -69,6 +74,10 @@ def worker(spec: dict) -> dict:
     from cnnlib.training.evaluate import predict_logits
     from cnnlib.training.loop import Trainer
 
+    if "CNNLIB_SMALL_MAP" in os.environ:  # the library's conv for every fastnet map size
+        from cnnlib.models.fastnet import DiracConv
+
+        DiracConv.small_map = int(os.environ["CNNLIB_SMALL_MAP"])
     config = recipe(spec["recipe"], **spec["changes"])
     t0 = time.perf_counter()
     trainer = Trainer(config, None, progress=False)

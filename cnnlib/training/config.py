@@ -78,6 +78,10 @@ class RunConfig:
     # every other parameter takes the Nesterov SGD step set by lr, momentum, weight_decay.
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
+    # Epochs over which a whitening layer's bias (fastnet's) trains, its lr falling linearly
+    # to 0, after which it is frozen and the backward pass stops at the first conv group
+    # (airbench's idea); 0 = it trains with the other biases for the whole run.
+    whiten_epochs: float = 0
 
     def __post_init__(self):
         self.model_options = dict(self.model_options or {})
@@ -132,6 +136,8 @@ class RunConfig:
             bad("muon_momentum", "a number in [0, 1)")
         if not self.muon_lr > 0:
             bad("muon_lr", "a number > 0")
+        if not (isinstance(self.whiten_epochs, int | float) and self.whiten_epochs >= 0):
+            bad("whiten_epochs", "a number >= 0")
         if self.label_smoothing >= 1:
             bad("label_smoothing", "a number in [0, 1)")
         if self.norm_lr_scale <= 0:
@@ -182,7 +188,7 @@ class RunConfig:
 
 
 # Fields added after the study's first recorded runs (see `RunConfig.key`).
-LATER_FIELDS = ("muon_lr", "muon_momentum", "mix_prob", "early_stop_after")
+LATER_FIELDS = ("muon_lr", "muon_momentum", "mix_prob", "early_stop_after", "whiten_epochs")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
@@ -225,11 +231,14 @@ RECIPES: dict[str, dict] = {
     # head): head 0.67 * 2000 * (9/256)^2 = 1.66, biases 64x that; weight decay 0.004 of the
     # weights per step = 0.0024 coupled. The lr falls linearly to 0 from the first step (no
     # warmup, no lookahead); alternating flips; the batch of 2000 halves the steps per epoch.
+    # The whitening bias trains for 3 epochs, its lr falling to 0, then freezes, as airbench's:
+    # backward then skips the first conv group's input gradient (3% faster steps on a CPU).
     "fastnet_muon": dict(model="fastnet", batch_size=2000, optimizer="muon", muon_lr=0.24,
                          muon_momentum=0.6, lr=1.66, momentum=0.85, weight_decay=0.0024,
                          norm_lr_scale=64.0, schedule="onecycle", warmup=0.0, final_lr=0.0,
                          label_smoothing=0.2, augment="crop+altflip", crop_padding=2,
-                         pad_mode="reflect", lookahead=False, tta=2, val_size=0, epochs=8),
+                         pad_mode="reflect", lookahead=False, tta=2, val_size=0, epochs=8,
+                         whiten_epochs=3),
 }
 
 

@@ -132,6 +132,15 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     s = config.norm_lr_scale
     groups = [dict(params=rest, lr=config.lr, weight_decay=config.weight_decay),
               dict(params=scaled, lr=config.lr * s, weight_decay=config.weight_decay / s)]
+    if config.whiten_epochs:  # the whitening bias in a group of its own (Trainer.whiten_lr)
+        bias = whitening_bias(model)
+        if bias is None:
+            raise ValueError(f"whiten_epochs: {config.model} has no trainable whitening bias; "
+                             "allowed: 0 for this model")
+        home = next(g for g in groups if any(p is bias for p in g["params"]))
+        home["params"] = [p for p in home["params"] if p is not bias]
+        groups.append(dict(params=[bias], lr=home["lr"], weight_decay=home["weight_decay"],
+                           whiten=True))  # the lr and decay of the group it leaves
     if muon:
         groups.append(dict(params=filters, lr=config.muon_lr, momentum=config.muon_momentum,
                            orthogonalize=True))
@@ -149,6 +158,12 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = g["base_lr"] * factor
+
+
+def whitening_bias(model: nn.Module) -> nn.Parameter | None:
+    """The trainable bias of a model's whitening layer (fastnet's `whiten`), if it has one."""
+    bias = getattr(getattr(model, "whiten", None), "bias", None)
+    return bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
 
 
 class Lookahead:
@@ -334,6 +349,8 @@ class Trainer:
             if i >= steps:
                 break
             set_lr(self.optimizer, lr_factor(cfg, self.step, self.total_steps))
+            if cfg.whiten_epochs:
+                self.whiten_lr()
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.forward(x)
                 # hard labels, or soft MixUp/CutMix targets
@@ -365,6 +382,18 @@ class Trainer:
             self.diverged = self._diverged(train_loss)
         return {"train_loss": train_loss, "train_acc": correct.item() / max(1, seen),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def whiten_lr(self) -> None:
+        """The whitening bias's lr falls linearly to 0 over `whiten_epochs`; from then on the
+        bias takes no gradient, so backward skips the first conv's input gradient. Under DDP it
+        keeps its gradient (every rank must reduce the same parameters) at lr 0: same weights."""
+        until = max(1, round(self.config.whiten_epochs * self.steps_per_epoch))
+        left = max(0.0, 1 - self.step / until)
+        for g in self.optimizer.param_groups:
+            if g.get("whiten"):
+                g["lr"] = g["base_lr"] * left
+                if not self.dist.enabled:
+                    g["params"][0].requires_grad_(left > 0)
 
     def _diverged(self, loss: float) -> str:
         return (f"training loss became {loss} at epoch {self.epoch + 1}, step {self.step}; "

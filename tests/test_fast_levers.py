@@ -1,0 +1,82 @@
+"""Two speed levers of the fast recipe: the small-map filter gradient of fastnet's convs and
+the whitening bias that stops training after `whiten_epochs` (so backward stops early)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlib.models.fastnet import DiracConv
+from cnnlib.models.registry import create_model
+from cnnlib.training.config import RunConfig, recipe
+from cnnlib.training.loop import Trainer, make_optimizer
+
+
+def _grads(conv, x, plain: bool, autocast: bool):
+    x = x.detach().clone().requires_grad_()
+    conv.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = torch.nn.Conv2d.forward(conv, x) if plain else conv(x)
+    weights = torch.linspace(-1, 1, y.numel()).view_as(y)  # a loss that weighs every output
+    (y.float() * weights).sum().backward()
+    return y, x.grad, conv.weight.grad
+
+
+def test_the_small_map_conv_gives_the_library_convs_output_and_gradients():
+    torch.manual_seed(0)
+    conv = DiracConv(16, 8).to(memory_format=torch.channels_last)
+    x = torch.randn(6, 16, 3, 3).to(memory_format=torch.channels_last)
+    y, gx, gw = _grads(conv, x, plain=False, autocast=True)
+    assert "SmallMapConv" in type(y.grad_fn).__name__  # the hand-written gradient ran
+    y_ref, gx_ref, gw_ref = _grads(conv, x, plain=True, autocast=True)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    assert gw.dtype == torch.float32 and gw.shape == conv.weight.shape
+    # both round a sum of bf16 products accumulated in fp32, in other orders
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-2, atol=1e-4)
+
+
+def test_fp32_larger_maps_and_evaluation_keep_the_library_conv():
+    conv = DiracConv(4, 4)
+    assert "SmallMapConv" not in type(conv(torch.randn(2, 4, 3, 3)).grad_fn).__name__  # fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "SmallMapConv" not in type(conv(torch.randn(2, 4, 7, 7)).grad_fn).__name__
+        with torch.no_grad():
+            assert conv(torch.randn(2, 4, 3, 3)).grad_fn is None
+
+
+def _whiten_trainer(synthetic_root, **changes):
+    config = recipe("fastnet_muon", model_options={"widths": (8, 16, 16)}, batch_size=50,
+                    val_size=100, epochs=3, tta=0, **changes)
+    return Trainer(config, None, data_root=synthetic_root, progress=False)
+
+
+def test_the_whitening_bias_trains_with_a_falling_lr_then_freezes(synthetic_root):
+    trainer = _whiten_trainer(synthetic_root, whiten_epochs=1)
+    bias = trainer.model.whiten.bias
+    group = next(g for g in trainer.optimizer.param_groups if g.get("whiten"))
+    assert group["params"] == [bias]
+    assert group["base_lr"] == trainer.config.lr * trainer.config.norm_lr_scale  # as before
+    start = bias.detach().clone()
+    trainer.train_epoch()  # 18 steps: its lr fell from the group's to 1/18 of it
+    assert group["lr"] == pytest.approx(group["base_lr"] / 18)
+    after_one = bias.detach().clone()
+    assert not torch.equal(after_one, start)
+    others = [p for p in trainer.model.parameters() if p.requires_grad and p is not bias]
+    before = [p.detach().clone() for p in others]
+    trainer.train_epoch()
+    assert group["lr"] == 0 and not bias.requires_grad and bias.grad is None
+    assert torch.equal(bias.detach(), after_one)  # frozen, weight decay included
+    assert all(not torch.equal(a, p.detach()) for a, p in zip(before, others, strict=True))
+
+
+def test_whiten_epochs_leaves_earlier_keys_and_refuses_a_model_without_whitening():
+    assert recipe("fastnet_muon", whiten_epochs=0).key() == recipe("fastnet_muon").replace(
+        whiten_epochs=0).key()
+    assert RunConfig().key() == RunConfig(whiten_epochs=0).key() != RunConfig(whiten_epochs=3).key()
+    with pytest.raises(ValueError) as e:
+        RunConfig(whiten_epochs=-1)
+    assert str(e.value).startswith("whiten_epochs:") and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="^whiten_epochs: baseline has no trainable whitening"):
+        make_optimizer(RunConfig(whiten_epochs=3), create_model("baseline", 10))
