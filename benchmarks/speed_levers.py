@@ -12,9 +12,13 @@ Levers: bf16 autocast against fp32, channels_last against NCHW, the batch size, 
 Nesterov SGD (the optimizer's own cost), ``torch.compile`` of the model (its compile time is
 in the note: a first run pays it, later runs mostly hit inductor's on-disk cache),
 the evaluation batch, OpenMP thread binding, jemalloc (the copy that ships with ray) in
-place of glibc's allocator, the whitening bias frozen from the first step (the steps after
-``whiten_epochs``: backward stops at the first conv group), and oneDNN's filter gradient on
-fastnet's 3x3 maps in place of the hand-written one (``no small-map grad``). Run it with
+place of glibc's allocator (as shipped, and keeping its freed pages: ``jemalloc kept``),
+torch's CPU allocator without 2 MB pages (``no huge pages``: ``THP_MEM_ALLOC_ENABLE=0``;
+``import cnnlib`` turns them on), the whitening bias frozen from the first step (the steps
+after ``whiten_epochs``: backward stops at the first conv group), and oneDNN's filter
+gradient in place of the hand-written one on fastnet's small maps (``no small-map grad``:
+none; ``small-map 3x3 only``: the 7x7 maps take oneDNN's). Each row also counts the page
+faults of a timed step (a fresh page costs the kernel a fault and a zeroing). Run it with
 nothing else on the machine.
 
     python benchmarks/speed_levers.py                  # every lever, about 10 minutes
@@ -59,18 +63,26 @@ LEVERS = {
     "compile": ({"compile": True}, {}, 1000),
     "whiten frozen": ({"whiten_epochs": 1e-3}, {}, 1000),
     "no small-map grad": ({}, {"CNNLIB_SMALL_MAP": "0"}, 1000),
+    "small-map 3x3 only": ({}, {"CNNLIB_SMALL_MAP": "16"}, 1000),
+    "no huge pages": ({}, {"THP_MEM_ALLOC_ENABLE": "0"}, 1000),
     "eval batch 500": ({}, {}, 500),
     "eval batch 2500": ({}, {}, 2500),
     "omp bind": ({}, {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, 1000),
     "jemalloc": ({}, {"LD_PRELOAD": "jemalloc"}, 1000),
+    "jemalloc kept": ({}, {"LD_PRELOAD": "jemalloc",
+                           "MALLOC_CONF": "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"}, 1000),
 }
 
 
 def worker(spec: dict) -> dict:
     sys.path.insert(0, str(REPO))
+    import resource
+
     import torch
 
+    import cnnlib  # sets THP_MEM_ALLOC_ENABLE; torch reads it at its first allocation
     from cnnlib.training.config import recipe
+    from cnnlib.training.device import huge_page_allocs
     from cnnlib.training.evaluate import predict_logits
     from cnnlib.training.loop import Trainer
 
@@ -87,9 +99,11 @@ def worker(spec: dict) -> dict:
     trainer.train_epoch()
     warmup_s = time.perf_counter() - t0
     trainer.total_steps = spec["warmup"] + spec["steps"]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     trainer.train_epoch()
     train_s = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     images = spec["steps"] * config.batch_size
     test = trainer.test_split.images
     t0 = time.perf_counter()
@@ -102,7 +116,8 @@ def worker(spec: dict) -> dict:
     return {"img_s": img_s, "eval_s": eval_s, "setup_s": setup_s, "warmup_s": warmup_s,
             "run_min": (config.epochs * train_images / img_s + eval_s + setup_s) / 60,
             "precision": trainer.precision, "threads": torch.get_num_threads(),
-            "load": os.getloadavg()[0]}
+            "faults_k": faults / spec["steps"] / 1000, "huge_pages": huge_page_allocs(),
+            "load": os.getloadavg()[0], "cnnlib": cnnlib.__version__}
 
 
 def run_one(spec: dict, env_changes: dict, timeout: float) -> dict:
@@ -169,8 +184,9 @@ def main(argv=None) -> int:
             print(f"{name:<16}{'failed':>8}  {res['error']}", flush=True)
             continue
         rows[name] = res
-        note = (f"{res['precision']}, warm-up {res['warmup_s']:.0f} s, setup {res['setup_s']:.0f} s, "
-                f"load {res['load']:.1f}")
+        note = (f"{res['precision']}, {res['faults_k']:.0f}k faults a step"
+                f"{'' if res['huge_pages'] else ' (no huge pages)'}, warm-up {res['warmup_s']:.0f} s, "
+                f"setup {res['setup_s']:.0f} s, load {res['load']:.1f}")
         print(f"{name:<16}{res['img_s']:>8.0f}{res['eval_s']:>8.1f}{res['run_min']:>9.2f}  {note}",
               flush=True)
     if "recipe" in rows and rows:

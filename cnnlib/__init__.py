@@ -5,6 +5,14 @@ layer (`study`, and `viz` for its figures) sits above it. This module is the pub
 the core, exported once here.
 """
 
+import os
+
+# PyTorch's CPU allocator asks Linux for 2 MB pages on allocations of 2 MB and more (madvise)
+# when this is set before its first allocation: a training step's fresh activations then
+# take some 26x fewer page faults, and fastnet's steps run about 15% faster on 2 cores
+# (README, speed levers). THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from cnnlib.compress.saving import load_model  # every kind: fp32, pruned, int8, ONNX
 from cnnlib.data.cifar import CifarData, channel_stats, load_cifar, test_split, train_split
 from cnnlib.models.registry import count_parameters, create_model, list_models

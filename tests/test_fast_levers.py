@@ -1,7 +1,13 @@
-"""Two speed levers of the fast recipe: the small-map filter gradient of fastnet's convs and
+"""Speed levers of the fast recipe: the small-map filter gradient of fastnet's convs, torch's
+CPU allocator on 2 MB pages (`import cnnlib` asks for them), and
 the whitening bias that stops training after `whiten_epochs` (so backward stops early)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +28,11 @@ def _grads(conv, x, plain: bool, autocast: bool):
     return y, x.grad, conv.weight.grad
 
 
-def test_the_small_map_conv_gives_the_library_convs_output_and_gradients():
+@pytest.mark.parametrize("side", [3, 7])  # fastnet's last two map sizes
+def test_the_small_map_conv_gives_the_library_convs_output_and_gradients(side):
     torch.manual_seed(0)
     conv = DiracConv(16, 8).to(memory_format=torch.channels_last)
-    x = torch.randn(6, 16, 3, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(6, 16, side, side).to(memory_format=torch.channels_last)
     y, gx, gw = _grads(conv, x, plain=False, autocast=True)
     assert "SmallMapConv" in type(y.grad_fn).__name__  # the hand-written gradient ran
     y_ref, gx_ref, gw_ref = _grads(conv, x, plain=True, autocast=True)
@@ -41,7 +48,8 @@ def test_fp32_larger_maps_and_evaluation_keep_the_library_conv():
     conv = DiracConv(4, 4)
     assert "SmallMapConv" not in type(conv(torch.randn(2, 4, 3, 3)).grad_fn).__name__  # fp32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert "SmallMapConv" not in type(conv(torch.randn(2, 4, 7, 7)).grad_fn).__name__
+        assert "SmallMapConv" not in type(conv(torch.randn(2, 4, 15, 15)).grad_fn).__name__
+        assert "SmallMapConv" not in type(conv(torch.randn(2, 4, 8, 8)).grad_fn).__name__
         with torch.no_grad():
             assert conv(torch.randn(2, 4, 3, 3)).grad_fn is None
 
@@ -81,3 +89,33 @@ def test_whiten_epochs_leaves_earlier_keys_and_refuses_a_model_without_whitening
     assert str(e.value).startswith("whiten_epochs:") and "\n" not in str(e.value)
     with pytest.raises(ValueError, match="^whiten_epochs: baseline has no trainable whitening"):
         make_optimizer(RunConfig(whiten_epochs=3), create_model("baseline", 10))
+
+
+_FAULTS = """
+import resource, sys
+{setup}
+from cnnlib.training.device import huge_page_allocs
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.empty(1 << 26, dtype=torch.uint8).fill_(1)  # 64 MB, fresh each time
+print(huge_page_allocs(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+def _allocs_in_a_child(setup: str, **env) -> tuple[bool, int]:
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", _FAULTS.format(setup=setup)], env={**environ, **env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+def test_import_cnnlib_asks_for_huge_pages_unless_told_not_to_or_too_late():
+    on, faults_on = _allocs_in_a_child("import cnnlib, torch")
+    off, faults_off = _allocs_in_a_child("import cnnlib, torch", THP_MEM_ALLOC_ENABLE="0")
+    late, _ = _allocs_in_a_child("import torch; torch.empty(1 << 22); import cnnlib")
+    assert (on, off, late) == (True, False, False)
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.is_file() or "[never]" in thp.read_text():
+        pytest.skip("this kernel gives no transparent huge pages")
+    # 256 MB of fresh pages: 65,536 faults of 4 kB without huge pages, some 128 with them
+    assert faults_off > 60_000 and faults_on < faults_off / 8

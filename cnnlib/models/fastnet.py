@@ -15,7 +15,7 @@ and the BatchNorm momentum written in PyTorch's convention (airbench's 0.6
 is ``momentum=0.4`` here). The training recipe (label smoothing, Nesterov SGD,
 bias learning-rate scaling, lookahead, TTA) belongs to the trainer, not here.
 
-On the CPU under bf16 autocast, training convs on maps of at most 4x4 take a hand-written
+On the CPU under bf16 autocast, training convs on maps of at most 7x7 take a hand-written
 filter gradient (``_SmallMapConv``: the same sums, one matrix product) where oneDNN's is slow.
 
 The whitening layer is meant to be set from data with :meth:`FastNet.init_from_data`
@@ -41,11 +41,11 @@ from cnnlib.models.registry import register_model
 
 class _SmallMapConv(torch.autograd.Function):
     """A 3x3 'same' conv, bias-free, whose filter gradient is one matrix product over the
-    unfolded input instead of oneDNN's weight-gradient kernel: on maps of 3x3 (fastnet's last
-    group) that kernel runs far below the CPU's matrix speed (a training step of the full
-    fastnet is about 8% faster on an AMX CPU; README, speed levers). Forward and input gradient
-    are the library's, in the autocast dtype as ``F.conv2d`` would run them; used under CPU
-    autocast only."""
+    unfolded input instead of oneDNN's weight-gradient kernel: on maps of 7x7 and 3x3
+    (fastnet's groups 2 and 3) that kernel runs far below the CPU's matrix speed (a training
+    step of the full fastnet is about 17% faster on an AMX CPU; README, speed levers). On
+    15x15 maps the unfolded copy costs more than it saves. Forward and input gradient are the
+    library's, in the autocast dtype as ``F.conv2d`` would run them; CPU autocast only."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -75,7 +75,7 @@ class _SmallMapConv(torch.autograd.Function):
 class DiracConv(nn.Conv2d):
     """Conv whose first ``in_channels`` filters start as the identity (an implicit residual)."""
 
-    small_map = 4 * 4  # maps of at most this many positions take _SmallMapConv's filter gradient
+    small_map = 7 * 7  # maps of at most this many positions take _SmallMapConv's filter gradient
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, padding="same", bias=False):
         super().__init__(c_in, c_out, kernel_size, padding=padding, bias=bias)

@@ -87,6 +87,14 @@ def cpu_isa() -> str:
     return ", ".join([isa, *(f.upper().replace("_", "-") for f in NATIVE_BF16_FLAGS if f in flags)])
 
 
+def huge_page_allocs() -> bool:
+    """True when torch's CPU allocator asks for 2 MB pages (`THP_MEM_ALLOC_ENABLE`, which
+    `import cnnlib` sets unless torch allocated before it). It then aligns blocks of 2 MB
+    and more to a page; its plain path aligns to 64 bytes, and glibc serves a block of
+    64 MB (untouched here) from its own mapping, 64 bytes past the page."""
+    return torch.empty(1 << 26, dtype=torch.uint8).data_ptr() % 4096 == 0
+
+
 def hardware(device: str = "cpu") -> str:
     """What a run trained on, for the results table: the GPU's name, or the CPU's model and
     the cores torch uses; with the torch version. ``device`` as results report it."""
