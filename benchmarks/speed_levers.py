@@ -80,8 +80,7 @@ def worker(spec: dict) -> dict:
 
     import torch
 
-    import cnnlib  # sets THP_MEM_ALLOC_ENABLE; torch reads it at its first allocation
-    from cnnlib.training.config import recipe
+    from cnnlib.training.config import recipe  # `import cnnlib` sets THP_MEM_ALLOC_ENABLE
     from cnnlib.training.device import huge_page_allocs
     from cnnlib.training.evaluate import predict_logits
     from cnnlib.training.loop import Trainer
@@ -117,7 +116,7 @@ def worker(spec: dict) -> dict:
             "run_min": (config.epochs * train_images / img_s + eval_s + setup_s) / 60,
             "precision": trainer.precision, "threads": torch.get_num_threads(),
             "faults_k": faults / spec["steps"] / 1000, "huge_pages": huge_page_allocs(),
-            "load": os.getloadavg()[0], "cnnlib": cnnlib.__version__}
+            "load": os.getloadavg()[0]}
 
 
 def run_one(spec: dict, env_changes: dict, timeout: float) -> dict:

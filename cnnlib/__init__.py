@@ -8,8 +8,8 @@ the core, exported once here.
 import os
 
 # PyTorch's CPU allocator asks Linux for 2 MB pages on allocations of 2 MB and more (madvise)
-# when this is set before its first allocation: a training step's fresh activations then
-# take some 26x fewer page faults, and fastnet's steps run about 15% faster on 2 cores
+# when this is set before its first allocation: a fastnet_muon training step then faults
+# 24k pages instead of 1,002k, and whole processes ran about 15% faster on 2 AMX cores
 # (README, speed levers). THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

@@ -42,8 +42,8 @@ from cnnlib.models.registry import register_model
 class _SmallMapConv(torch.autograd.Function):
     """A 3x3 'same' conv, bias-free, whose filter gradient is one matrix product over the
     unfolded input instead of oneDNN's weight-gradient kernel: on maps of 7x7 and 3x3
-    (fastnet's groups 2 and 3) that kernel runs far below the CPU's matrix speed (a training
-    step of the full fastnet is about 17% faster on an AMX CPU; README, speed levers). On
+    (fastnet's groups 2 and 3) that kernel runs far below the CPU's matrix speed (the full
+    fastnet's training step takes 0.89x the time on an AMX CPU; README, speed levers). On
     15x15 maps the unfolded copy costs more than it saves. Forward and input gradient are the
     library's, in the autocast dtype as ``F.conv2d`` would run them; CPU autocast only."""
 
