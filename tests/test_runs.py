@@ -22,7 +22,8 @@ from cnnlib.study import definitions as studies
 from cnnlib.study import table as results
 from cnnlib.study.__main__ import main as study_main
 from cnnlib.training import checkpoint
-from cnnlib.training.config import RunConfig
+from cnnlib.training.config import RunConfig, recipe
+from cnnlib.training.device import native_bf16_cpu
 from cnnlib.training.evaluate import predict_logits
 from cnnlib.training.loop import Trainer
 
@@ -224,12 +225,18 @@ def test_records_command_carries_finished_runs_and_the_models_notebooks_load(
         assert problem in err and len(err.strip().splitlines()) == 1
 
 
+def _benchmark(name: str):
+    """A script of benchmarks/ imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_rerun_best_places_a_new_seed_in_the_published_band(synthetic_root, tmp_path, monkeypatch,
                                                             capsys):
-    spec = importlib.util.spec_from_file_location(
-        "rerun_best", Path(__file__).parent.parent / "benchmarks" / "rerun_best.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("rerun_best")
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
     results = tmp_path / "results.csv"
 
@@ -253,6 +260,42 @@ def test_rerun_best_places_a_new_seed_in_the_published_band(synthetic_root, tmp_
         assert publish(accs, *argv) == 2
         err = capsys.readouterr().err
         assert problem in err and len(err.strip().splitlines()) == 1
+
+
+def test_precision_parity_pairs_bf16_and_fp32_runs_by_seed(synthetic_root, tmp_path, monkeypatch,
+                                                          capsys):
+    bench = _benchmark("precision_parity")
+    monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
+    quick = ["--recipe", "fastnet", "--epochs", "1", "--val-size", "64", "--batch-size", "250",
+             "--out", str(tmp_path / "out")]
+    for argv, problem in ((["--seeds", "1"], "--seeds must be >= 2"),
+                          (["--val-size", "50000"], "--val-size 50000 is not allowed"),
+                          (["--train-subset", "-1"], "train_subset: -1 is not allowed")):
+        assert bench.main([*quick, *argv], data_root=synthetic_root) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before anything trained
+
+    code = bench.main(quick, data_root=synthetic_root)
+    if not native_bf16_cpu():  # `auto` is fp32 here: there is no bf16 arm, and it says so
+        assert code == 2 and "has no native bf16" in capsys.readouterr().err
+        return
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    df = pd.read_csv(tmp_path / "out" / "precision_parity.csv")
+    assert sorted(zip(df.seed, df.precision, strict=True)) == [(0, "bf16"), (0, "fp32"),
+                                                               (1, "bf16"), (1, "fp32")]
+    assert len(set(df.run_key)) == 4
+    acc = df.pivot(index="seed", columns="precision", values="test_acc")
+    delta = 100 * (acc["bf16"] - acc["fp32"])
+    assert out[-1] == f"bf16_minus_fp32_1ep={delta.mean():+.2f}"
+    assert "bf16 - fp32 at 1 epochs (fastnet, 2 seeds, paired): " in out[-2] and "95% CI" in out[-2]
+    # The bf16 arm is the `auto` run: the very run time_to_accuracy.py and notebook 01 use.
+    auto = runs.run_dir(recipe("fastnet", epochs=1, seed=0, val_size=64, batch_size=250),
+                        data_root=synthetic_root)
+    assert auto.name in set(df.run_key)
+    assert bench.main(quick, data_root=synthetic_root) == 0  # all four served from the cache
+    assert "[training]" not in capsys.readouterr().out
 
 
 def test_the_commit_is_dirty_for_code_not_for_what_a_study_writes(tmp_path, monkeypatch):
