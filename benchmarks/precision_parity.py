@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnlib.flags import Parser
+from cnnlib.flags import Parser, epochs
 from cnnlib.study import cache as runs
 from cnnlib.study import locations
 from cnnlib.study.stats import Delta, holm, mean_sd
@@ -33,11 +33,6 @@ from cnnlib.training.config import RECIPES, recipe
 from cnnlib.training.device import hardware, resolve_precision
 
 COST = 0.3  # pp: the bf16 cost worth naming (the issue's bar), judged on the interval
-
-
-def epochs_arg(text: str) -> float | int:
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 def verdict(d: Delta) -> str:
@@ -58,7 +53,7 @@ def main(argv=None, data_root=None) -> int:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", choices=[r for r in RECIPES if r != "baseline"],
                    default="fastnet_muon")
-    p.add_argument("--epochs", type=epochs_arg, nargs="+", default=[2, 8])
+    p.add_argument("--epochs", type=epochs, nargs="+", default=[2, 8])
     p.add_argument("--seeds", type=int, default=2, help="seeds per budget and precision (default 2)")
     p.add_argument("--val-size", type=int, default=2000,
                    help="training images held out (default 2000, as notebook 01's best model)")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnlib.flags import Parser
+from cnnlib.flags import Parser, epochs
 from cnnlib.study import cache as runs
 from cnnlib.study import locations
 from cnnlib.study.readme import minutes_to
@@ -39,12 +39,6 @@ from cnnlib.study.table import Row
 from cnnlib.training.config import RECIPES, recipe
 from cnnlib.training.device import PRECISIONS
 from cnnlib.viz import charts as plots
-
-
-def epochs_arg(text: str) -> float | int:
-    """An epoch budget; whole numbers stay ints, so "6" is the same cached run as epochs=6."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -70,8 +64,8 @@ def main() -> None:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", choices=[r for r in RECIPES if r != "baseline"],
                    default="fastnet_muon", help="the fast recipe (default fastnet_muon)")
-    p.add_argument("--fast-epochs", type=epochs_arg, nargs="+", default=[1, 2, 3])
-    p.add_argument("--baseline-epochs", type=epochs_arg, nargs="*", default=[6])
+    p.add_argument("--fast-epochs", type=epochs, nargs="+", default=[1, 2, 3])
+    p.add_argument("--baseline-epochs", type=epochs, nargs="*", default=[6])
     p.add_argument("--seeds", type=int, default=2, help="seeds per budget (default 2)")
     p.add_argument("--seeds-longest", type=int, default=3,
                    help="seeds for the longest fast budget (default 3)")

@@ -22,3 +22,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"{self.error_prefix} {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def epochs(text: str) -> float | int:
+    """An epoch budget flag: whole numbers stay ints, so "6" prints as 6 (the run key is the
+    same either way)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
