@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cnnlib import _fileio as fileio
 from cnnlib.flags import Parser, epochs
 from cnnlib.study import cache as runs
 from cnnlib.study import locations
@@ -94,7 +95,7 @@ def main(argv=None, data_root=None) -> int:
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "precision_parity.csv", index=False)
+    fileio.write_text(df.to_csv(index=False), out / "precision_parity.csv")  # atomic, no link followed
 
     print(f"machine: {' + '.join(sorted(set(df['hardware'])))}")
     print("| epochs | precision | seeds | test acc % | minutes per run |")
