@@ -21,31 +21,21 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
-import importlib.util
 import io
 import json
-import sys
 import tokenize
 import warnings
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cnnlib"
 SOFT_LIMIT = 500  # lines; above it a module warns: does it still hold one role?
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "architecture_table", ROOT / "tools" / "architecture_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-table = _load_tool()
+table = load_script("tools/architecture_table.py")
 
 # The layers from the bottom up: a module imports from its own layer or those below it.
 # Layers of one line are peers only with themselves: viz sits under study, not beside it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from cifar_files import write_synthetic
+from scripts import load_script
 
 from cnnlib import cli
 from cnnlib.models.registry import create_model, list_models
@@ -225,18 +225,9 @@ def test_records_command_carries_finished_runs_and_the_models_notebooks_load(
         assert problem in err and len(err.strip().splitlines()) == 1
 
 
-def _benchmark(name: str):
-    """A script of benchmarks/ imported as a module."""
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_rerun_best_places_a_new_seed_in_the_published_band(synthetic_root, tmp_path, monkeypatch,
                                                             capsys):
-    bench = _benchmark("rerun_best")
+    bench = load_script("benchmarks/rerun_best.py")
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
     results = tmp_path / "results.csv"
 
@@ -264,7 +255,7 @@ def test_rerun_best_places_a_new_seed_in_the_published_band(synthetic_root, tmp_
 
 def test_precision_parity_pairs_bf16_and_fp32_runs_by_seed(synthetic_root, tmp_path, monkeypatch,
                                                           capsys):
-    bench = _benchmark("precision_parity")
+    bench = load_script("benchmarks/precision_parity.py")
     monkeypatch.setenv("CNNLIB_RUNS", str(tmp_path / "runs"))
     quick = ["--recipe", "fastnet", "--epochs", "1", "--val-size", "64", "--batch-size", "250",
              "--out", str(tmp_path / "out")]
