@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cnnlib import _fileio as fileio
 from cnnlib.flags import Parser, epochs
 from cnnlib.study import cache as runs
 from cnnlib.study import locations
@@ -106,8 +107,8 @@ def main() -> None:
     summary = summarize(df)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "time_to_accuracy_runs.csv", index=False)
-    summary.to_csv(out / "time_to_accuracy.csv", index=False)
+    fileio.write_text(df.to_csv(index=False), out / "time_to_accuracy_runs.csv")  # atomic, no link followed
+    fileio.write_text(summary.to_csv(index=False), out / "time_to_accuracy.csv")
     machine = f"{summary['hardware'].iloc[0]}, {summary['precision'].iloc[0]}"
     plots.plot_time_to_accuracy(summary, path=out / "time_to_accuracy.png",
                                 title=f"Time to accuracy: {machine}")
