@@ -7,7 +7,9 @@ paired difference bf16 - fp32 with its confidence interval, Holm-corrected over 
 (they are one family of comparisons). The bf16 arm is the `auto` run, so it shares the run
 cache with `time_to_accuracy.py` and notebook 01's best CIFAR-10 model (the defaults here
 are that model's config: fastnet_muon, 2,000 images held out); only the fp32 runs are new.
-The test accuracy is read after training and chooses nothing.
+The test accuracy is read after training and chooses nothing. A run recorded on another
+machine is served from the cache like one trained here; a budget whose two arms come from
+different machines says so, since their minutes then compare machines too.
 
     python benchmarks/precision_parity.py                      # 2 and 8 epochs, 2 seeds each
     python benchmarks/precision_parity.py --epochs 2 --seeds 3
@@ -108,6 +110,12 @@ def main(argv=None, data_root=None) -> int:
         acc = part.pivot(index="seed", columns="precision", values="test_acc")
         deltas.append(Delta(f"{e:g}", "bf16", "fp32", "test_acc",
                             tuple(float(v) for v in (acc["bf16"] - acc["fp32"]) * 100)))
+    for e, part in df.groupby("epochs", sort=False):  # the run cache is shared between machines
+        arms = {prec: " + ".join(sorted(set(g.hardware))) for prec, g in part.groupby("precision")}
+        if arms["bf16"] != arms["fp32"]:
+            print(f"note: at {e:g} epochs the bf16 runs were recorded on {arms['bf16']} and the "
+                  f"fp32 runs on {arms['fp32']}: their minutes compare machines as well as "
+                  "precisions (an empty CNNLIB_RUNS trains both arms here)")
     for d in holm(deltas):
         print(f"bf16 - fp32 at {d.dataset} epochs ({args.recipe}, {args.seeds} seeds, paired): "
               f"{d.numbers()}; {verdict(d)}")

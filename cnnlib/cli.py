@@ -237,7 +237,7 @@ def cmd_records(args) -> int:
         else:
             left += 1
     speeds = source / "speeds.json"
-    if speeds.exists():  # so that notebook 06 builds the same configs on this machine kind
+    if speeds.exists():  # with its pinned budgets: notebook 06 builds the same configs anywhere
         fileio.copy_file(speeds, dest / "speeds.json")
     size = sum(f.stat().st_size for r in recorded for f in r.iterdir())
     models = (f"with the models of {', '.join(sorted(with_model))}" if with_model else

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def test_the_speed_is_measured_once_and_read_back(tmp_path, measured):
     # Another shape is measured and added next to the first entry.
     budget.epochs_for(TINY.replace(batch_size=16), 2.0, store)
     assert measured == ["baseline", "baseline"]
-    assert len(fileio.read_json(store)) == 2
+    assert len([k for k in fileio.read_json(store) if not k.startswith(budget.PIN)]) == 2
 
 
 def test_a_stored_speed_is_used_as_it_is(tmp_path, measured):
@@ -116,3 +117,55 @@ def test_a_timing_beside_other_work_is_used_once_and_not_stored(tmp_path, capsys
     # The same process reads the figure back instead of timing again on the busy machine.
     assert budget.images_per_second(config, tmp_path / "speeds.json") == speed
     assert "timing" not in capsys.readouterr().err
+
+
+def test_budgets_are_pinned_to_the_first_machine_and_built_alike_on_another(tmp_path, measured,
+                                                                             monkeypatch):
+    store = tmp_path / "speeds.json"
+    here = budget.hardware("cpu")
+    auto = TINY.replace(precision="auto")
+    first = budget.epochs_for(TINY, 2.0, store)
+    assert budget.epochs_for(auto, 2.0, store) == first
+    assert budget.budget_machine(store) == here and measured == ["baseline"] * 2
+
+    # Another machine, twice as fast, where `auto` resolves to the other precision: the same
+    # epochs from the pinned machine's speeds, nothing timed for them.
+    native = budget.resolve_precision("auto", TINY.resolved_device())
+    other = "bf16" if native == "fp32" else "fp32"
+    monkeypatch.setattr(budget, "hardware", lambda device="cpu": "Other CPU, 2 threads, torch 2")
+    monkeypatch.setattr(budget, "resolve_precision", lambda p, d: other if p == "auto" else p)
+    monkeypatch.setattr(budget, "_measure", lambda *a: (measured.append("other"), 2000.0)[1])
+    assert budget.epochs_for(TINY.replace(seed=1), 2.0, store) == first
+    assert budget.epochs_for(auto, 2.0, store) == first
+    assert measured == ["baseline"] * 2
+    assert budget.images_per_second(TINY, store) == 2000.0  # its own speed, for time estimates
+    assert budget.budget_machine(store) == here and budget.epochs_for(TINY, 2.0, store) == first
+
+    # A shape the pinned machine never timed: one line that names it, and nothing is timed.
+    with pytest.raises(budget.BudgetError, match=f"never timed on {re.escape(here)}, ") as e:
+        budget.epochs_for(TINY.replace(batch_size=16), 2.0, store)
+    assert "\n" not in str(e.value) and str(store) in str(e.value) and measured[-1] == "other"
+
+    # The store moved aside: this machine pins itself, and its budgets buy its own epochs.
+    store.rename(tmp_path / "pinned elsewhere.json")
+    assert budget.epochs_for(TINY, 2.0, store) == 2 * first
+    assert budget.budget_machine(store) == "Other CPU, 2 threads, torch 2"
+    assert budget.budget_machine(store, "cuda") is None  # a GPU pins its own
+
+
+def test_a_busy_timing_pins_nothing_and_a_bad_pin_reads_as_damaged(tmp_path, measured,
+                                                                 monkeypatch, capsys):
+    store = tmp_path / "speeds.json"
+    monkeypatch.setattr(budget, "_others_share", lambda *a: 0.9)
+    budget.epochs_for(TINY, 2.0, store)
+    assert budget.budget_machine(store) is None and not store.exists()
+
+    key = f"{budget.PIN}cpu"
+    for pin in ("Other CPU", {"machine": "", "auto": "bf16"}, {"machine": "x", "auto": "fp64"}):
+        fileio.write_json({key: pin}, store)
+        assert budget.budget_machine(store) is None
+        monkeypatch.setattr(budget, "_others_share", lambda *a: 0.0)
+        budget.epochs_for(TINY.replace(batch_size=4), 2.0, store)  # reads it under repair
+        assert "[damaged]" in capsys.readouterr().err
+        assert budget.budget_machine(store) == budget.hardware("cpu")
+        store.unlink()

@@ -18,6 +18,7 @@ from cnnlib import _fileio as fileio
 from cnnlib import cli
 from cnnlib.study import budget, cache, definitions, locations, measurements, pipeline, plan, readme
 from cnnlib.study import compression as compression_study
+from cnnlib.study.__main__ import main as study_main
 from cnnlib.training import loop
 from cnnlib.training.config import RunConfig
 
@@ -349,6 +350,31 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     assert again[2].endswith("; about 2 min besides training; 4 range tests to measure")
     only = plan.plan_lines("smoke", notebooks=["04_interpretability"])
     assert [line.split(":")[0] for line in only] == ["04_interpretability", "total"]
+
+
+def test_another_machine_plans_the_runs_of_the_pinned_budgets(smoke_plan_here, tmp_path,
+                                                             monkeypatch, capsys):
+    """Notebook 06's budgets become epochs from the speeds of the machine the run cache's budgets
+    are pinned to: another machine finds the same runs (so the recorded ones) without timing."""
+    speeds = locations.speeds_path()
+
+    def keys(store) -> list[str]:
+        return [c.key() for _, c in plan.plan("smoke", store)["06_architectures"][1]]
+
+    here = keys(speeds)
+    assert budget.budget_machine(speeds) == budget.hardware("cpu")
+    monkeypatch.setattr(budget, "hardware", lambda device="cpu": "Other CPU, 2 threads, torch 2")
+    monkeypatch.setattr(budget, "_measure", lambda *a: 7000.0)  # 7x as fast
+    assert keys(tmp_path / "unpinned.json") != here  # its own budgets would be other runs
+    assert keys(speeds) == here and budget.budget_machine(speeds) != "Other CPU, 2 threads, torch 2"
+    assert study_main(["plan", "--profile", "smoke"]) == 0
+    capsys.readouterr()
+    table = fileio.read_json(speeds)  # a network the pinned machine never timed
+    fileio.write_json({k: v for k, v in table.items() if "densenet" not in k}, speeds)
+    assert study_main(["plan", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: budget: densenet_bc ")
+    assert "never timed on " in err[0] and "move " in err[0]
 
 
 def test_range_tests_are_measured_once_and_again_when_asked(smoke_plan_here, synthetic_root,

@@ -14,6 +14,7 @@ import torch
 from cifar_files import write_synthetic
 from scripts import load_script
 
+from cnnlib import _fileio as fileio
 from cnnlib import cli
 from cnnlib.models.registry import create_model, list_models
 from cnnlib.study import budget, locations, plan, provenance, readme, records, report
@@ -286,7 +287,17 @@ def test_precision_parity_pairs_bf16_and_fp32_runs_by_seed(synthetic_root, tmp_p
                         data_root=synthetic_root)
     assert auto.name in set(df.run_key)
     assert bench.main(quick, data_root=synthetic_root) == 0  # all four served from the cache
-    assert "[training]" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[training]" not in out and "note:" not in out  # both arms trained here
+
+    # An fp32 record from another machine, as a shared cache holds: served, and named.
+    record = tmp_path / "runs" / df.run_key[df.precision == "fp32"].iloc[0] / "result.json"
+    fileio.write_json({**fileio.read_json(record), "hardware": "Other CPU"}, record)
+    assert bench.main(quick, data_root=synthetic_root) == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "minutes compare machines" in note[0]
+    assert "Other CPU" in note[0].split("fp32 runs on ")[1] and "Other CPU" not in note[0].split(
+        "fp32 runs on ")[0]  # the bf16 arm trained here alone
 
 
 def test_the_commit_is_dirty_for_code_not_for_what_a_study_writes(tmp_path, monkeypatch):

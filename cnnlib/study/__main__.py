@@ -48,8 +48,12 @@ def main(argv=None) -> int:
     if args.command == "profile":
         print(profile)
     else:
+        try:
+            work = plan_work(profile)
+        except ValueError as e:  # a budget the store's pinned machine never timed
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"profile {profile}:")
-        work = plan_work(profile)
         for line in [*plan_lines(profile, work=work), scratch_line(work)]:
             print(f"  {line}")
     return 0

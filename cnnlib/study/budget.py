@@ -8,6 +8,13 @@ read the store, so a rerun builds the same configs (same epochs, same run-cache 
 instead of re-timing and drifting by a few percent. `estimate_seconds` turns the same
 speeds into a plan's time estimate.
 
+A store's budgets are pinned to one machine per device type (`PIN`): the first machine that
+turns a budget into epochs there names itself in the store, and every later machine reading it
+takes that machine's speeds for budgets (`budget_speed`), so it builds the same configs, finds
+the runs the first one recorded, and trains the missing ones with the same epochs. A budget thus
+means "seconds of training steps on the pinned machine"; what a run took elsewhere is in its
+own record. A store moved aside (or a fresh run cache) pins the next machine.
+
 The speed excludes the loader and evaluation: a run's measured wall time, recorded in
 its results row, is somewhat longer than its budget.
 
@@ -46,6 +53,11 @@ STEP_TRIES = 5  # timed steps after the warm-up; the fastest counts (as timeit d
 # (so the run-cache keys) for good. A training beside it takes half of 2 cores or more.
 BUSY_OTHERS = 0.2
 _UNSTORED: dict[str, float] = {}  # figures of busy timings, kept for this process only
+PIN = "budgets on "  # + device type: {"machine": hardware, "auto": what `auto` resolved to there}
+
+
+class BudgetError(ValueError):
+    """A budget the store's pinned machine never timed (one line, for the user)."""
 
 
 def train_images(config: RunConfig) -> int:
@@ -53,11 +65,11 @@ def train_images(config: RunConfig) -> int:
     return config.train_subset or TRAIN_IMAGES - config.val_size
 
 
-def _key(config: RunConfig, device: torch.device, precision: str) -> str:
+def _key(config: RunConfig, machine: str, precision: str) -> str:
     shape = {"model": config.model, "options": config.model_options, "batch": config.batch_size,
              "classes": NUM_CLASSES[config.dataset], "precision": precision,
              "channels_last": config.channels_last}
-    return f"{hardware(str(device))} | {json.dumps(shape, sort_keys=True)}"
+    return f"{machine} | {json.dumps(shape, sort_keys=True)}"
 
 
 def _measure(config: RunConfig, device: torch.device, precision: str) -> float:
@@ -93,7 +105,7 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
     """Training images per second of `config` here; measured once per machine into `store`."""
     device = config.resolved_device()
     precision = resolve_precision(config.precision, device)
-    key = _key(config, device, precision)
+    key = _key(config, hardware(str(device)), precision)
     path = Path(store) if store else None
     table = {**_UNSTORED, **_read_speeds(path)}
     if key not in table:
@@ -114,6 +126,43 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
                 latest = _read_speeds(path, repair=True)
                 table = {**latest, key: latest.get(key, table[key])}
                 fileio.write_json(table, path)
+    return float(table[key])
+
+
+def budget_machine(store: str | Path | None, device: str = "cpu") -> str | None:
+    """The machine whose speeds set the budgets of `store` on `device` ("cpu", "cuda"), once one
+    did; None before."""
+    pin = _read_speeds(Path(store) if store else None).get(PIN + device)
+    return pin["machine"] if pin else None
+
+
+def budget_speed(config: RunConfig, store: str | Path | None = None) -> float:
+    """The images per second that turn a budget of `config` into epochs: the pinned machine's
+    (`PIN`), or this machine's, which it pins when the store has no pin for its device type."""
+    device = config.resolved_device()
+    here, path = hardware(str(device)), Path(store) if store else None
+    pin = _read_speeds(path).get(PIN + device.type)
+    if pin is None or pin["machine"] == here:
+        speed = images_per_second(config, store)
+        if path is not None and pin is None:
+            key = _key(config, here, resolve_precision(config.precision, device))
+            with fileio.hold_folder(path.parent, wait=True):
+                latest = _read_speeds(path, repair=True)
+                if PIN + device.type not in latest and key in latest:  # a stored, idle timing
+                    latest[PIN + device.type] = {
+                        "machine": here, "auto": resolve_precision("auto", device)}
+                    fileio.write_json(latest, path)
+        return speed
+    precision = pin["auto"] if config.precision == "auto" else config.precision
+    key = _key(config, pin["machine"], precision)
+    table = _read_speeds(path)
+    if key not in table:
+        options = f" {config.model_options}" if config.model_options else ""
+        raise BudgetError(
+            f"budget: {config.model}{options} at batch {config.batch_size} ({precision}) was "
+            f"never timed on {pin['machine']}, the machine the budgets of {path} are pinned to; "
+            f"time it there, or move {path} aside to pin the budgets to this machine (its "
+            "budgeted runs then train anew)")
     return float(table[key])
 
 
@@ -139,13 +188,18 @@ def _others_share(device: torch.device, before) -> float:
 
 
 def _read_speeds(path: Path | None, repair: bool = False) -> dict:
-    """The stored speeds ({} when there are none). A damaged store (content hash, JSON, a
-    speed that is not a positive number) reads as empty, so the speeds are measured again;
-    with `repair` (under the store's lock) it is set aside as `speeds.json.damaged`."""
+    """The stored speeds and pins ({} when there are none). A damaged store (content hash,
+    JSON, a speed that is not a positive number, a pin that is not one) reads as empty, so the
+    speeds are measured again; with `repair` (under the store's lock) it is set aside as
+    `speeds.json.damaged`."""
     return _read_store(path, _is_speed, "speed", repair)
 
 
-def _is_speed(v) -> bool:
+def _is_speed(k: str, v) -> bool:
+    if k.startswith(PIN):
+        return (isinstance(v, dict) and set(v) == {"machine", "auto"}
+                and isinstance(v["machine"], str) and bool(v["machine"])
+                and v["auto"] in AUTOCAST_DTYPES)
     return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and v > 0
 
 
@@ -158,7 +212,7 @@ def _read_store(path: Path | None, valid, what: str, repair: bool) -> dict:
         if not path.is_file() or path.is_symlink():
             raise fileio.DamagedFileError(f"{path}: not a regular file")
         table = fileio.read_json(path)
-        bad = [k for k, v in table.items() if not valid(v)]
+        bad = [k for k, v in table.items() if not valid(k, v)]
         if bad:
             raise fileio.DamagedFileError(f"{path}: damaged, {bad[0]!r} is not a {what}")
         return table
@@ -172,15 +226,16 @@ def _read_store(path: Path | None, valid, what: str, repair: bool) -> dict:
 
 def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = None,
                min_batches: int = 1) -> float:
-    """Epochs of `config` whose training steps take `seconds` here (at least `min_batches`
-    batches: budgets that give each a floor of its own never collapse into one config).
+    """Epochs of `config` whose training steps take `seconds` on the store's pinned machine
+    (`budget_speed`; at least `min_batches` batches: budgets that give each a floor of their
+    own never collapse into one config).
 
     Rounded down to 0.01 epoch, so that the same stored speed always gives the same config.
     """
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(f"budget: {seconds!r} seconds is not allowed; allowed: a number > 0")
     n = train_images(config)
-    epochs = math.floor(seconds * images_per_second(config, store) / n * 100) / 100
+    epochs = math.floor(seconds * budget_speed(config, store) / n * 100) / 100
     return max(epochs, math.ceil(min_batches * config.batch_size / n * 100) / 100)
 
 
@@ -199,7 +254,7 @@ def estimate_seconds(config: RunConfig, store: str | Path | None = None,
 NOTEBOOK_PARTS = ("other", "measure")  # besides training and measurements; its measurements
 
 
-def _is_times(v) -> bool:
+def _is_times(_name: str, v) -> bool:
     return (isinstance(v, dict) and bool(v) and set(v) <= set(NOTEBOOK_PARTS)
             and all(not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
                     and x >= 0 for x in v.values()))

@@ -74,7 +74,8 @@ def runs_root(root=None) -> Path:
 
 
 def speeds_path() -> Path:
-    """Where the training speeds measured on this machine are kept (`budget.py`)."""
+    """Where the training speeds measured per machine are kept, with the machine the budgets
+    are pinned to (`budget.py`)."""
     return runs_root() / "speeds.json"
 
 

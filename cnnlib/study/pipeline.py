@@ -464,7 +464,11 @@ def main(argv=None) -> int:
                                       f" ({'the others are' if todo else 'all are'} done: "
                                       "--force executes them again)")
           + f"; {args.jobs} run(s) at once ({args.executor})" + (":" if todo else ""))
-    work = plan.plan_work(profile, [nb.stem for nb in todo], args.remeasure) if todo else []
+    try:
+        work = plan.plan_work(profile, [nb.stem for nb in todo], args.remeasure) if todo else []
+    except ValueError as e:  # a budget the run cache's pinned machine never timed
+        print(f"run_all: {e}", file=sys.stderr)
+        return 2
     for line in plan.plan_lines(profile, work=work) if todo else ():
         print(f"{PREFIX}   {line}")
     try:
