@@ -109,8 +109,7 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
     path = Path(store) if store else None
     table = {**_UNSTORED, **_read_speeds(path)}
     if key not in table:
-        options = f" {config.model_options}" if config.model_options else ""
-        what = f"{config.model}{options} at batch {config.batch_size} ({precision})"
+        what = _shape_words(config, precision)
         print(f"[speed] timing {what} once on this machine", file=sys.stderr, flush=True)
         before = _cpu_clock()
         table[key] = round(_measure(config, device, precision), 1)
@@ -129,6 +128,11 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
     return float(table[key])
 
 
+def _shape_words(config: RunConfig, precision: str) -> str:
+    options = f" {config.model_options}" if config.model_options else ""
+    return f"{config.model}{options} at batch {config.batch_size} ({precision})"
+
+
 def budget_machine(store: str | Path | None, device: str = "cpu") -> str | None:
     """The machine whose speeds set the budgets of `store` on `device` ("cpu", "cuda"), once one
     did; None before."""
@@ -141,7 +145,8 @@ def budget_speed(config: RunConfig, store: str | Path | None = None) -> float:
     (`PIN`), or this machine's, which it pins when the store has no pin for its device type."""
     device = config.resolved_device()
     here, path = hardware(str(device)), Path(store) if store else None
-    pin = _read_speeds(path).get(PIN + device.type)
+    table = _read_speeds(path)
+    pin = table.get(PIN + device.type)
     if pin is None or pin["machine"] == here:
         speed = images_per_second(config, store)
         if path is not None and pin is None:
@@ -155,12 +160,9 @@ def budget_speed(config: RunConfig, store: str | Path | None = None) -> float:
         return speed
     precision = pin["auto"] if config.precision == "auto" else config.precision
     key = _key(config, pin["machine"], precision)
-    table = _read_speeds(path)
     if key not in table:
-        options = f" {config.model_options}" if config.model_options else ""
         raise BudgetError(
-            f"budget: {config.model}{options} at batch {config.batch_size} ({precision}) was "
-            f"never timed on {pin['machine']}, the machine the budgets of {path} are pinned to; "
+            f"budget: {_shape_words(config, precision)} was never timed on {pin['machine']}, the machine the budgets of {path} are pinned to; "
             f"time it there, or move {path} aside to pin the budgets to this machine (its "
             "budgeted runs then train anew)")
     return float(table[key])
