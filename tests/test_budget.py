@@ -12,6 +12,7 @@ import time
 import pytest
 
 from cnnlib import _fileio as fileio
+from cnnlib.data.corruptions import CORRUPTIONS, SEVERITIES
 from cnnlib.study import budget
 from cnnlib.training.config import RunConfig
 
@@ -45,9 +46,13 @@ def test_a_real_measurement_is_kept_in_the_store(tmp_path, monkeypatch):
     assert table[key] == speed
 
 
-def test_the_speed_is_measured_once_and_read_back(tmp_path, measured):
+def test_the_speed_is_measured_once_and_read_back(tmp_path, measured, capsys):
     store = tmp_path / "speeds.json"
     first = budget.epochs_for(TINY, 2.0, store)
+    # The line names the dataset: CIFAR-10 and CIFAR-100 shapes differ only in their classes.
+    assert capsys.readouterr().err.splitlines() == [
+        "[speed] timing baseline {'width': 4, 'depth': 2} on cifar10 at batch 8 (fp32) once on "
+        "this machine"]
     # Another seed and epoch count: the same network shape, so the stored speed.
     again = budget.epochs_for(TINY.replace(seed=3, epochs=5), 2.0, store)
     assert first == again == 2.0 * 1000 / 200  # seconds x images/s / training images
@@ -94,6 +99,11 @@ def test_estimate_grows_with_epochs_and_evaluation(tmp_path, measured):
     one, two = (budget.estimate_seconds(TINY.replace(epochs=e), store) for e in (1, 2))
     assert 0 < one < two
     assert two - one == pytest.approx(200 / 1000 + 50 / (budget.EVAL_SPEEDUP * 1000))
+    # One epoch: its training and validation, the 100 test images, and the assessment: 25 of
+    # them (a quarter) clean and under every corruption and severity, the validation split.
+    sets = len(CORRUPTIONS) * len(SEVERITIES) + 1
+    assert one == pytest.approx(200 / 1000 + (50 + 100 + 25 * sets + 50)
+                                / (budget.EVAL_SPEEDUP * 1000))
     with_tta = budget.estimate_seconds(TINY.replace(tta=2), store)
     assert with_tta > one  # six forward passes per test image instead of one
 

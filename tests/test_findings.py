@@ -357,6 +357,12 @@ def test_cost_table_and_published_accuracy_of_each_network():
     # The same network with a 100-class head: 90 more rows of the last linear layer.
     params = table["parameters"].str.replace(",", "").astype(int)
     assert params[6] - params[0] == 90 * (128 + 1)
+    assert "trained on" not in table  # one machine: the page names it once
+    # Runs of one network trained on two machines: each row names the machines of its minutes.
+    df = _architecture_frame()
+    df.loc[(df["label"] == "resnet20 ×1") & (df["seed"] == 2), "hardware"] = "other CPU"
+    table = report.cost_table(df, seconds=120)
+    assert table["trained on"].tolist() == ["test CPU", "test CPU; other CPU"] + ["test CPU"] * 5
 
 
 def test_a_budget_sweep_names_the_epochs_each_network_got():

@@ -335,13 +335,20 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     assert set(REQUIRED_COLUMNS) <= set(df.columns)
     results.save_results([run_b], "02_other", out)  # the same run in a second study
     readme_md = tmp_path / "README.md"
-    readme_md.write_text(f"# x\n\n{readme.BEGIN}\nold\n{readme.END}\ntail\n")
+    begin, end = readme.STUDY_COST
+    readme_md.write_text(f"# x\n\n{readme.BEGIN}\nold\n{readme.END}\ntail\n{begin}\n138 runs\n{end}\n")
     merged = readme.collect_results(out, readme_md)
     assert len(merged) == 2  # one row per run
+    # What the recorded runs cost, computed from them (never a typed figure).
+    cost = readme_md.read_text().split(begin)[1].split(end)[0].strip()
+    hours = merged["wall_seconds"].sum() / 3600
+    assert cost == (f"Profile `{merged['profile'][0]}`: the study's 2 recorded runs cost "
+                    f"{hours:.1f} h of training on {merged['hardware'][0]} (the sum of their "
+                    "wall times); a rebuild whose runs are all recorded trains nothing.")
     assert list(pd.read_csv(out / "results.csv").columns) == results.COLUMNS
     assert "| study |" in (out / "results.md").read_text()
     text = readme_md.read_text()
-    assert "old" not in text and "| dataset |" in text and text.endswith(f"{readme.END}\ntail\n")
+    assert "old" not in text and "| dataset |" in text and f"{readme.END}\ntail\n" in text
     assert "±" in text  # two seeds: mean ± std
     assert merged["hardware"].str.contains("torch ").all() and "threads, torch" in text
     assert run_a.result["hardware"].endswith(f"torch {torch.__version__.split('+')[0]}")

@@ -16,7 +16,7 @@ means "seconds of training steps on the pinned machine"; what a run took elsewhe
 own record. A store moved aside (or a fresh run cache) pins the next machine.
 
 The speed excludes the loader and evaluation: a run's measured wall time, recorded in
-its results row, is somewhat longer than its budget.
+its results row, is somewhat longer than its budget, and its assessment comes on top.
 
 What a notebook takes besides training (loading, evaluation, figures, and its measurements:
 range tests, compression) is measured by the pipeline as each notebook runs and kept per
@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from cnnlib import _fileio as fileio
+from cnnlib.data.corruptions import CORRUPTIONS, SEVERITIES
 from cnnlib.data.obtain import NUM_CLASSES
 from cnnlib.models.registry import create_model
+from cnnlib.training.assess import assessment_subset
 from cnnlib.training.config import RunConfig
 from cnnlib.training.device import AUTOCAST_DTYPES, hardware, resolve_precision
 
@@ -121,16 +123,15 @@ def images_per_second(config: RunConfig, store: str | Path | None = None) -> flo
             _UNSTORED[key] = table[key]
             return float(table[key])
         if path:
-            with fileio.hold_folder(path.parent, wait=True):
-                latest = _read_speeds(path, repair=True)
-                table = {**latest, key: latest.get(key, table[key])}
-                fileio.write_json(table, path)
+            measured = table[key]  # another process's stored figure, if any, wins
+            table = _update_store(path, _is_speed, "speed",
+                                  lambda latest: {**latest, key: latest.get(key, measured)})
     return float(table[key])
 
 
 def _shape_words(config: RunConfig, precision: str) -> str:
     options = f" {config.model_options}" if config.model_options else ""
-    return f"{config.model}{options} at batch {config.batch_size} ({precision})"
+    return f"{config.model}{options} on {config.dataset} at batch {config.batch_size} ({precision})"
 
 
 def budget_machine(store: str | Path | None, device: str = "cpu") -> str | None:
@@ -151,12 +152,10 @@ def budget_speed(config: RunConfig, store: str | Path | None = None) -> float:
         speed = images_per_second(config, store)
         if path is not None and pin is None:
             key = _key(config, here, resolve_precision(config.precision, device))
-            with fileio.hold_folder(path.parent, wait=True):
-                latest = _read_speeds(path, repair=True)
-                if PIN + device.type not in latest and key in latest:  # a stored, idle timing
-                    latest[PIN + device.type] = {
-                        "machine": here, "auto": resolve_precision("auto", device)}
-                    fileio.write_json(latest, path)
+            entry = {"machine": here, "auto": resolve_precision("auto", device)}
+            _update_store(path, _is_speed, "speed", lambda latest: (
+                {**latest, PIN + device.type: entry}  # only from a stored, idle timing
+                if PIN + device.type not in latest and key in latest else None))
         return speed
     precision = pin["auto"] if config.precision == "auto" else config.precision
     key = _key(config, pin["machine"], precision)
@@ -226,6 +225,18 @@ def _read_store(path: Path | None, valid, what: str, repair: bool) -> dict:
         return {}
 
 
+def _update_store(path: Path, valid, what: str, change) -> dict:
+    """Under the store's lock, read it (a damaged one set aside) and write `change(table)`,
+    unless that is None; the table as it then stands."""
+    with fileio.hold_folder(path.parent, wait=True):
+        table = _read_store(path, valid, what, repair=True)
+        changed = change(table)
+        if changed is None:
+            return table
+        fileio.write_json(changed, path)
+        return changed
+
+
 def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = None,
                min_batches: int = 1) -> float:
     """Epochs of `config` whose training steps take `seconds` on the store's pinned machine
@@ -243,11 +254,15 @@ def epochs_for(config: RunConfig, seconds: float, store: str | Path | None = Non
 
 def estimate_seconds(config: RunConfig, store: str | Path | None = None,
                      test_images: int = 10000) -> float:
-    """Expected wall time of one run here: training steps, a validation pass per epoch, the test."""
+    """Expected wall time of one run here: training steps, a validation pass per epoch, the
+    test, and the assessment every study run gets (`training.assess`: the corrupted copies of
+    its image subset, the validation split as the test was scored, the test without TTA)."""
     speed = images_per_second(config, store)
     train = config.epochs * train_images(config) / speed
-    evaluated = math.ceil(config.epochs) * config.val_size
-    evaluated += (config.test_subset or test_images) * TTA_VIEWS[config.tta]
+    test = config.test_subset or test_images
+    evaluated = math.ceil(config.epochs) * config.val_size + test * TTA_VIEWS[config.tta]
+    evaluated += (len(assessment_subset(test)) * (len(CORRUPTIONS) * len(SEVERITIES) + 1)
+                  + config.val_size * TTA_VIEWS[config.tta] + (test if config.tta else 0))
     return train + evaluated / (EVAL_SPEEDUP * speed)
 
 
@@ -276,13 +291,15 @@ def notebook_seconds(profile: str, notebook: str, store: str | Path | None) -> d
 def record_notebook_seconds(profile: str, notebook: str, store: str | Path, other: float,
                             measure: float | None = None) -> None:
     """Keep what `notebook` took besides training; `measure` None keeps the last figure."""
-    path, key = Path(store), _notebook_key(profile, notebook)
-    with fileio.hold_folder(path.parent, wait=True):
-        table = _read_store(path, _is_times, "notebook time", repair=True)
+    key = _notebook_key(profile, notebook)
+
+    def change(table: dict) -> dict:
         entry = {**table.get(key, {}), "other": round(max(0.0, other), 1)}
         if measure is not None:
             entry["measure"] = round(max(0.0, measure), 1)
-        fileio.write_json({**table, key: entry}, path)
+        return {**table, key: entry}
+
+    _update_store(Path(store), _is_times, "notebook time", change)
 
 
 def duration(seconds: float) -> str:

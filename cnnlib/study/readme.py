@@ -2,8 +2,8 @@
 
 `collect_results` (the pipeline's last step, `python -m cnnlib.study collect`) merges the
 studies' rows into `<outputs>/results.csv` and `results.md` and rewrites the README between
-its markers: the Key Results table, the findings (`findings.readme_section`) and the
-benchmarks' tables (compression, time to accuracy).
+its markers: the Key Results table, the findings (`findings.readme_section`), what the recorded
+runs cost (`study_cost`) and the benchmarks' tables (compression, time to accuracy).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def collect_results(out=None, readme: str | None = "README.md"):
     if readme:
         path = Path(readme)
         sections = [(key_results(df), (BEGIN, END)),
-                    (findings.readme_section(rows, confused), FINDINGS)]
+                    (findings.readme_section(rows, confused), FINDINGS),
+                    (study_cost(df), STUDY_COST)]
         # The benchmarks' tables, once their files exist (else the README keeps what it has).
         sections += [(text, markers) for text, markers in
                      ((compression_section(out), COMPRESSION),
@@ -120,6 +121,13 @@ def training_time(df) -> str:
              "(" + "; ".join(f"{int(n)} on {hw}" for hw, (n, _) in per.iterrows()) + ")")
     return (f"the study's {len(df)} recorded runs cost {df['wall_seconds'].sum() / 3600:.1f} h "
             f"of training {where}")
+
+
+def study_cost(df) -> str:
+    """The README's sentence on what the recorded runs cost (`training_time`), per profile."""
+    profiles = ", ".join(f"`{p}`" for p in dict.fromkeys(df["profile"])) if len(df) else "none"
+    return (f"Profile {profiles}: {training_time(df)} (the sum of their wall times); a rebuild "
+            "whose runs are all recorded trains nothing.")
 
 
 def _machine(df) -> str:
@@ -205,6 +213,7 @@ BEGIN, END = "<!-- key-results:begin -->", "<!-- key-results:end -->"
 FINDINGS = ("<!-- findings:begin -->", "<!-- findings:end -->")
 COMPRESSION = ("<!-- compression:begin -->", "<!-- compression:end -->")
 TIME_TO_ACCURACY = ("<!-- time-to-accuracy:begin -->", "<!-- time-to-accuracy:end -->")
+STUDY_COST = ("<!-- study-cost:begin -->", "<!-- study-cost:end -->")
 
 
 def update_readme(path: Path, table: str, begin: str = BEGIN, end: str = END) -> bool:

@@ -315,9 +315,11 @@ def cost_table(df, seconds: float):
     """Per dataset, network and budget (`seconds`: the shortest budget of training steps):
     parameters, epochs, wall minutes per run and test accuracy (%), the last two mean ± std
     over seeds; then the network's published accuracy after its paper's full schedule, on its
-    first row of each dataset (it belongs to no budget)."""
+    first row of each dataset (it belongs to no budget). Where the runs were trained on more
+    than one machine, `trained on` names each row's (the wall minutes are theirs)."""
     rows, shown = [], set()
     frame = with_parameters(frontier_frame(df))
+    mixed = frame["hardware"].nunique() > 1
     for (dataset, label), part in frame.groupby(["dataset", "label"], sort=False):
         network, factor = architecture_budget(label)
         budget = factor * seconds
@@ -328,6 +330,8 @@ def cost_table(df, seconds: float):
                      "parameters": f"{int(part['parameters'].iloc[0]):,}",
                      "epochs": ", ".join(f"{e:g}" for e in dict.fromkeys(part["epochs"])),
                      "wall min": stats.plus_minus(part["wall_seconds"] / 60, 2),
+                     **({"trained on": "; ".join(dict.fromkeys(part["hardware"]))} if mixed
+                        else {}),
                      "test acc %": stats.plus_minus(part["test_acc"] * 100), "seeds": len(part),
                      "published %": "" if paper is None else f"{paper:g}",
                      "published after": "" if paper is None else PUBLISHED[network][1]})
