@@ -125,7 +125,9 @@ def training_time(df) -> str:
 
 def study_cost(df) -> str:
     """The README's sentence on what the recorded runs cost (`training_time`), per profile."""
-    profiles = ", ".join(f"`{p}`" for p in dict.fromkeys(df["profile"])) if len(df) else "none"
+    if not len(df):
+        return f"No profile yet: {training_time(df)}."
+    profiles = ", ".join(f"`{p}`" for p in dict.fromkeys(df["profile"]))
     return (f"Profile {profiles}: {training_time(df)} (the sum of their wall times); a rebuild "
             "whose runs are all recorded trains nothing.")
 
