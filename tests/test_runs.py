@@ -345,6 +345,9 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     assert cost == (f"Profile `{merged['profile'][0]}`: the study's 2 recorded runs cost "
                     f"{hours:.1f} h of training on {merged['hardware'][0]} (the sum of their "
                     "wall times); a rebuild whose runs are all recorded trains nothing.")
+    # No recorded run: one plain sentence, not "Profile none".
+    assert readme.study_cost(merged.iloc[:0]) == (
+        "No profile yet: the study has no recorded runs yet.")
     assert list(pd.read_csv(out / "results.csv").columns) == results.COLUMNS
     assert "| study |" in (out / "results.md").read_text()
     text = readme_md.read_text()
