@@ -133,6 +133,9 @@ def test_budgets_are_pinned_to_the_first_machine_and_built_alike_on_another(tmp_
                                                                              monkeypatch):
     store = tmp_path / "speeds.json"
     here = budget.hardware("cpu")
+    # The first machine computes bf16 natively (whatever this CPU does): `auto` is another
+    # shape than TINY's fp32, timed on its own.
+    monkeypatch.setattr(budget, "resolve_precision", lambda p, d: "bf16" if p == "auto" else p)
     auto = TINY.replace(precision="auto")
     first = budget.epochs_for(TINY, 2.0, store)
     assert budget.epochs_for(auto, 2.0, store) == first
@@ -140,10 +143,8 @@ def test_budgets_are_pinned_to_the_first_machine_and_built_alike_on_another(tmp_
 
     # Another machine, twice as fast, where `auto` resolves to the other precision: the same
     # epochs from the pinned machine's speeds, nothing timed for them.
-    native = budget.resolve_precision("auto", TINY.resolved_device())
-    other = "bf16" if native == "fp32" else "fp32"
     monkeypatch.setattr(budget, "hardware", lambda device="cpu": "Other CPU, 2 threads, torch 2")
-    monkeypatch.setattr(budget, "resolve_precision", lambda p, d: other if p == "auto" else p)
+    monkeypatch.setattr(budget, "resolve_precision", lambda p, d: "fp32" if p == "auto" else p)
     monkeypatch.setattr(budget, "_measure", lambda *a: (measured.append("other"), 2000.0)[1])
     assert budget.epochs_for(TINY.replace(seed=1), 2.0, store) == first
     assert budget.epochs_for(auto, 2.0, store) == first

@@ -19,7 +19,7 @@ from cnnlib import cli
 from cnnlib.study import budget, cache, definitions, locations, measurements, pipeline, plan, readme
 from cnnlib.study import compression as compression_study
 from cnnlib.study.__main__ import main as study_main
-from cnnlib.training import loop
+from cnnlib.training import device, loop
 from cnnlib.training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -350,6 +350,34 @@ def test_the_plan_of_a_recorded_profile_says_nothing_to_train(smoke_plan_here):
     assert again[2].endswith("; about 2 min besides training; 4 range tests to measure")
     only = plan.plan_lines("smoke", notebooks=["04_interpretability"])
     assert [line.split(":")[0] for line in only] == ["04_interpretability", "total"]
+
+
+@pytest.mark.parametrize("there,here", [(True, False), (False, True)])
+def test_the_plan_says_why_records_of_another_precision_do_not_count(smoke_plan_here,
+                                                                     monkeypatch, there, here):
+    """Runs recorded where `auto` resolved to bf16 have other keys where it resolves to fp32
+    (and the reverse): the plan counts them to train and says why, in its own line."""
+    configs = {c.key(): c for _, c in definitions.STUDIES["01_baseline"].runs("smoke", None)}
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: there)
+    for config in configs.values():
+        _record(config)
+    assert plan.plan_lines("smoke", notebooks=["01_baseline"])[0].startswith(
+        f"01_baseline: {len(configs)} runs, {len(configs)} recorded, 0 to train")
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: here)
+    lines = plan.plan_lines("smoke", notebooks=["01_baseline"])
+    assert lines[0].startswith(f"01_baseline: {len(configs)} runs, 0 recorded, "
+                               f"{len(configs)} to train")
+    then, now = ("bf16", "fp32") if there else ("fp32", "bf16")
+    where = ("CUDA, or a CPU with native bf16: AVX512-BF16 or AMX-BF16" if there
+             else "a CPU without native bf16")
+    assert lines[2] == (f"not counted: the run cache holds {len(configs)} of these "
+                        f"{len(configs)} runs in {then}, trained where `auto` resolves to {then} "
+                        f"({where}); here it resolves to {now} and the cache keys a run by its "
+                        "precision, so they would train again. On such a machine this plan finds "
+                        "them recorded.")
+    assert len(lines) == 3
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: there)  # back where they trained
+    assert len(plan.plan_lines("smoke", notebooks=["01_baseline"])) == 2
 
 
 def test_another_machine_plans_the_runs_of_the_pinned_budgets(smoke_plan_here, tmp_path,

@@ -14,9 +14,10 @@ A failure means one of two things. The change was meant to change results: raise
 
 The tolerance absorbs what differs between CPUs (AVX2 and AVX-512 kernels sum in other
 orders: 3e-5 at most after these few steps) and not what a real change does (1e-3 and up).
-CPUs with AMX differ by more in a few runs (the Muon run's bf16 orthogonalization, the
-ResNet-20 run): the store holds those runs' metrics for them separately (`by_isa`, keyed by
-`device.cpu_isa()`, written by ``--store --isa``).
+CPUs with AMX, and CPUs with AVX2 only (where oneDNN emulates bf16), differ by more in two
+runs (the Muon run's bf16 orthogonalization, the ResNet-20 run): the store holds those runs'
+metrics for them separately (`by_isa`, keyed by `device.cpu_isa()`, written by
+``--store --isa``).
 """
 
 from __future__ import annotations

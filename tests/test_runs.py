@@ -342,9 +342,15 @@ def test_results_table_columns_and_collect(synthetic_root, cache, tmp_path):
     # What the recorded runs cost, computed from them (never a typed figure).
     cost = readme_md.read_text().split(begin)[1].split(end)[0].strip()
     hours = merged["wall_seconds"].sum() / 3600
+    precision = merged["precision"][0]  # what `auto` resolved to here: it keys the runs
+    where = {"bf16": "CUDA, or a CPU with native bf16: AVX512-BF16 or AMX-BF16",
+             "fp32": "a CPU without native bf16"}[precision]
     assert cost == (f"Profile `{merged['profile'][0]}`: the study's 2 recorded runs cost "
                     f"{hours:.1f} h of training on {merged['hardware'][0]} (the sum of their "
-                    "wall times); a rebuild whose runs are all recorded trains nothing.")
+                    f"wall times); they trained in {precision}: a rebuild whose runs are all "
+                    f"recorded trains nothing where `auto` resolves to {precision} ({where}) and "
+                    "trains them again elsewhere, since the run cache keys a run by its "
+                    "precision.")
     # No recorded run: one plain sentence, not "Profile none".
     assert readme.study_cost(merged.iloc[:0]) == (
         "No profile yet: the study has no recorded runs yet.")

@@ -12,6 +12,7 @@ nearest-neighbour check against them.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import math
@@ -183,12 +184,46 @@ def _centred(images: torch.Tensor) -> torch.Tensor:
     return (images.reshape(len(images), -1).to(torch.int16) - 128).to(torch.int8)
 
 
+def _float_dots(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`_dots` in fp32, exact as well: a sum of at most `_EXACT_TERMS` int8 products never
+    leaves the integers fp32 holds exactly (|x| <= 2**24), so each slice of the rows is exact."""
+    q, k = queries.float(), keys.float()
+    out = torch.zeros(len(queries), len(keys), dtype=torch.int32)
+    for start in range(0, q.shape[1], _EXACT_TERMS):
+        out += (q[:, start:start + _EXACT_TERMS] @ k[:, start:start + _EXACT_TERMS].T).int()
+    return out
+
+
+_EXACT_TERMS = 2**24 // 128**2  # products of int8 values are at most 128**2 in size
+
+
+@functools.lru_cache(maxsize=1)
+def _int8_matmul_faster() -> bool:
+    """Whether torch's int8 matmul beats `_float_dots` here, timed once on a probe block: it
+    was twice as fast as bf16 on CPUs with int8 matrix units (VNNI, AMX), and is 21x slower
+    than fp32 on one without (AVX2 only; benchmarks/duplicates_search.py). Both are exact,
+    so the choice never changes a result."""
+    probe = torch.ones(512, 3072, dtype=torch.int8)
+    try:
+        torch._int_mm(probe, probe.T)  # warm-up; absent or unsupported: fp32
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+    def seconds(dots) -> float:
+        start = time.perf_counter()
+        dots(probe, probe)
+        return time.perf_counter() - start
+
+    _float_dots(probe, probe)
+    return (min(seconds(lambda q, k: torch._int_mm(q, k.T)) for _ in range(2))
+            < min(seconds(_float_dots) for _ in range(2)))
+
+
 def _dots(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Exact int32 dot products of int8 rows (|sum| <= 3072 * 128**2 < 2**31)."""
-    try:  # int8 products summed in int32: exact, and twice as fast as bf16 on a CPU
+    if _int8_matmul_faster():
         return torch._int_mm(queries, keys.T)
-    except (AttributeError, RuntimeError, NotImplementedError):  # exact too (< 2**53), slower
-        return (queries.double() @ keys.double().T).to(torch.int32)
+    return _float_dots(queries, keys)
 
 
 def _nearest_block(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int):

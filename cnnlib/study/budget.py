@@ -42,7 +42,7 @@ from cnnlib.data.obtain import NUM_CLASSES
 from cnnlib.models.registry import create_model
 from cnnlib.training.assess import assessment_subset
 from cnnlib.training.config import RunConfig
-from cnnlib.training.device import AUTOCAST_DTYPES, hardware, resolve_precision
+from cnnlib.training.device import AUTO_MACHINES, AUTOCAST_DTYPES, hardware, resolve_precision
 
 TRAIN_IMAGES = 50000  # both official training sets
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per test image at each TTA level
@@ -331,6 +331,9 @@ class Work:
     waiting_seconds: float = 0.0
     # The training of every run it lists first (recorded or not): the study from scratch.
     scratch_seconds: float = 0.0
+    # Per precision, how many of its runs to train the cache holds in a precision `auto` does
+    # not resolve to here (`cache.recorded_elsewhere`): records of another kind of machine.
+    elsewhere: dict = field(default_factory=dict)
 
     @property
     def other_seconds(self) -> float | None:
@@ -354,8 +357,10 @@ class Work:
             f"; its training about {duration(self.train_seconds)}" if self.to_train else "")
 
 
-def work_lines(work: list[Work], machine: str) -> list[str]:
-    """A line per notebook, then the total: runs recorded and to train, time expected here."""
+def work_lines(work: list[Work], machine: str, precision: str = "") -> list[str]:
+    """A line per notebook, then the total: runs recorded and to train, time expected here;
+    then, where the cache holds some of the runs to train in a precision other than the one
+    `auto` resolves to here (`precision`), why those records do not count."""
     lines = []
     for w in work:
         earlier = len(w.keys) - len(w.recorded) - w.to_train - w.waiting
@@ -389,6 +394,14 @@ def work_lines(work: list[Work], machine: str) -> list[str]:
     lines.append(f"total: {len(keys)} runs, {len(recorded)} recorded, {to_train} to train"
                  + (f", {waiting} waiting for measurements" if waiting else "") + "; "
                  f"{train}; {rest}; on {machine}")
+    for other in dict.fromkeys(p for w in work for p in w.elsewhere):
+        count = sum(w.elsewhere.get(other, 0) for w in work)
+        lines.append(f"not counted: the run cache holds {count} of these {to_train + waiting} "
+                     f"runs in {other}, trained where `auto` resolves to {other} "
+                     f"({AUTO_MACHINES[other]}); here it resolves to "
+                     f"{precision or 'another precision'} and the cache keys a run by its "
+                     "precision, so they would train again. On such a machine this plan finds "
+                     "them recorded.")
     return lines
 
 

@@ -35,10 +35,11 @@ from cnnlib.training.evaluate import metrics_from_logits, predict_logits
 from cnnlib.training.launch import train_or_launch  # one process unless $CNNLIB_NPROC > 1
 
 
-def run_key(config: RunConfig, data_fingerprint: str) -> str:
+def run_key(config: RunConfig, data_fingerprint: str, precision: str | None = None) -> str:
     # `precision="auto"` trains in bf16 on some machines and fp32 on others: key what it
-    # resolves to here, so that a cache shared between machines never mixes the two.
-    precision = resolve_precision(config.precision, config.resolved_device())
+    # resolves to here (or to `precision`: the key on another kind of machine), so that a
+    # cache shared between machines never mixes the two.
+    precision = precision or resolve_precision(config.precision, config.resolved_device())
     blob = f"{config.key()}:{data_fingerprint}:{RESULTS_VERSION}:{precision}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -48,9 +49,9 @@ def data_fingerprint(dataset: str, data_root=None) -> str:
     return cdata.fingerprint(cdata.load_cifar(dataset, root=data_root))
 
 
-def run_dir(config: RunConfig, root=None, data_root=None) -> Path:
+def run_dir(config: RunConfig, root=None, data_root=None, precision: str | None = None) -> Path:
     fp = data_fingerprint(config.dataset, data_root)
-    return runs_root(root) / f"{config.dataset}-{config.model}-{run_key(config, fp)}"
+    return runs_root(root) / f"{config.dataset}-{config.model}-{run_key(config, fp, precision)}"
 
 
 @dataclass
@@ -359,6 +360,24 @@ def recorded_keys(configs: list[RunConfig], root=None, data_root=None) -> set[st
         if any(runs_root(root).glob(f"{dataset}-*/result.json")):  # else no need to read the data
             out |= {c.key() for c in configs if c.dataset == dataset
                     and is_finished(run_dir(c, root, data_root), c)}
+    return out
+
+
+def recorded_elsewhere(configs: list[RunConfig], root=None, data_root=None) -> dict[str, set[str]]:
+    """Per precision, the config keys of `configs` (with `precision="auto"`) whose runs the
+    cache holds in that precision although `auto` resolves to another here: trained on another
+    kind of machine (bf16 on CUDA or a CPU with native bf16, fp32 elsewhere), they do not count
+    here."""
+    out: dict[str, set[str]] = {}
+    for dataset in dict.fromkeys(c.dataset for c in configs):
+        if not any(runs_root(root).glob(f"{dataset}-*/result.json")):
+            continue
+        for c in configs:
+            here = resolve_precision(c.precision, c.resolved_device())
+            for precision in ("bf16", "fp32"):
+                if (c.dataset == dataset and c.precision == "auto" and precision != here
+                        and is_finished(run_dir(c, root, data_root, precision))):
+                    out.setdefault(precision, set()).add(c.key())
     return out
 
 

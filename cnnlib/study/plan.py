@@ -40,6 +40,7 @@ def plan_work(profile: str, notebooks=None, remeasure: bool = False) -> list[Wor
         own = [c for k, c in configs.items() if k not in seen]  # those it lists first
         seen |= set(configs)
         what, done, total, waiting = (STUDIES[name].measures or (lambda p: ("", 0, 0, [])))(profile)
+        elsewhere = cache.recorded_elsewhere(new)
         later = [c for c in new if c.key() in {w.key() for w in waiting}]
         new = [c for c in new if c not in later]
         out.append(Work(name, frozenset(configs), frozenset(set(configs) & recorded), len(new),
@@ -47,7 +48,8 @@ def plan_work(profile: str, notebooks=None, remeasure: bool = False) -> list[Wor
                         notebook_seconds(profile, name, notebook_seconds_path()),
                         what, total, 0 if remeasure else done, len(later),
                         sum(estimate_seconds(c, speeds) for c in later),
-                        sum(estimate_seconds(c, speeds) for c in own)))
+                        sum(estimate_seconds(c, speeds) for c in own),
+                        {p: len(keys) for p, keys in elsewhere.items()}))
     return out
 
 
@@ -56,6 +58,6 @@ def plan_lines(profile: str, notebooks=None, remeasure: bool = False,
     """Per notebook to execute, its runs recorded or to train and the time expected here (as
     `budget.Work` estimates it), then the total."""
     config = RunConfig()
+    precision = resolve_precision(config.precision, config.resolved_device())
     return work_lines(plan_work(profile, notebooks, remeasure) if work is None else work,
-                      f"{hardware(str(config.resolved_device()))} "
-                      f"({resolve_precision(config.precision, config.resolved_device())})")
+                      f"{hardware(str(config.resolved_device()))} ({precision})", precision)

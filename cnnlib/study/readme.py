@@ -17,6 +17,7 @@ from cnnlib.study import findings, landing
 from cnnlib.study.locations import outputs_root
 from cnnlib.study.stats import mean_sd, plus_minus
 from cnnlib.study.table import compact_number, markdown_table, read_studies, write_results
+from cnnlib.training.device import AUTO_MACHINES
 from cnnlib.viz._figure import pretty
 
 CONFUSED_DATASETS = ("cifar10", "cifar100")
@@ -128,8 +129,14 @@ def study_cost(df) -> str:
     if not len(df):
         return f"No profile yet: {training_time(df)}."
     profiles = ", ".join(f"`{p}`" for p in dict.fromkeys(df["profile"]))
-    return (f"Profile {profiles}: {training_time(df)} (the sum of their wall times); a rebuild "
-            "whose runs are all recorded trains nothing.")
+    precisions = df["precision"].dropna().unique() if "precision" in df else []
+    rebuild = "a rebuild whose runs are all recorded trains nothing"
+    if len(precisions) == 1 and precisions[0] in AUTO_MACHINES:  # `auto` decides the run keys
+        p = precisions[0]
+        rebuild = (f"they trained in {p}: {rebuild} where `auto` resolves to {p} "
+                   f"({AUTO_MACHINES[p]}) and trains them again elsewhere, since the run "
+                   "cache keys a run by its precision")
+    return f"Profile {profiles}: {training_time(df)} (the sum of their wall times); {rebuild}."
 
 
 def _machine(df) -> str:

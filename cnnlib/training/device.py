@@ -17,6 +17,9 @@ import torch
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # names as in torch.cpu and /proc/cpuinfo
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Where `auto` resolves to each precision (`resolve_precision`), in words.
+AUTO_MACHINES = {"bf16": "CUDA, or a CPU with native bf16: AVX512-BF16 or AMX-BF16",
+                 "fp32": "a CPU without native bf16"}
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
