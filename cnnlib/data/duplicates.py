@@ -184,6 +184,9 @@ def _centred(images: torch.Tensor) -> torch.Tensor:
     return (images.reshape(len(images), -1).to(torch.int16) - 128).to(torch.int8)
 
 
+_EXACT_TERMS = 2**24 // 128**2  # products of int8 values are at most 128**2 in size
+
+
 def _float_dots(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """`_dots` in fp32, exact as well: a sum of at most `_EXACT_TERMS` int8 products never
     leaves the integers fp32 holds exactly (|x| <= 2**24), so each slice of the rows is exact."""
@@ -192,9 +195,6 @@ def _float_dots(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     for start in range(0, q.shape[1], _EXACT_TERMS):
         out += (q[:, start:start + _EXACT_TERMS] @ k[:, start:start + _EXACT_TERMS].T).int()
     return out
-
-
-_EXACT_TERMS = 2**24 // 128**2  # products of int8 values are at most 128**2 in size
 
 
 @functools.lru_cache(maxsize=1)

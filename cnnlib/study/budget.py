@@ -357,7 +357,7 @@ class Work:
             f"; its training about {duration(self.train_seconds)}" if self.to_train else "")
 
 
-def work_lines(work: list[Work], machine: str, precision: str = "") -> list[str]:
+def work_lines(work: list[Work], machine: str, precision: str) -> list[str]:
     """A line per notebook, then the total: runs recorded and to train, time expected here;
     then, where the cache holds some of the runs to train in a precision other than the one
     `auto` resolves to here (`precision`), why those records do not count."""
@@ -398,10 +398,9 @@ def work_lines(work: list[Work], machine: str, precision: str = "") -> list[str]
         count = sum(w.elsewhere.get(other, 0) for w in work)
         lines.append(f"not counted: the run cache holds {count} of these {to_train + waiting} "
                      f"runs in {other}, trained where `auto` resolves to {other} "
-                     f"({AUTO_MACHINES[other]}); here it resolves to "
-                     f"{precision or 'another precision'} and the cache keys a run by its "
-                     "precision, so they would train again. On such a machine this plan finds "
-                     "them recorded.")
+                     f"({AUTO_MACHINES[other]}); here it resolves to {precision} and the cache "
+                     "keys a run by its precision, so they would train again. On such a machine "
+                     "this plan finds them recorded.")
     return lines
 
 

@@ -353,13 +353,16 @@ def write_compact(checkpoint: Path, path) -> Path:
     return save_atomic(compact(load_safe(checkpoint)), path)
 
 
-def recorded_keys(configs: list[RunConfig], root=None, data_root=None) -> set[str]:
-    """The config keys of `configs` whose runs are in the cache (finished, or records)."""
+def recorded_keys(configs: list[RunConfig], root=None, data_root=None,
+                  precision: str | None = None) -> set[str]:
+    """The config keys of `configs` whose runs are in the cache (finished, or records); with
+    `precision`, those recorded under the key `auto` has where it resolves to `precision`."""
     out = set()
     for dataset in dict.fromkeys(c.dataset for c in configs):
         if any(runs_root(root).glob(f"{dataset}-*/result.json")):  # else no need to read the data
             out |= {c.key() for c in configs if c.dataset == dataset
-                    and is_finished(run_dir(c, root, data_root), c)}
+                    and is_finished(run_dir(c, root, data_root, precision),
+                                    None if precision else c)}  # the key proves the precision
     return out
 
 
@@ -368,16 +371,13 @@ def recorded_elsewhere(configs: list[RunConfig], root=None, data_root=None) -> d
     cache holds in that precision although `auto` resolves to another here: trained on another
     kind of machine (bf16 on CUDA or a CPU with native bf16, fp32 elsewhere), they do not count
     here."""
-    out: dict[str, set[str]] = {}
-    for dataset in dict.fromkeys(c.dataset for c in configs):
-        if not any(runs_root(root).glob(f"{dataset}-*/result.json")):
-            continue
-        for c in configs:
-            here = resolve_precision(c.precision, c.resolved_device())
-            for precision in ("bf16", "fp32"):
-                if (c.dataset == dataset and c.precision == "auto" and precision != here
-                        and is_finished(run_dir(c, root, data_root, precision))):
-                    out.setdefault(precision, set()).add(c.key())
+    out = {}
+    for precision in ("bf16", "fp32"):
+        others = [c for c in configs if c.precision == "auto"
+                  and resolve_precision("auto", c.resolved_device()) != precision]
+        found = recorded_keys(others, root, data_root, precision)
+        if found:
+            out[precision] = found
     return out
 
 
